@@ -1,0 +1,41 @@
+"""One entry point from a data config to a `PatientEvents` with train/valid/test splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rltf_jax.data.events import PatientEvents, assign_splits
+from rltf_jax.errors import ConfigError, DataError
+
+SOURCES = ("simulator", "meds", "mimic")
+
+
+def load_dataset(cfg) -> PatientEvents:
+  """Reads `cfg.source` ("simulator", "meds" or "mimic") and assigns splits.
+
+  Splits given by the source (MEDS `metadata/subject_splits.parquet`) are kept; otherwise each
+  patient's split is a hash of their subject id and `cfg.split_seed` (see `assign_splits`).
+  """
+  source = cfg.source
+  if source == "simulator":
+    from rltf_jax.data import simulate
+    ds = simulate.simulate(cfg.simulator, num_patients=cfg.num_patients, seed=cfg.seed)
+    has_splits = False
+  elif source in ("meds", "mimic"):
+    if not cfg.path:
+      raise ConfigError(f"data.source={source!r} needs data.path, the {source.upper()} directory")
+    if not Path(cfg.path).exists():
+      raise DataError(f"{cfg.path}: no such directory (data.path for data.source={source!r})")
+    if source == "meds":
+      from rltf_jax.data import meds
+      ds, has_splits = meds.read_meds(cfg.path, bare_code_system=cfg.bare_code_system or None)
+    else:
+      from rltf_jax.data import mimic
+      ds, has_splits = mimic.read_mimic(cfg.path), False
+  else:
+    raise ConfigError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
+  if not has_splits:
+    ds = ds.with_splits(assign_splits(ds.subject_id, tuple(cfg.split_fractions), cfg.split_seed))
+  if ds.num_patients == 0:
+    raise DataError(f"data source {source!r} produced no patients")
+  return ds

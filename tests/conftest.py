@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests that read ../shared skip with a message naming the path when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RLTF_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+  """A path under ../shared, or a skip naming it when it is absent."""
+  p = SHARED.joinpath(*parts)
+  if not p.exists():
+    pytest.skip(f"{p} is absent (tests reading ../shared need the shared folder beside the checkout)")
+  return p
+
+
+@pytest.fixture
+def tiny_dataset():
+  """Three patients, hand-written, with a target code (D573) in the second."""
+  from rltf_jax.data.events import PatientEvents
+  codes = ["ICD10CM/D573", "ICD10CM/E119", "ICD10CM/I10", "CCSPX/47", "ATC/A10BA02"]
+  # patient 0: E119 I10 | A10BA02 ; patient 1: I10 D573 | 47 D573 ; patient 2: (no events)
+  return PatientEvents.build(
+      subject_id=[10, 11, 12], sex=[0, 1, -1], birth_day=[0, 3652, 7305],
+      offsets=[0, 3, 7, 7], code=[1, 2, 4, 2, 0, 3, 0],
+      day=[10000, 10000, 10400, 12000, 12000, 12100, 12100],
+      visit=[0, 0, 1, 0, 0, 1, 1], pos=[11, 11, 11, 23, 23, 21, 21], codes=codes,
+      split=[0, 0, 2])
