@@ -1,0 +1,210 @@
+"""Metrics with bootstrap confidence intervals, vectorised over resamples.
+
+Every statistic here is written as a function of per-patient weights: the plain estimate uses weight
+1 for every patient, and a bootstrap resample is the same function with weights = how often each
+patient was drawn. One matrix product (or cumulative sum) per block of resamples replaces a Python
+loop over resamples.
+
+Conventions (the paper's tables print 0.00/0.00/0.00 where a method never generates the target):
+  * precision with no predicted positive, recall with no true positive, and F1 when precision +
+    recall = 0 are 0.0, never NaN; `counts` in the result says when a convention applied;
+  * AUROC and AUPRC need both classes: with only one they are NaN (and so is that resample);
+  * bootstrap intervals are percentile intervals over the resamples where the statistic is defined.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+# Bound on the resample-weight matrix (resamples x patients) held at once: about 80 MB as int64.
+_MAX_WEIGHT_ENTRIES = 10_000_000
+
+
+# ---------------------------------------------------------------- bootstrap
+def bootstrap_weights(n: int, num_samples: int, seed: int) -> Iterator[np.ndarray]:
+  """Yields int64 [b, n] blocks of multinomial resample counts, `num_samples` rows in all."""
+  rng = np.random.default_rng(seed)
+  block = max(1, min(num_samples, _MAX_WEIGHT_ENTRIES // max(n, 1)))
+  done = 0
+  while done < num_samples:
+    b = min(block, num_samples - done)
+    idx_bxn = rng.integers(0, n, size=(b, n)) if n else np.zeros((b, 0), np.int64)
+    flat = (np.arange(b)[:, None] * n + idx_bxn).ravel()
+    yield np.bincount(flat, minlength=b * n).reshape(b, n)
+    done += b
+
+
+def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, num_samples: int, seed: int,
+              level: float = 0.95) -> dict:
+  """Point estimate and percentile interval of `stat`, a function of weights [b, n] -> [b] or
+  [b, k]. Returns {"value", "ci95": [lo, hi], "bootstrap_defined": fraction of resamples where the
+  statistic is defined} (arrays of values and intervals when `stat` returns k numbers)."""
+  value = stat(np.ones((1, n), np.int64))[0]
+  draws = np.concatenate([stat(w) for w in bootstrap_weights(n, num_samples, seed)]) \
+      if num_samples else np.zeros((0,) + np.shape(value))
+  lo, hi = _nan_percentiles(draws, [50 * (1 - level), 50 * (1 + level)])
+  defined = float(np.mean(np.isfinite(draws))) if len(draws) else 0.0
+  return dict(value=_py(value), ci95=[_py(lo), _py(hi)], bootstrap_defined=defined)
+
+
+def _nan_percentiles(draws: np.ndarray, qs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+  """Percentiles over axis 0 ignoring NaN; NaN where no resample is defined."""
+  finite = np.isfinite(draws)
+  if draws.size == 0 or not finite.any():
+    shape = draws.shape[1:]
+    return np.full(shape, np.nan), np.full(shape, np.nan)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is expected to give NaN
+    lo, hi = np.nanpercentile(np.where(finite, draws, np.nan), qs, axis=0)
+  return lo, hi
+
+
+def _py(x):
+  """numpy scalar/array -> float / list of floats, NaN -> None (JSON has no NaN)."""
+  if np.ndim(x) == 0:
+    x = float(x)
+    return None if not np.isfinite(x) else x
+  return [_py(v) for v in np.asarray(x)]
+
+
+def mean_ci(x: np.ndarray, num_samples: int, seed: int) -> dict:
+  """Mean of `x` with its bootstrap interval."""
+  x = np.asarray(x, np.float64)
+  n = len(x)
+
+  def stat(w):
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return (w @ x) / w.sum(axis=1) if n else np.full(len(w), np.nan)
+  return bootstrap(stat, n, num_samples, seed)
+
+
+# ---------------------------------------------------------------- classification of the target
+def precision_recall_f1(pred: np.ndarray, true: np.ndarray, weights: np.ndarray | None = None
+                        ) -> np.ndarray:
+  """float [b, 3]: (precision, recall, F1) per weight row, 0 where undefined (see module doc)."""
+  pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+  if pred.shape != true.shape:
+    raise ValueError(f"pred and true differ in shape: {pred.shape} vs {true.shape}")
+  w = np.ones((1, len(pred)), np.int64) if weights is None else np.atleast_2d(weights)
+  tp = w @ (pred & true).astype(np.int64)
+  fp = w @ (pred & ~true).astype(np.int64)
+  fn = w @ (~pred & true).astype(np.int64)
+  precision = np.divide(tp, tp + fp, out=np.zeros(len(w)), where=(tp + fp) > 0)
+  recall = np.divide(tp, tp + fn, out=np.zeros(len(w)), where=(tp + fn) > 0)
+  f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(w)),
+                 where=(precision + recall) > 0)
+  return np.stack([precision, recall, f1], axis=1)
+
+
+def target_fidelity(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: int) -> dict:
+  """Precision, recall and F1 of "the target is generated" vs "the target is in the truth"."""
+  pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+  boot = bootstrap(lambda w: precision_recall_f1(pred, true, w), len(pred), num_samples, seed)
+  out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
+         for i, name in enumerate(("precision", "recall", "f1"))}
+  out["counts"] = dict(
+      patients=int(len(pred)), true_positive=int((pred & true).sum()),
+      predicted_positive=int(pred.sum()), actual_positive=int(true.sum()),
+      precision_by_convention=bool(pred.sum() == 0), recall_by_convention=bool(true.sum() == 0))
+  return out
+
+
+# ---------------------------------------------------------------- ranking metrics
+def _tie_groups(sorted_scores: np.ndarray) -> np.ndarray:
+  """Start index of each run of equal values in a sorted array."""
+  if len(sorted_scores) == 0:
+    return np.zeros(0, np.int64)
+  return np.flatnonzero(np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]]))
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+  """float [b]: area under the ROC curve per weight row (ties count one half); NaN without both
+  classes. Equal to sklearn's `roc_auc_score(labels, scores, sample_weight=w)`."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+  w = np.ones((1, len(scores)), np.int64) if weights is None else np.atleast_2d(weights)
+  if len(scores) == 0:
+    return np.full(len(w), np.nan)
+  order = np.argsort(scores, kind="stable")
+  starts = _tie_groups(scores[order])
+  w, y = w[:, order].astype(np.float64), labels[order]
+  pos_bxg = np.add.reduceat(w * y, starts, axis=1)
+  neg_bxg = np.add.reduceat(w * ~y, starts, axis=1)
+  neg_below = np.cumsum(neg_bxg, axis=1) - neg_bxg  # negatives with a strictly lower score
+  num = (pos_bxg * (neg_below + 0.5 * neg_bxg)).sum(axis=1)
+  den = pos_bxg.sum(axis=1) * neg_bxg.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(den > 0, num / den, np.nan)
+
+
+def auprc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+  """float [b]: average precision (sum over thresholds of recall gain x precision), sklearn's
+  `average_precision_score` definition; NaN without both classes."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+  w = np.ones((1, len(scores)), np.int64) if weights is None else np.atleast_2d(weights)
+  if len(scores) == 0:
+    return np.full(len(w), np.nan)
+  order = np.argsort(-scores, kind="stable")
+  starts = _tie_groups(scores[order])
+  w, y = w[:, order].astype(np.float64), labels[order]
+  tp = np.cumsum(np.add.reduceat(w * y, starts, axis=1), axis=1)
+  fp = np.cumsum(np.add.reduceat(w * ~y, starts, axis=1), axis=1)
+  total_pos, total_neg = tp[:, -1:], fp[:, -1:]
+  precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+  recall = np.divide(tp, total_pos, out=np.zeros_like(tp), where=total_pos > 0)
+  gain = np.diff(recall, axis=1, prepend=0.0)
+  ap = (gain * precision).sum(axis=1)
+  return np.where((total_pos[:, 0] > 0) & (total_neg[:, 0] > 0), ap, np.nan)
+
+
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray, num_samples: int, seed: int) -> dict:
+  """AUROC and AUPRC with bootstrap intervals (the same resamples for both)."""
+  def stat(w):
+    return np.stack([auroc(scores, labels, w), auprc(scores, labels, w)], axis=1)
+  boot = bootstrap(stat, len(scores), num_samples, seed)
+  return {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
+          for i, name in enumerate(("auroc", "auprc"))}
+
+
+# ---------------------------------------------------------------- ROUGE-1
+class _CodeTokenizer:
+  """rouge-score tokenizer over sequences of code strings: each code is one word, unchanged.
+
+  rouge-score's default tokenizer lowercases and splits on non-alphanumerics, which would cut
+  `ICD10CM/E119` into two words and merge codes that differ only by punctuation.
+  """
+
+  def tokenize(self, codes: Sequence[str]) -> list[str]:
+    return list(codes)
+
+
+_SCORER = rouge_scorer.RougeScorer(["rouge1"], tokenizer=_CodeTokenizer())
+
+
+def rouge1(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]) -> np.ndarray:
+  """float [N, 3]: ROUGE-1 (precision, recall, F-measure) of each prediction against its reference,
+  computed by the rouge-score package with codes as words. Two empty sequences score 0."""
+  if len(references) != len(predictions):
+    raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+  out = np.zeros((len(references), 3))
+  for i, (ref, pred) in enumerate(zip(references, predictions)):
+    s = _SCORER.score(ref, pred)["rouge1"]
+    out[i] = (s.precision, s.recall, s.fmeasure)
+  return out
+
+
+# ---------------------------------------------------------------- prevalence agreement
+def agreement(real: np.ndarray, synthetic: np.ndarray) -> dict:
+  """Pearson r between two vectors and R^2 of `synthetic` as a prediction of `real` (identity
+  line: 1 - SS(real - synthetic) / SS(real - mean real)); None where undefined."""
+  real, synthetic = np.asarray(real, np.float64), np.asarray(synthetic, np.float64)
+  if len(real) < 2 or np.std(real) == 0 or np.std(synthetic) == 0:
+    r = None
+  else:
+    r = float(np.corrcoef(real, synthetic)[0, 1])
+  ss_tot = float(((real - real.mean()) ** 2).sum()) if len(real) else 0.0
+  r2 = 1.0 - float(((real - synthetic) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+  return dict(pearson_r=r, r2_identity=r2, num_codes=int(len(real)))
