@@ -1,0 +1,444 @@
+"""Reads and writes datasets in the Medical Event Data Standard (MEDS).
+
+Layout (MEDS schema 0.3):
+
+  data/**/*.parquet              subject_id int64, time timestamp[us] (null for static rows),
+                                 code string, numeric_value float32 (nullable)
+  metadata/codes.parquet         code, description (nullable), parent_codes (nullable)
+  metadata/subject_splits.parquet  subject_id, split in {"train", "tuning", "held_out"}
+  metadata/dataset.json          dataset_name, etl_name, meds_version, created_at, ...
+
+How rows become `PatientEvents` (`read_meds`):
+- Rows are sorted by subject, then time (stable, so rows with equal times keep their file order);
+  unsorted shards are therefore accepted. Patients come out in ascending subject id.
+- `MEDS_BIRTH` gives the birth day (its time, floored to the day). A sex code (`GENDER//F`,
+  `GENDER//M`, `SEX//F`, `GENDER//FEMALE`, ...; one or two slashes) gives the sex; any other value
+  leaves it unknown. Neither becomes an event.
+- Subjects without `MEDS_BIRTH` have no age, which every stage needs: they are dropped with a
+  logged warning (`missing_birth="drop"`, the default) or refused (`missing_birth="error"`).
+- `MEDS_DEATH` and the visit bookkeeping codes of MEDS ETLs (`HOSPITAL_ADMISSION//...`,
+  `HOSPITAL_DISCHARGE//...`, `ED_REGISTRATION`, `ED_OUT`, `TRANSFER_TO//...`, ...; see
+  `META_CODE_PREFIXES`) are dropped: they describe the stay, not a medical code. Every other row
+  with a time is an event, its code normalised by `codes.normalize_code` (so `ICD10CM/E11.9`,
+  `DIAGNOSIS//ICD//10//E119` and, with `bare_code_system="ICD10CM"`, `E119` are one code; codes
+  of unknown systems become `OTHER/...`). Other static rows (null time) are dropped.
+  `numeric_value` is not used.
+- Visits and place of service: when the shards carry the extra columns `visit` (0-based visit index
+  within the subject) and `place_of_service` (CMS code), as `write_meds` writes them, they are used.
+  Otherwise a visit is a distinct event day of the subject (visit index = rank of the day) and the
+  place of service is 0 (unknown).
+- `metadata/subject_splits.parquet`, when present, gives the splits (train -> 0, tuning -> 1,
+  held_out -> 2; "valid"/"validation"/"test" are accepted too). A subject missing from it is an
+  error, since guessing would silently move patients between training and evaluation.
+
+`write_meds` writes the same layout (with the `visit` and `place_of_service` columns), so
+`read_meds(write_meds(ds))` equals `ds` whenever `ds` lists its patients in ascending subject id.
+
+Command line: `python -m rltf_jax.data.meds --convert-mimic MIMIC_DIR --out MEDS_DIR` converts the
+MIMIC-IV CSV tables (see `mimic.py`) to MEDS, atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import rltf_jax
+from rltf_jax import io
+from rltf_jax.data.codes import normalize_code
+from rltf_jax.data.events import SEX_FEMALE, SEX_MALE, SEX_UNKNOWN, PatientEvents
+from rltf_jax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MEDS_VERSION = "0.3.3"
+BIRTH_CODE = "MEDS_BIRTH"
+DEATH_CODE = "MEDS_DEATH"
+SEX_CODES = {SEX_FEMALE: "GENDER//F", SEX_MALE: "GENDER//M"}
+SPLIT_NAMES = ("train", "tuning", "held_out")  # our split 0, 1, 2
+_SPLIT_ALIASES = {"train": 0, "tuning": 1, "valid": 1, "validation": 1, "held_out": 2, "test": 2}
+# Codes that record the stay rather than a medical code (MEDS ETLs for MIMIC-IV, eICU, OMOP).
+META_CODE_PREFIXES = (DEATH_CODE, "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ED_REGISTRATION",
+                      "ED_OUT", "TRANSFER_TO", "ICU_ADMISSION", "ICU_DISCHARGE", "VISIT//",
+                      "ADMISSION//", "DISCHARGE//")
+_SEX_RE = re.compile(r"^(GENDER|SEX)/{1,2}(F|FEMALE|M|MALE)$", re.IGNORECASE)
+_US_PER_DAY = 86_400 * 1_000_000
+
+# Columns a shard must have, with the Arrow type family each must belong to.
+_REQUIRED = {
+    "subject_id": ("an integer (int64)", pa.types.is_integer),
+    "time": ("a timestamp (timestamp[us])",
+             lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_null(t)),
+    "code": ("a string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+             or (pa.types.is_dictionary(t) and pa.types.is_string(t.value_type))),
+}
+_OPTIONAL = {
+    "visit": ("an integer", pa.types.is_integer),
+    "place_of_service": ("an integer", pa.types.is_integer),
+}
+
+# Row kinds after looking at the code.
+_EVENT, _BIRTH, _FEMALE, _MALE, _SKIP = 0, 1, 2, 3, 4
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
+              missing_birth: str = "drop") -> tuple[PatientEvents, bool]:
+  """Reads a MEDS directory; returns the dataset and whether it carried subject splits.
+
+  Args:
+    path: the MEDS root (holding `data/` and usually `metadata/`).
+    bare_code_system: how prefix-less ICD-10-CM-looking codes are read (see `normalize_code`).
+    missing_birth: "drop" (default; logged) or "error" for subjects without `MEDS_BIRTH`.
+  """
+  root = Path(path)
+  data_dir = root / "data"
+  if not data_dir.is_dir():
+    raise DataError(f"{root}: not a MEDS directory (no data/ folder); point data.path at the "
+                    "MEDS root that holds data/ and metadata/")
+  shards = sorted(p for p in data_dir.rglob("*.parquet") if p.is_file())
+  if not shards:
+    raise DataError(f"{data_dir}: no .parquet shards found; a MEDS dataset keeps its events "
+                    "in data/*.parquet")
+  tables = [_read_shard(p) for p in shards]
+  present = {name: [bool(t.schema.metadata and t.schema.metadata.get(name.encode()) == b"1")
+                    for t in tables] for name in _OPTIONAL}
+  for name, flags in present.items():
+    if any(flags) and not all(flags):
+      missing = shards[flags.index(False)]
+      raise DataError(f"{missing}: column {name!r} is absent although other shards have it; "
+                      "write it in every shard or in none")
+  table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+  if len(table) == 0:
+    raise DataError(f"{data_dir}: the shards hold no rows; the dataset is empty")
+  source = str(data_dir)
+  use_visit, use_pos = all(present["visit"]), all(present["place_of_service"])
+
+  subject = table.column("subject_id").to_numpy()
+  time_col = table.column("time")
+  has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
+  time_us = time_col.fill_null(0).cast(pa.int64()).to_numpy()
+
+  # Classify and normalise each distinct raw code once.
+  encoded = table.column("code").combine_chunks().dictionary_encode()
+  raw_codes = encoded.dictionary.to_pylist()
+  code_index = encoded.indices.to_numpy(zero_copy_only=False)
+  kinds = np.empty(len(raw_codes), np.int8)
+  canon = []
+  for i, raw in enumerate(raw_codes):
+    kinds[i], c = _classify(raw, bare_code_system)
+    canon.append(c)
+  is_event_code = kinds == _EVENT
+  codes, event_index = np.unique(np.asarray(canon, dtype=str)[is_event_code], return_inverse=True)
+  canon_index = np.zeros(len(raw_codes), np.int64)
+  canon_index[is_event_code] = event_index
+  row_kind = kinds[code_index]
+
+  # Stable sort by (subject, time); static rows (null time) first within a subject.
+  order = np.lexsort((np.where(has_time, time_us, np.iinfo(np.int64).min), subject))
+  subject, time_us, has_time, row_kind = (subject[order], time_us[order], has_time[order],
+                                          row_kind[order])
+  row_code = canon_index[code_index[order]]
+  visit_col = _int_column(table, "visit", order) if use_visit else None
+  pos_col = _int_column(table, "place_of_service", order) if use_pos else None
+
+  subject_ids, row_patient = np.unique(subject, return_inverse=True)
+  num = len(subject_ids)
+  # Birth: the first MEDS_BIRTH row with a time; sex: the last sex code (later rows win).
+  birth_day = np.full(num, np.iinfo(np.int32).min, np.int64)
+  is_birth = (row_kind == _BIRTH) & has_time
+  first = np.unique(row_patient[is_birth], return_index=True)
+  birth_day[first[0]] = np.floor_divide(time_us[is_birth][first[1]], _US_PER_DAY)
+  has_birth = np.zeros(num, bool)
+  has_birth[first[0]] = True
+  sex = np.full(num, SEX_UNKNOWN, np.int8)
+  is_sex = (row_kind == _FEMALE) | (row_kind == _MALE)
+  sex[row_patient[is_sex]] = np.where(row_kind[is_sex] == _FEMALE, SEX_FEMALE, SEX_MALE)
+
+  is_event = (row_kind == _EVENT) & has_time
+  if use_visit or use_pos:
+    for name, col in (("visit", visit_col), ("place_of_service", pos_col)):
+      if col is not None and np.any(col[1][is_event]):
+        bad = int(subject[np.flatnonzero(col[1] & is_event)[0]])
+        raise DataError(f"{source}: column {name!r} is null on an event row of subject {bad}; "
+                        "fill it on every row with a time and a medical code")
+  ev_patient = row_patient[is_event]
+  ev_day = np.floor_divide(time_us[is_event], _US_PER_DAY)
+  if use_visit:
+    ev_visit = visit_col[0][is_event]
+  else:
+    ev_visit = _day_rank_per_patient(ev_patient, ev_day)
+  ev_pos = pos_col[0][is_event] if use_pos else np.zeros(len(ev_day), np.int16)
+  ev_code = row_code[is_event]
+
+  if not has_birth.all():
+    missing = subject_ids[~has_birth]
+    msg = (f"{source}: {len(missing)} of {num} subjects have no {BIRTH_CODE} row (e.g. subject "
+           f"{missing[0]}), so their ages are unknown")
+    if missing_birth == "error":
+      raise DataError(msg + "; add a MEDS_BIRTH row per subject or read with missing_birth='drop'")
+    if missing_birth != "drop":
+      raise DataError(f"missing_birth must be 'drop' or 'error', got {missing_birth!r}")
+    if not has_birth.any():
+      raise DataError(msg + f"; add a {BIRTH_CODE} row (time = birth date) per subject")
+    log.warning("%s; they are dropped", msg)
+    keep = has_birth[ev_patient]
+    new_index = np.cumsum(has_birth) - 1
+    ev_patient, ev_day, ev_visit, ev_pos, ev_code = (
+        new_index[ev_patient[keep]], ev_day[keep], ev_visit[keep], ev_pos[keep], ev_code[keep])
+    subject_ids, sex, birth_day = subject_ids[has_birth], sex[has_birth], birth_day[has_birth]
+    num = len(subject_ids)
+
+  offsets = np.zeros(num + 1, np.int64)
+  np.cumsum(np.bincount(ev_patient, minlength=num), out=offsets[1:])
+  split, has_splits = _read_splits(root, subject_ids)
+  _check_int32(source, "time", ev_day, birth_day)
+  ds = PatientEvents.build(subject_id=subject_ids, sex=sex, birth_day=birth_day, offsets=offsets,
+                           code=ev_code, day=ev_day, visit=ev_visit, pos=ev_pos, codes=codes,
+                           split=split, source=source)
+  return ds, has_splits
+
+
+def _read_shard(path: Path) -> pa.Table:
+  """One shard with its columns checked and cast to the common schema.
+
+  The presence of each optional column is recorded in the schema metadata ("1"/"0").
+  """
+  if path.stat().st_size == 0:
+    raise DataError(f"{path}: the file is empty (0 bytes); delete it or rewrite the shard")
+  try:
+    pf = pq.ParquetFile(path)
+  except (pa.ArrowInvalid, OSError) as e:
+    raise DataError(f"{path}: not a readable parquet file ({e}); replace or delete the shard") from e
+  schema = pf.schema_arrow
+  for name, (what, ok) in _REQUIRED.items():
+    if name not in schema.names:
+      raise DataError(f"{path}: MEDS column {name!r} is missing (found columns: "
+                      f"{', '.join(schema.names)}); a MEDS shard needs subject_id, time and code")
+    if not ok(schema.field(name).type):
+      raise DataError(f"{path}: column {name!r} has type {schema.field(name).type}, expected "
+                      f"{what}; convert the column before loading")
+  for name, (what, ok) in _OPTIONAL.items():
+    if name in schema.names and not ok(schema.field(name).type):
+      raise DataError(f"{path}: extra column {name!r} has type {schema.field(name).type}, "
+                      f"expected {what}; convert it or drop the column")
+  columns = list(_REQUIRED) + [n for n in _OPTIONAL if n in schema.names]
+  try:
+    t = pf.read(columns=columns)
+  except (pa.ArrowInvalid, OSError) as e:
+    raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
+  if t.column("subject_id").null_count:
+    raise DataError(f"{path}: column 'subject_id' has {t.column('subject_id').null_count} null "
+                    "values; every row needs a subject")
+  if t.column("code").null_count:
+    raise DataError(f"{path}: column 'code' has {t.column('code').null_count} null values; "
+                    "every row needs a code")
+  time = t.column("time")
+  if pa.types.is_timestamp(time.type):  # any unit; a time zone is dropped (values stay UTC)
+    time = time.cast(pa.timestamp("us", tz=time.type.tz)).cast(pa.int64()).cast(pa.timestamp("us"))
+  else:
+    time = time.cast(pa.timestamp("us"))
+  arrays = [t.column("subject_id").cast(pa.int64()), time, t.column("code").cast(pa.string())]
+  fields = [("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string())]
+  meta = {}
+  for name, dtype in (("visit", pa.int32()), ("place_of_service", pa.int16())):
+    present = name in t.column_names
+    meta[name] = "1" if present else "0"
+    arrays.append(t.column(name).cast(dtype) if present else pa.nulls(len(t), dtype))
+    fields.append((name, dtype))
+  return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
+
+
+def _classify(raw: str, bare_code_system: str | None) -> tuple[int, str]:
+  s = raw.strip()
+  if s == BIRTH_CODE:
+    return _BIRTH, ""
+  m = _SEX_RE.match(s)
+  if m:
+    return (_FEMALE if m.group(2).upper().startswith("F") else _MALE), ""
+  upper = s.upper()
+  if upper.startswith(("GENDER/", "SEX/")) or any(upper.startswith(p) for p in META_CODE_PREFIXES):
+    return _SKIP, ""
+  return _EVENT, normalize_code(s, bare_code_system)
+
+
+def _int_column(table: pa.Table, name: str, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  col = table.column(name)
+  null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)[order]
+  return col.fill_null(0).to_numpy()[order], null
+
+
+def _day_rank_per_patient(patient: np.ndarray, day: np.ndarray) -> np.ndarray:
+  """0-based rank of each event's day among its patient's distinct days (rows sorted by both)."""
+  if len(day) == 0:
+    return np.zeros(0, np.int32)
+  new = np.ones(len(day), bool)
+  new[1:] = (patient[1:] != patient[:-1]) | (day[1:] != day[:-1])
+  count = np.cumsum(new)
+  first_of_patient = np.ones(len(day), bool)
+  first_of_patient[1:] = patient[1:] != patient[:-1]
+  base = np.maximum.accumulate(np.where(first_of_patient, count, 0))
+  return (count - base).astype(np.int32)
+
+
+def _check_int32(source: str, column: str, *days: np.ndarray) -> None:
+  lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+  for d in days:
+    if len(d) and (d.min() < lo or d.max() > hi):
+      raise DataError(f"{source}: column {column!r} holds dates outside the supported range")
+
+
+def _read_splits(root: Path, subject_ids: np.ndarray) -> tuple[np.ndarray | None, bool]:
+  path = root / "metadata" / "subject_splits.parquet"
+  if not path.exists():
+    return None, False
+  try:
+    t = pq.read_table(path)
+  except (pa.ArrowInvalid, OSError) as e:
+    raise DataError(f"{path}: not a readable parquet file ({e}); fix or delete it") from e
+  for name in ("subject_id", "split"):
+    if name not in t.column_names:
+      raise DataError(f"{path}: column {name!r} is missing; the splits file needs subject_id and "
+                      "split")
+  if not pa.types.is_integer(t.schema.field("subject_id").type):
+    raise DataError(f"{path}: column 'subject_id' has type {t.schema.field('subject_id').type}, "
+                    "expected an integer (int64)")
+  ids = t.column("subject_id").to_numpy(zero_copy_only=False)
+  names = t.column("split").cast(pa.string()).to_pylist()
+  unknown = sorted({str(n) for n in names if n not in _SPLIT_ALIASES})
+  if unknown:
+    raise DataError(f"{path}: column 'split' has unknown values {unknown}; use "
+                    f"{', '.join(SPLIT_NAMES)}")
+  value = np.fromiter((_SPLIT_ALIASES[n] for n in names), np.int8, len(names))
+  order = np.argsort(ids, kind="stable")
+  ids, value = ids[order], value[order]
+  pos = np.clip(np.searchsorted(ids, subject_ids), 0, max(len(ids) - 1, 0))
+  found = (ids[pos] == subject_ids) if len(ids) else np.zeros(len(subject_ids), bool)
+  if not found.all():
+    missing = subject_ids[~found]
+    raise DataError(f"{path}: {len(missing)} subjects of data/ have no split (e.g. subject "
+                    f"{missing[0]}); add them to the splits file or delete it to assign splits "
+                    "by subject hash")
+  return value[pos], True
+
+
+# ------------------------------------------------------------------------------------ writing
+def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = False,
+               descriptions: Mapping[str, str] | None = None, splits: bool = True,
+               subjects_per_shard: int = 100_000, dataset_name: str | None = None) -> Path:
+  """Writes `ds` as a MEDS directory, atomically; returns its path.
+
+  Each patient gets a `MEDS_BIRTH` row (time = birth day), a `GENDER//F` or `GENDER//M` row when
+  the sex is known, and one row per event (time = the event's day at midnight, `numeric_value`
+  null) with the extra columns `visit` and `place_of_service`. Patients are written in the order of
+  `ds`, `subjects_per_shard` to a shard (`data/0.parquet`, `data/1.parquet`, ...).
+  `descriptions` (code -> text) fills `metadata/codes.parquet`'s description column. With
+  `splits=False` no `subject_splits.parquet` is written, so `load_dataset` assigns splits from the
+  config. An existing `out_dir` is refused unless `overwrite`.
+  """
+  out = Path(out_dir)
+  if out.exists() and not overwrite:
+    raise DataError(f"{out} already exists; choose another output directory or pass "
+                    "overwrite=True (--overwrite) to replace it")
+  if subjects_per_shard < 1:
+    raise DataError(f"subjects_per_shard must be at least 1, got {subjects_per_shard}")
+  ds.validate("dataset to write")
+  with io.atomic_directory(out, overwrite=overwrite) as tmp:
+    tmp.chmod(0o755)  # mkdtemp makes it private; a dataset directory is normally shared
+    (tmp / "data").mkdir()
+    (tmp / "metadata").mkdir()
+    for shard, start in enumerate(range(0, max(ds.num_patients, 1), subjects_per_shard)):
+      part = ds.select(np.arange(start, min(start + subjects_per_shard, ds.num_patients)))
+      pq.write_table(_rows(part), tmp / "data" / f"{shard}.parquet")
+    pq.write_table(_codes_table(ds, descriptions or {}), tmp / "metadata" / "codes.parquet")
+    if splits:
+      pq.write_table(pa.table({
+          "subject_id": pa.array(ds.subject_id, pa.int64()),
+          "split": pa.DictionaryArray.from_arrays(pa.array(ds.split, pa.int8()),
+                                                  pa.array(SPLIT_NAMES)).cast(pa.string())}),
+          tmp / "metadata" / "subject_splits.parquet")
+    meta = dict(dataset_name=dataset_name or out.name, dataset_version="1",
+                etl_name="rltf_jax", etl_version=rltf_jax.__version__, meds_version=MEDS_VERSION,
+                created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                extra_columns=dict(visit="0-based visit index within the subject",
+                                   place_of_service="CMS place-of-service code of the visit "
+                                                    "(0 unknown)"))
+    (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+  return out
+
+
+def _rows(ds: PatientEvents) -> pa.Table:
+  """The MEDS rows of `ds`: per patient, sex (static, if known), birth, then the events."""
+  n, e = ds.num_patients, ds.num_events
+  known = ds.sex != SEX_UNKNOWN
+  # Code dictionary: 0 = MEDS_BIRTH, 1 = GENDER//F, 2 = GENDER//M, 3 + i = ds.codes[i].
+  dictionary = pa.array([BIRTH_CODE, SEX_CODES[SEX_FEMALE], SEX_CODES[SEX_MALE], *ds.codes.tolist()],
+                        pa.string())
+  patient = np.concatenate([np.flatnonzero(known), np.arange(n), ds.event_patient()])
+  order = np.argsort(patient, kind="stable")
+  code = np.concatenate([np.where(ds.sex[known] == SEX_FEMALE, 1, 2), np.zeros(n, np.int32),
+                         ds.code.astype(np.int32) + 3])[order]
+  day = np.concatenate([np.zeros(known.sum(), np.int32), ds.birth_day, ds.day]).astype(np.int64)
+  time_null = np.concatenate([np.ones(known.sum(), bool), np.zeros(n, bool), np.zeros(e, bool)])
+  static = np.concatenate([np.ones(n + known.sum(), bool), np.zeros(e, bool)])[order]
+  visit = np.concatenate([np.zeros(n + known.sum(), np.int32), ds.visit])[order]
+  pos = np.concatenate([np.zeros(n + known.sum(), np.int16), ds.pos])[order]
+  return pa.table({
+      "subject_id": pa.array(ds.subject_id[patient[order]], pa.int64()),
+      "time": pa.array((day * _US_PER_DAY)[order], pa.timestamp("us"), mask=time_null[order]),
+      "code": pa.DictionaryArray.from_arrays(pa.array(code, pa.int32()), dictionary)
+                .cast(pa.string()),
+      "numeric_value": pa.nulls(len(order), pa.float32()),
+      "visit": pa.array(visit, pa.int32(), mask=static),
+      "place_of_service": pa.array(pos, pa.int16(), mask=static),
+  })
+
+
+def _codes_table(ds: PatientEvents, descriptions: Mapping[str, str]) -> pa.Table:
+  codes = [BIRTH_CODE, SEX_CODES[SEX_FEMALE], SEX_CODES[SEX_MALE], *ds.codes.tolist()]
+  return pa.table({
+      "code": pa.array(codes, pa.string()),
+      "description": pa.array([descriptions.get(c) for c in codes], pa.string()),
+      "parent_codes": pa.nulls(len(codes), pa.list_(pa.string())),
+  })
+
+
+# ------------------------------------------------------------------------------------ command line
+def main(argv: list[str] | None = None) -> int:
+  import argparse
+  parser = argparse.ArgumentParser(
+      prog="python -m rltf_jax.data.meds",
+      description="Convert MIMIC-IV hosp/ CSV tables to a MEDS directory, or summarise one.")
+  parser.add_argument("--convert-mimic", metavar="SRC", help="MIMIC-IV directory (or its hosp/)")
+  parser.add_argument("--out", metavar="DST", help="MEDS directory to write (must not exist)")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  parser.add_argument("--summary", metavar="MEDS_DIR", help="print a summary of a MEDS directory")
+  args = parser.parse_args(argv)
+  if args.summary:
+    ds, has_splits = read_meds(args.summary)
+    print(json.dumps(dict(ds.summary(), has_splits=has_splits), indent=2))
+    return 0
+  if not args.convert_mimic or not args.out:
+    parser.error("give --convert-mimic SRC --out DST (or --summary MEDS_DIR)")
+  from rltf_jax.data import mimic
+  ds = mimic.read_mimic(args.convert_mimic)
+  # MIMIC has no official splits: none are written, so `load_dataset` assigns them by subject hash
+  # from the config's split fractions and seed.
+  out = write_meds(ds, args.out, overwrite=args.overwrite, splits=False,
+                   descriptions=mimic.read_descriptions(args.convert_mimic))
+  print(f"wrote {ds.num_patients} patients, {ds.num_events} events to {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  from rltf_jax.errors import cli_main
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  cli_main(main)

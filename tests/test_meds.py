@@ -1,0 +1,208 @@
+"""MEDS reader and writer: schema, hand-checked rows, round trips, foreign spellings, splits."""
+
+import datetime
+import json
+import logging
+import types
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rltf_jax.data import meds
+from rltf_jax.data.events import PatientEvents
+from rltf_jax.data.load import load_dataset
+from rltf_jax.errors import DataError
+
+_US_PER_DAY = 86_400 * 10**6
+
+
+def _day_us(y, m, d):
+  return (datetime.date(y, m, d) - datetime.date(1970, 1, 1)).days * _US_PER_DAY
+
+
+def _write_shard(path, rows, **extra):
+  """A MEDS shard from (subject_id, time_us or None, code) rows, in the given order."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sid, time, code = zip(*rows)
+  cols = {"subject_id": pa.array(sid, pa.int64()), "time": pa.array(time, pa.timestamp("us")),
+          "code": pa.array(code, pa.string()),
+          "numeric_value": pa.nulls(len(rows), pa.float32())}
+  cols.update(extra)
+  pq.write_table(pa.table(cols), path)
+
+
+def random_dataset(num_patients, seed):
+  rng = np.random.default_rng(seed)
+  codes = np.array(["ICD10CM/D573", "ICD10CM/E119", "ICD9CM/4019", "ICD10PCS/0DTJ4ZZ",
+                    "CCSPX/47", "ATC/A10BA02", "DRUG/INSULIN", "OTHER/LAB_X"] +
+                   [f"ICD10CM/Z{i:03d}" for i in range(40)])
+  lens = rng.integers(0, 40, num_patients)
+  lens[:3] = 0
+  offsets = np.concatenate([[0], np.cumsum(lens)])
+  day, visit = [], []
+  for n in lens:
+    # Visits on increasing days, several events per visit; two visits may share a day.
+    v = np.sort(rng.integers(0, max(n // 3, 1), n))
+    visit_day = np.cumsum(rng.integers(0, 60, (v.max() + 1) if n else 0)) + 15_000
+    visit.append(v)
+    day.append(visit_day[v] if n else np.zeros(0, int))
+  pos_choices = np.array([0, 11, 21, 22, 23, 81])
+  ev_visit = np.concatenate(visit)
+  return PatientEvents.build(
+      subject_id=np.sort(rng.choice(10**9, num_patients, replace=False)) + 5,
+      sex=rng.integers(-1, 2, num_patients), birth_day=rng.integers(-20_000, 14_000, num_patients),
+      offsets=offsets, code=rng.integers(0, len(codes), offsets[-1]), day=np.concatenate(day),
+      visit=ev_visit, pos=pos_choices[rng.integers(0, 6, offsets[-1])], codes=codes,
+      split=rng.integers(0, 3, num_patients))
+
+
+def test_writer_layout_and_rows(tmp_path, tiny_dataset):
+  out = meds.write_meds(tiny_dataset, tmp_path / "meds")
+  assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+      "data/0.parquet", "metadata/codes.parquet", "metadata/dataset.json",
+      "metadata/subject_splits.parquet"]
+  t = pq.read_table(out / "data" / "0.parquet")
+  assert t.schema.field("subject_id").type == pa.int64()
+  assert t.schema.field("time").type == pa.timestamp("us")
+  assert t.schema.field("code").type == pa.string()
+  assert t.schema.field("numeric_value").type == pa.float32()
+  rows = t.to_pylist()
+  # Patient 10: female, born 1970-01-01, events on day 10000 (1997-05-19) and 10400.
+  assert [(r["subject_id"], r["code"], r["time"], r["visit"], r["place_of_service"])
+          for r in rows[:5]] == [
+      (10, "GENDER//F", None, None, None),
+      (10, "MEDS_BIRTH", datetime.datetime(1970, 1, 1), None, None),
+      (10, "ICD10CM/E119", datetime.datetime(1997, 5, 19), 0, 11),
+      (10, "ICD10CM/I10", datetime.datetime(1997, 5, 19), 0, 11),
+      (10, "ATC/A10BA02", datetime.datetime(1998, 6, 23), 1, 11)]
+  # Patient 12 has unknown sex and no events: a single birth row (1990-01-01 = day 7305).
+  assert [(r["code"], r["time"]) for r in rows if r["subject_id"] == 12] == [
+      ("MEDS_BIRTH", datetime.datetime(1990, 1, 1))]
+  assert len(rows) == 2 + 3 + 2 + 4 + 1
+  splits = pq.read_table(out / "metadata" / "subject_splits.parquet").to_pylist()
+  assert splits == [{"subject_id": 10, "split": "train"}, {"subject_id": 11, "split": "train"},
+                    {"subject_id": 12, "split": "held_out"}]
+  codes = set(pq.read_table(out / "metadata" / "codes.parquet").column("code").to_pylist())
+  assert set(tiny_dataset.codes) | {"MEDS_BIRTH", "GENDER//F", "GENDER//M"} == codes
+  meta = json.loads((out / "metadata" / "dataset.json").read_text())
+  assert meta["meds_version"] == meds.MEDS_VERSION and meta["etl_name"] == "rltf_jax"
+
+
+def test_round_trip_tiny(tmp_path, tiny_dataset):
+  back, has_splits = meds.read_meds(meds.write_meds(tiny_dataset, tmp_path / "m"))
+  assert has_splits and back.equals(tiny_dataset)
+  np.testing.assert_allclose(back.age, tiny_dataset.age)
+
+
+def test_round_trip_random_sharded(tmp_path):
+  ds = random_dataset(300, seed=1)
+  out = meds.write_meds(ds, tmp_path / "m", subjects_per_shard=64)
+  assert sorted(p.name for p in (out / "data").iterdir()) == [f"{i}.parquet" for i in range(5)]
+  back, has_splits = meds.read_meds(out)
+  assert has_splits and back.equals(ds)
+  assert not back.equals(random_dataset(300, seed=2))
+
+
+def test_patients_come_back_in_subject_order(tmp_path, tiny_dataset):
+  shuffled = tiny_dataset.select([2, 0, 1])
+  back, _ = meds.read_meds(meds.write_meds(shuffled, tmp_path / "m"))
+  assert list(back.subject_id) == [10, 11, 12] and back.equals(tiny_dataset)
+
+
+def test_foreign_meds_spellings_visits_and_meta_codes(tmp_path, caplog):
+  d = tmp_path / "foreign"
+  e119 = ["ICD10CM/E11.9", "DIAGNOSIS//ICD//10//E119", "E119"]
+  rows = [
+      # Subject 7, rows deliberately out of time order; times within days, ms apart.
+      (7, _day_us(2020, 3, 2) + 5_000, "DIAGNOSIS//ICD//9//4019"),
+      (7, _day_us(2020, 3, 1) + 3_600 * 10**6, e119[0]),
+      (7, None, "SEX//F"),
+      (7, _day_us(1950, 6, 1), "MEDS_BIRTH"),
+      (7, _day_us(2020, 3, 1), "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM"),
+      (7, _day_us(2020, 3, 1) + 7_200 * 10**6, e119[1]),
+      (7, _day_us(2020, 3, 5), "HOSPITAL_DISCHARGE//HOME"),
+      (7, _day_us(2021, 1, 1), e119[2]),
+      (7, _day_us(2021, 1, 2), "MEDS_DEATH"),
+      (7, None, "RACE//WHITE"),  # other static rows are dropped
+      # Subject 3 has no birth row: dropped with a warning.
+      (3, _day_us(2019, 1, 1), "ICD10CM/I10"),
+  ]
+  _write_shard(d / "data" / "part-0.parquet", rows)
+  # A second shard in a sub-folder, time as timestamp[ms] with a time zone.
+  (d / "data" / "more").mkdir()
+  pq.write_table(pa.table({
+      "subject_id": pa.array([9, 9], pa.int64()),
+      "time": pa.array([_day_us(1990, 1, 1) // 1000, _day_us(2000, 1, 1) // 1000],
+                       pa.timestamp("ms", tz="UTC")),
+      "code": pa.array(["MEDS_BIRTH", "GENDER//M"], pa.string())}), d / "data" / "more" / "x.parquet")
+  with caplog.at_level(logging.WARNING):
+    ds, has_splits = meds.read_meds(d)
+  assert "subject 3" in caplog.text and "1 of 3 subjects" in caplog.text
+  assert not has_splits
+  assert list(ds.subject_id) == [7, 9] and list(ds.sex) == [0, 1]
+  p = ds.patient(0)
+  assert list(p["code"]) == ["ICD10CM/E119", "ICD10CM/E119", "ICD9CM/4019", "ICD10CM/E119"]
+  day0 = (datetime.date(2020, 3, 1) - datetime.date(1970, 1, 1)).days
+  assert list(p["day"]) == [day0, day0, day0 + 1, day0 + 306]
+  assert list(p["visit"]) == [0, 0, 1, 2]  # one visit per distinct event day
+  assert list(p["pos"]) == [0, 0, 0, 0]
+  assert ds.birth_day[0] == (datetime.date(1950, 6, 1) - datetime.date(1970, 1, 1)).days
+  # A sex code counts whatever its time; subject 9 is male with zero events.
+  assert ds.lengths[1] == 0
+  ds_none, _ = meds.read_meds(d, bare_code_system=None)
+  assert "OTHER/E119" in ds_none.codes[ds_none.code]
+  with pytest.raises(DataError, match="subject 3"):
+    meds.read_meds(d, missing_birth="error")
+
+
+def test_long_sex_spelling_and_unknown_sex_value(tmp_path):
+  _write_shard(tmp_path / "m" / "data" / "0.parquet",
+               [(9, _day_us(1990, 1, 1), "MEDS_BIRTH"), (9, None, "GENDER//MALE"),
+                (9, _day_us(2000, 1, 1), "ICD10CM/I10"), (8, _day_us(1990, 1, 1), "MEDS_BIRTH"),
+                (8, None, "GENDER//U")])
+  ds, _ = meds.read_meds(tmp_path / "m")
+  assert list(ds.sex) == [-1, 1] and list(ds.codes[ds.code]) == ["ICD10CM/I10"]
+
+
+def test_splits_file_maps_names_and_requires_every_subject(tmp_path):
+  d = tmp_path / "m"
+  _write_shard(d / "data" / "0.parquet",
+               [(s, _day_us(1980, 1, 1), "MEDS_BIRTH") for s in (1, 2, 3)])
+  (d / "metadata").mkdir()
+  splits = d / "metadata" / "subject_splits.parquet"
+  pq.write_table(pa.table({"subject_id": pa.array([3, 1, 2, 99], pa.int64()),
+                           "split": ["held_out", "train", "tuning", "train"]}), splits)
+  ds, has_splits = meds.read_meds(d)
+  assert has_splits and list(ds.split) == [0, 1, 2]
+  pq.write_table(pa.table({"subject_id": pa.array([1, 2], pa.int64()),
+                           "split": ["train", "tuning"]}), splits)
+  with pytest.raises(DataError, match=r"subject_splits.parquet.*subject 3"):
+    meds.read_meds(d)
+  pq.write_table(pa.table({"subject_id": pa.array([1, 2, 3], pa.int64()),
+                           "split": ["train", "dev", "train"]}), splits)
+  with pytest.raises(DataError, match=r"'split' has unknown values \['dev'\]"):
+    meds.read_meds(d)
+
+
+def test_load_dataset_keeps_meds_splits(tmp_path, tiny_dataset):
+  out = meds.write_meds(tiny_dataset, tmp_path / "m")
+  cfg = types.SimpleNamespace(source="meds", path=str(out), bare_code_system="ICD10CM",
+                              split_fractions=(0.8, 0.1, 0.1), split_seed=0)
+  assert load_dataset(cfg).equals(tiny_dataset)
+  # Without a splits file, splits come from the subject hash.
+  out2 = meds.write_meds(tiny_dataset, tmp_path / "m2", splits=False)
+  assert not (out2 / "metadata" / "subject_splits.parquet").exists()
+  _, has_splits = meds.read_meds(out2)
+  assert not has_splits
+
+
+def test_existing_directory_is_refused_unless_overwrite(tmp_path, tiny_dataset):
+  out = meds.write_meds(tiny_dataset, tmp_path / "m")
+  with pytest.raises(DataError, match="already exists"):
+    meds.write_meds(tiny_dataset.select([0]), out)
+  assert meds.read_meds(out)[0].equals(tiny_dataset)
+  meds.write_meds(tiny_dataset.select([0]), out, overwrite=True)
+  assert meds.read_meds(out)[0].equals(tiny_dataset.select([0]))
+  assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary directories left
