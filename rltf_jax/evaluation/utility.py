@@ -1,0 +1,189 @@
+"""Machine-learning utility: does a classifier trained on synthetic records work on real ones?
+
+The evaluated test patients are split 70/30 (stratified by cohort membership, seeded) into a
+modelling and a validation set. Features are per-patient counts of every code except the cohort's
+target codes; the label is cohort membership of the same record. Three CatBoost classifiers are
+trained and scored on the real validation set:
+  real          the modelling patients' real records (prompt + true continuation);
+  synthetic     the modelling patients' prompts completed by the generator (features AND label from
+                prompt + generated continuation);
+  augmentation  both sets of rows together.
+A training set with a single class cannot train a classifier: its model is the constant scorer
+(AUROC 0.5, AUPRC = validation prevalence) and the result says so (`constant_scorer`).
+
+The matrices, labels and subject ids are saved in one `.npz` (layout in `save_utility_data`) so that
+`python -m rltf_jax.evaluation.utility FILE.npz` reruns this part alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.model_selection import train_test_split
+
+from rltf_jax import io
+from rltf_jax.data.events import PatientEvents
+from rltf_jax.errors import DataError, cli_main
+from rltf_jax.evaluation import metrics
+
+MATRICES = ("real_model", "synthetic_model", "real_valid")
+
+
+def feature_codes(code_table: Iterable[str], target_codes: Iterable[str]) -> np.ndarray:
+  """Sorted code strings used as features: the table without any of the target codes."""
+  targets = set(target_codes)
+  return np.array(sorted(c for c in set(map(str, code_table)) if c not in targets), dtype=str)
+
+
+def count_matrix(records: PatientEvents, features: np.ndarray) -> sp.csr_matrix:
+  """float32 csr [P, F]: how often each feature code occurs per patient. Codes of `records` that
+  are not features (the targets, or codes unknown to `features`) are dropped.
+
+  A `csr_matrix`, not a `csr_array`: CatBoost accepts only the former.
+  """
+  col_of_code = np.searchsorted(features, records.codes)
+  col_of_code = np.minimum(col_of_code, max(len(features) - 1, 0))
+  hit = (features[col_of_code] == records.codes) if len(features) else np.zeros(len(records.codes), bool)
+  col_of_code = np.where(hit, col_of_code, -1)
+  cols = col_of_code[records.code]
+  keep = cols >= 0
+  rows = records.event_patient()[keep]
+  m = sp.coo_matrix((np.ones(int(keep.sum()), np.float32), (rows, cols[keep])),
+                    shape=(records.num_patients, len(features)))
+  return sp.csr_matrix(m)  # coo -> csr sums duplicate (patient, code) entries into counts
+
+
+def model_validation_split(labels: np.ndarray, model_fraction: float, seed: int
+                           ) -> tuple[np.ndarray, np.ndarray, bool]:
+  """(modelling indices, validation indices, stratified?). Stratified by label when each class has
+  at least two patients, else a plain seeded split (a class of one cannot be split)."""
+  labels = np.asarray(labels, bool)
+  idx = np.arange(len(labels))
+  if not 0 < model_fraction < 1:
+    raise DataError(f"eval.model_fraction must be in (0, 1), got {model_fraction}")
+  if len(labels) < 4:
+    raise DataError(f"the utility split needs at least 4 test patients, got {len(labels)}")
+  stratify = min(labels.sum(), (~labels).sum()) >= 2
+  model, valid = train_test_split(idx, train_size=model_fraction, random_state=seed,
+                                  stratify=labels if stratify else None)
+  return np.sort(model), np.sort(valid), bool(stratify)
+
+
+# ---------------------------------------------------------------- saved inputs
+@dataclasses.dataclass
+class UtilityData:
+  features: np.ndarray                # str [F]: feature code of each column
+  X: dict[str, sp.csr_matrix]         # "real_model" | "synthetic_model" | "real_valid" -> [n, F]
+  y: dict[str, np.ndarray]            # same keys -> bool [n]
+  model_subject_id: np.ndarray        # int64: rows of real_model and synthetic_model
+  valid_subject_id: np.ndarray        # int64: rows of real_valid
+  cohort: str = ""
+
+
+def save_utility_data(path: str | Path, data: UtilityData) -> Path:
+  """One compressed `.npz`. For each matrix M in real_model, synthetic_model, real_valid:
+  `M_data`, `M_indices`, `M_indptr`, `M_shape` (scipy CSR parts) and `M_labels` (bool); plus
+  `features` (str), `model_subject_id`, `valid_subject_id` (int64) and `cohort` (str)."""
+  arrays = dict(features=data.features, model_subject_id=data.model_subject_id,
+                valid_subject_id=data.valid_subject_id, cohort=np.array(data.cohort))
+  for name in MATRICES:
+    x = data.X[name]
+    arrays.update({f"{name}_data": x.data, f"{name}_indices": x.indices, f"{name}_indptr": x.indptr,
+                   f"{name}_shape": np.array(x.shape), f"{name}_labels": data.y[name]})
+  return io.atomic_savez(path, **arrays)
+
+
+def load_utility_data(path: str | Path) -> UtilityData:
+  try:
+    z = io.load_npz(path)
+    X = {m: sp.csr_matrix((z[f"{m}_data"], z[f"{m}_indices"], z[f"{m}_indptr"]),
+                          shape=tuple(z[f"{m}_shape"])) for m in MATRICES}
+    y = {m: z[f"{m}_labels"].astype(bool) for m in MATRICES}
+    return UtilityData(features=z["features"], X=X, y=y, model_subject_id=z["model_subject_id"],
+                       valid_subject_id=z["valid_subject_id"], cohort=str(z["cohort"]))
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(f"{path}: not a utility data file ({e}); rerun the evaluation to rebuild it") from e
+
+
+# ---------------------------------------------------------------- classifiers
+def fit_and_score(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, *,
+                  iterations: int, threads: int, seed: int, depth: int = 6) -> tuple[np.ndarray, bool]:
+  """(P(positive) for each validation row, constant?). A one-class training set gives the
+  constant score of its label (no classifier can be trained)."""
+  y_train = np.asarray(y_train, bool)
+  if y_train.all() or not y_train.any():
+    return np.full(X_valid.shape[0], float(y_train.mean()) if len(y_train) else 0.0), True
+  from catboost import CatBoostClassifier  # imported here: slow to import, needed only here
+  model = CatBoostClassifier(iterations=iterations, depth=depth, thread_count=threads,
+                             random_seed=seed, verbose=False, allow_writing_files=False)
+  model.fit(X_train, y_train.astype(np.int32))
+  return model.predict_proba(X_valid)[:, 1], False
+
+
+def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: int,
+                     bootstrap_samples: int, depth: int = 6) -> dict:
+  """AUROC and AUPRC (with intervals) on the real validation set for real, synthetic and
+  augmentation training sets, with each training set's size and positives."""
+  train_sets = {
+      "real": (data.X["real_model"], data.y["real_model"]),
+      "synthetic": (data.X["synthetic_model"], data.y["synthetic_model"]),
+      "augmentation": (sp.vstack([data.X["real_model"], data.X["synthetic_model"]], format="csr"),
+                       np.concatenate([data.y["real_model"], data.y["synthetic_model"]])),
+  }
+  y_valid = data.y["real_valid"]
+  out = {}
+  for name, (X, y) in train_sets.items():
+    scores, constant = fit_and_score(X, y, data.X["real_valid"], iterations=iterations,
+                                     threads=threads, seed=seed, depth=depth)
+    out[name] = dict(
+        **metrics.ranking_metrics(scores, y_valid, bootstrap_samples, seed),
+        train_patients=int(len(y)), train_positives=int(np.sum(y)), constant_scorer=constant)
+  out["validation"] = dict(patients=int(len(y_valid)), positives=int(y_valid.sum()),
+                           features=int(len(data.features)))
+  return out
+
+
+def build_utility_data(real: PatientEvents, synthetic: PatientEvents, real_labels: np.ndarray,
+                       synthetic_labels: np.ndarray, target_codes: Iterable[str], *,
+                       model_fraction: float, seed: int, cohort: str = ""
+                       ) -> tuple[UtilityData, bool]:
+  """Splits the patients (by their real labels), builds the count matrices; returns the data and
+  whether the split was stratified. `real` and `synthetic` hold the same patients in the same order:
+  real records and prompt + generated records."""
+  if not np.array_equal(real.subject_id, synthetic.subject_id):
+    raise DataError("utility: real and synthetic records must list the same patients in order")
+  target_codes = list(target_codes)
+  features = feature_codes(np.concatenate([real.codes, synthetic.codes]), target_codes)
+  model, valid, stratified = model_validation_split(real_labels, model_fraction, seed)
+  X = dict(real_model=count_matrix(real.select(model), features),
+           synthetic_model=count_matrix(synthetic.select(model), features),
+           real_valid=count_matrix(real.select(valid), features))
+  y = dict(real_model=np.asarray(real_labels, bool)[model],
+           synthetic_model=np.asarray(synthetic_labels, bool)[model],
+           real_valid=np.asarray(real_labels, bool)[valid])
+  return UtilityData(features=features, X=X, y=y, model_subject_id=real.subject_id[model],
+                     valid_subject_id=real.subject_id[valid], cohort=cohort), stratified
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description="Rerun the utility evaluation from a saved utility .npz.")
+  p.add_argument("npz", type=Path)
+  p.add_argument("--iterations", type=int, default=200)
+  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--bootstrap", type=int, default=1000)
+  args = p.parse_args(argv)
+  result = evaluate_utility(load_utility_data(args.npz), iterations=args.iterations,
+                            threads=args.threads, seed=args.seed, bootstrap_samples=args.bootstrap)
+  print(json.dumps(result, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  cli_main(main)
