@@ -33,6 +33,7 @@ import csv
 import gzip
 import logging
 import re
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -164,7 +165,7 @@ def _read_csv(path: Path, columns: dict[str, pa.DataType]) -> pa.Table:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="") as f:
       header = next(csv.reader(f), None)
-  except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+  except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as e:
     raise DataError(f"{path}: cannot read the CSV header ({e}); the file may be corrupt") from e
   if not header:
     raise DataError(f"{path}: the file is empty (no header line); restore it from the release")
