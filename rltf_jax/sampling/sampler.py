@@ -1,0 +1,210 @@
+"""Jitted ancestral sampling of events from the decoder, with a KV cache.
+
+Layout. Prompts arrive right-padded (`TokenBatch`, lengths `prompt_len`) and are padded to one of a
+few bucket widths, so only a handful of shapes ever compile. Inside the jitted function each row is
+shifted right so that every prompt ENDS at the same column `Lp - 1` (left padding). Then all rows
+write their next token to the same cache column, one `dynamic_update_slice` per layer, and the
+prefill's last column is the last real prompt token of every row. The padding columns are PAD
+tokens: the causal + padding mask hides them from every query, and rotary positions count from
+each row's first real token, so a left-padded row computes exactly what it would unpadded.
+
+Loop. One prefill over the prompts fills the cache ([layers, B, H, Lp + max_new, Dh]); a
+`lax.while_loop` then samples an event from the last hidden state, feeds it back, and stops when
+every row has emitted EOS or `max_new` events exist. An event is drawn in the decoder's order:
+new-visit flag, then (for a new visit) place of service and day gap, then the code given those.
+
+Controls. temperature, top_k and top_p are traced scalars, so changing them never recompiles
+(temperature <= 0 means greedy; top_k <= 0 and top_p >= 1 switch the filters off, and a `lax.cond`
+skips the sort entirely then). The same controls apply to every head, so top-k 1 or a temperature
+near zero gives the greedy sequence of events. Draws use one uniform per head and row through the
+inverse CDF (cheaper than Gumbel noise over the vocabulary); a seed fixes the result.
+PAD, BOS and UNK are never sampled; EOS is blocked for the first `min_new` steps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rltf_jax.data.sequences import TokenBatch, bucket_length, pad_to
+from rltf_jax.data.vocab import BOS, EOS, PAD, UNK
+from rltf_jax.errors import DataError
+from rltf_jax.models import decoder as dec
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+_BANNED = -1e30
+
+
+class Cache(NamedTuple):
+  k: jax.Array           # f32 [layers, B, H, S, Dh]
+  v: jax.Array           # f32 [layers, B, H, S, Dh]
+  prompt_mask: jax.Array  # bool [B, Lp]: real (non-padding) prompt columns
+  prompt_len: jax.Array  # int32 [B]
+
+
+def left_align(prompt: TokenBatch, prompt_len):
+  """Moves each right-padded row so that it ends at the last column; also returns positions."""
+  lp = prompt.tokens.shape[1]
+  src = jnp.arange(lp)[None, :] - (lp - prompt_len)[:, None]
+  valid = src >= 0
+  srcc = jnp.clip(src, 0, lp - 1)
+  move = lambda a: jnp.where(valid, jnp.take_along_axis(jnp.asarray(a), srcc, axis=1), 0).astype(a.dtype)
+  return TokenBatch(*(move(a) for a in prompt)), jnp.where(valid, src, 0).astype(jnp.int32), valid
+
+
+def prefill(graphdef, params, prompt: TokenBatch, prompt_len, max_new: int):
+  """Runs the prompts once; returns (last hidden [B, D], cache with room for `max_new` tokens)."""
+  model = nnx.merge(graphdef, params)
+  left, positions, valid = left_align(prompt, prompt_len)
+  h, ks, vs = model.hidden_and_kv(left, positions=positions)
+  pad = ((0, 0), (0, 0), (0, 0), (0, max_new), (0, 0))
+  return h[:, -1], Cache(jnp.pad(ks, pad), jnp.pad(vs, pad), valid, prompt_len.astype(jnp.int32))
+
+
+def decode(graphdef, params, token: TokenBatch, cache: Cache, step):
+  """Feeds token `step` (0-based count of generated tokens; `token` arrays are [B]) into the cache.
+
+  Returns (hidden [B, D], updated cache)."""
+  model = nnx.merge(graphdef, params)
+  lp = cache.prompt_mask.shape[1]
+  s = cache.k.shape[3]
+  col = jnp.arange(s)
+  prompt_part = jnp.pad(cache.prompt_mask, ((0, 0), (0, s - lp)))
+  key_mask = prompt_part | ((col >= lp) & (col <= lp + step))[None, :]
+  positions = (cache.prompt_len + step)[:, None]
+  tok = TokenBatch(*(jnp.asarray(a)[:, None] for a in token))
+  h, k, v = model.decode_hidden(tok, positions, cache.k, cache.v, lp + step, key_mask)
+  return h[:, 0], cache._replace(k=k, v=v)
+
+
+def _pick(logits, u, temperature, top_k, top_p):
+  """Draws one index per row of logits [B, K] with uniforms u [B] in (0, 1]."""
+  k_all = logits.shape[-1]
+  greedy = jnp.argmax(logits, axis=-1)
+  x = logits / jnp.maximum(temperature, 1e-6)
+
+  def filtered(x):
+    desc = -jnp.sort(-x, axis=-1)
+    k = jnp.where((top_k <= 0) | (top_k > k_all), k_all, top_k)
+    rank = jnp.arange(k_all)
+    p = jax.nn.softmax(jnp.where(rank < k, desc, -jnp.inf), axis=-1)
+    # Nucleus: keep the shortest prefix whose mass reaches top_p (always at least one entry).
+    keep = ((jnp.cumsum(p, axis=-1) - p) < top_p) & (rank < k)
+    n_keep = jnp.maximum(keep.sum(-1), 1)
+    threshold = jnp.take_along_axis(desc, (n_keep - 1)[:, None], axis=-1)
+    return jnp.where(x >= threshold, x, -jnp.inf)
+
+  need = ((top_k > 0) & (top_k < k_all)) | (top_p < 1.0)
+  x = jax.lax.cond(need, filtered, lambda x: x, x)
+  cdf = jnp.cumsum(jax.nn.softmax(x, axis=-1), axis=-1)
+  idx = jnp.clip((cdf < u[:, None] * cdf[:, -1:]).sum(-1), 0, k_all - 1)
+  return jnp.where(temperature <= 0, greedy, idx).astype(jnp.int32)
+
+
+class Last(NamedTuple):
+  """Attributes of the last token of each row (what a new event is relative to)."""
+  visit: jax.Array
+  age: jax.Array
+  pos: jax.Array
+
+
+def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new):
+  """One event per row: (token, visit, age, pos, gap_days), attributes first, then the code."""
+  temperature, top_k, top_p = controls
+  u = 1.0 - jax.random.uniform(jax.random.fold_in(key, step), (5, h_BxD.shape[0]))  # (0, 1]
+  attr = model.attribute_logits(h_BxD)
+  new_visit = _pick(attr["new_visit"], u[0], temperature, top_k, top_p)
+  pos_row = _pick(attr["pos"], u[1], temperature, top_k, top_p)
+  gap = _pick(attr["gap"], u[2], temperature, top_k, top_p)
+  lo = jnp.asarray(dec.GAP_EDGES, jnp.int32)[gap]
+  hi = jnp.asarray(np.append(dec.GAP_EDGES[1:], dec.GAP_MAX_DAYS + 1), jnp.int32)[gap]
+  # The day within the bucket is uniform; in greedy mode (the filters leave one choice) it is the
+  # bucket's middle, so that greedy decoding is a deterministic function of the prompt.
+  greedy = (temperature <= 1e-3) | (top_k == 1)
+  within = jnp.where(greedy, 0.5, 1.0 - u[3])
+  days = lo + jnp.floor(within * (hi - lo)).astype(jnp.int32)
+  opens = new_visit == 1
+  pos_row = jnp.where(opens, pos_row, dec.pos_rows(last.pos))
+  days = jnp.where(opens, days, 0)
+  gap = jnp.where(opens, dec.gap_bucket(days), 0)
+  logits = model.code_logits(h_BxD, new_visit, pos_row, gap)
+  banned = jnp.zeros(logits.shape[-1], bool).at[jnp.array([PAD, BOS, UNK])].set(True)
+  logits = jnp.where(banned, _BANNED, logits)
+  logits = jnp.where((step < min_new) & (jnp.arange(logits.shape[-1]) == EOS), _BANNED, logits)
+  code = _pick(logits, u[4], temperature, top_k, top_p)
+  return (code, last.visit + new_visit, last.age + days.astype(jnp.float32) / dec.DAYS_PER_YEAR,
+          pos_row, days)
+
+
+def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p, min_new, key,
+                 *, max_new: int):
+  model = nnx.merge(graphdef, params)
+  b, lp = prompt.tokens.shape
+  controls = (temperature, top_k, top_p)
+  h, cache = prefill(graphdef, params, prompt, prompt_len, max_new)
+  last_col = lambda a: jnp.asarray(a)[jnp.arange(b), prompt_len - 1]
+  last = Last(last_col(prompt.visit), last_col(prompt.age), last_col(prompt.pos))
+  out = dict(tokens=jnp.zeros((b, max_new), jnp.int32), visit=jnp.zeros((b, max_new), jnp.int32),
+             age=jnp.zeros((b, max_new), jnp.float32), pos=jnp.zeros((b, max_new), jnp.int32),
+             gap_days=jnp.zeros((b, max_new), jnp.int32))
+
+  def emit(step, h, last, done, out, num_new):
+    code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new)
+    code = jnp.where(done, PAD, code)
+    new = dict(tokens=code, visit=visit, age=age, pos=pos, gap_days=days)
+    out = {k: out[k].at[:, step].set(jnp.where(done, jnp.zeros_like(v), v)) for k, v in new.items()}
+    num_new = num_new + (~done & (code != EOS)).astype(jnp.int32)
+    done = done | (code == EOS)
+    keep = lambda new_v, old_v: jnp.where(done, old_v, new_v)
+    return Last(keep(visit, last.visit), keep(age, last.age), keep(pos, last.pos)), done, out, num_new
+
+  done0 = jnp.zeros(b, bool)
+  last, done, out, num_new = emit(0, h, last, done0, out, jnp.zeros(b, jnp.int32))
+
+  def cond(carry):
+    step, _, done, _, _, _ = carry
+    return (step < max_new) & ~jnp.all(done)
+
+  def body(carry):
+    step, last, done, out, num_new, cache = carry
+    prev = step - 1
+    token = TokenBatch(out["tokens"][:, prev], last.visit, last.age, last.pos)
+    h, cache = decode(graphdef, params, token, cache, prev)
+    last, done, out, num_new = emit(step, h, last, done, out, num_new)
+    return step + 1, last, done, out, num_new, cache
+
+  carry = (jnp.int32(1), last, done, out, num_new, cache)
+  _, _, _, out, num_new, _ = jax.lax.while_loop(cond, body, carry)
+  out["num_new"] = num_new
+  return out
+
+
+_sample_jit = jax.jit(_sample_impl, static_argnums=0, static_argnames=("max_new",))
+
+
+def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, temperature=1.0,
+           top_k=0, top_p=1.0, seed=0, min_new=0, buckets: Sequence[int] = DEFAULT_BUCKETS):
+  """Samples up to `max_new` events after each prompt.
+
+  `prompt` is right-padded; `prompt_len` int32 [B] (each >= 1: at least BOS). Returns numpy
+  arrays: tokens, visit, age, pos (raw CMS code), gap_days (days since the previous event's
+  visit), each [B, max_new], and num_new [B] (events before EOS; EOS, when emitted, sits at column
+  num_new; columns after it are PAD). Same seed, same inputs: same result.
+  """
+  prompt_len = np.asarray(prompt_len, np.int32)
+  if prompt_len.min(initial=1) < 1:
+    raise DataError("every prompt needs at least one token (BOS)")
+  longest = int(prompt_len.max(initial=1))
+  width = bucket_length(longest, buckets)
+  if longest > width:
+    raise DataError(f"prompt of {longest} tokens exceeds the largest bucket {max(buckets)}; "
+                    "encode prompts with a smaller max_len (the most recent events are kept)")
+  prompt = pad_to(TokenBatch(*(np.asarray(a) for a in prompt)), width)
+  out = _sample_jit(graphdef, params, prompt, prompt_len, jnp.float32(temperature), jnp.int32(top_k),
+                    jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed), max_new=int(max_new))
+  return jax.device_get(out)
