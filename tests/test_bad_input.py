@@ -136,6 +136,13 @@ def test_meds_visit_column_contradicting_time_order(tmp_path):
     meds.read_meds(tmp_path / "m")
 
 
+def test_meds_visit_column_null_on_an_event(tmp_path):
+  cols = dict(_good_columns(), visit=pa.array([None, None], pa.int32()))
+  _shard(tmp_path / "m" / "data" / "0.parquet", **cols)
+  with pytest.raises(DataError, match=r"column 'visit' is null on an event row of subject 1"):
+    meds.read_meds(tmp_path / "m")
+
+
 def test_meds_extra_column_in_only_some_shards(tmp_path):
   cols = _good_columns()
   _shard(tmp_path / "m" / "data" / "0.parquet", **cols)

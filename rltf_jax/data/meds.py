@@ -99,6 +99,8 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
     bare_code_system: how prefix-less ICD-10-CM-looking codes are read (see `normalize_code`).
     missing_birth: "drop" (default; logged) or "error" for subjects without `MEDS_BIRTH`.
   """
+  if missing_birth not in ("drop", "error"):
+    raise DataError(f"missing_birth must be 'drop' or 'error', got {missing_birth!r}")
   root = Path(path)
   data_dir = root / "data"
   if not data_dir.is_dir():
@@ -164,12 +166,11 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
   sex[row_patient[is_sex]] = np.where(row_kind[is_sex] == _FEMALE, SEX_FEMALE, SEX_MALE)
 
   is_event = (row_kind == _EVENT) & has_time
-  if use_visit or use_pos:
-    for name, col in (("visit", visit_col), ("place_of_service", pos_col)):
-      if col is not None and np.any(col[1][is_event]):
-        bad = int(subject[np.flatnonzero(col[1] & is_event)[0]])
-        raise DataError(f"{source}: column {name!r} is null on an event row of subject {bad}; "
-                        "fill it on every row with a time and a medical code")
+  for name, col in (("visit", visit_col), ("place_of_service", pos_col)):
+    if col is not None and np.any(col[1][is_event]):
+      bad = int(subject[np.flatnonzero(col[1] & is_event)[0]])
+      raise DataError(f"{source}: column {name!r} is null on an event row of subject {bad}; "
+                      "fill it on every row with a time and a medical code")
   ev_patient = row_patient[is_event]
   ev_day = np.floor_divide(time_us[is_event], _US_PER_DAY)
   if use_visit:
@@ -185,8 +186,6 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
            f"{missing[0]}), so their ages are unknown")
     if missing_birth == "error":
       raise DataError(msg + "; add a MEDS_BIRTH row per subject or read with missing_birth='drop'")
-    if missing_birth != "drop":
-      raise DataError(f"missing_birth must be 'drop' or 'error', got {missing_birth!r}")
     if not has_birth.any():
       raise DataError(msg + f"; add a {BIRTH_CODE} row (time = birth date) per subject")
     log.warning("%s; they are dropped", msg)
