@@ -1,0 +1,143 @@
+"""DPO-Positive: the loss by hand, packed log-probs against plain passes, the step, a short fine-tune."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rltf_jax.data.sequences import TokenBatch
+from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
+from rltf_jax.errors import ConfigError
+from rltf_jax.training import dpo
+from rltf_jax.training.preference import build_preference_data, pack_pairs
+from test_preference import COHORT, random_dataset, rltf_cfg
+
+# Fixed log-probabilities: (policy chosen, policy rejected, ref chosen, ref rejected).
+FIXED = np.array([[-10.0, -12.0, -11.0, -11.5],   # policy above the reference on C: no penalty
+                  [-14.0, -9.0, -12.0, -10.0],    # policy below the reference on C: penalty 2
+                  [-3.0, -3.0, -3.0, -3.0]], np.float32)
+
+
+def softplus(x):
+  return math.log1p(math.exp(x))
+
+
+def hand_loss(row, beta, lam, placement):
+  pc, pr, rc, rr = (float(v) for v in row)
+  margin = (pc - rc) - (pr - rr)
+  penalty = max(0.0, rc - pc)
+  if placement == "outside":
+    return softplus(-beta * margin) + lam * penalty  # -log sigmoid(z) = softplus(-z)
+  return softplus(-beta * (margin - lam * penalty))
+
+
+@pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("beta,lam", [(0.1, 0.1), (0.5, 2.0), (1.0, 0.0)])
+def test_loss_matches_hand_computation(placement, beta, lam):
+  loss, metrics = dpo.dpo_positive_loss(*jnp.asarray(FIXED.T), beta=beta, lam=lam, placement=placement)
+  expected = np.mean([hand_loss(r, beta, lam, placement) for r in FIXED])
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  np.testing.assert_allclose(metrics["penalty"], np.mean([0.0, 2.0, 0.0]), rtol=1e-6)
+  margins = [(r[0] - r[2]) - (r[1] - r[3]) for r in FIXED]
+  np.testing.assert_allclose(metrics["reward_margin"], beta * np.mean(margins), rtol=1e-6)
+  np.testing.assert_allclose(metrics["reward_accuracy"], np.mean([m > 0 for m in margins]))
+
+
+def test_lambda_zero_is_standard_sigmoid_dpo():
+  pc, pr, rc, rr = jnp.asarray(FIXED.T)
+  standard = -jax.nn.log_sigmoid(0.1 * ((pc - pr) - (rc - rr))).mean()
+  for placement in ("outside", "inside"):
+    loss, _ = dpo.dpo_positive_loss(pc, pr, rc, rr, beta=0.1, lam=0.0, placement=placement)
+    np.testing.assert_allclose(loss, standard, rtol=1e-6)
+  # And the penalty does matter when lambda > 0 (row 1 has a positive penalty).
+  loss, _ = dpo.dpo_positive_loss(pc, pr, rc, rr, beta=0.1, lam=0.1, placement="outside")
+  assert float(loss) > float(standard) + 0.05
+
+
+def test_no_gradient_reaches_the_reference():
+  pc, pr, rc, rr = jnp.asarray(FIXED.T)
+  for placement in ("outside", "inside"):
+    f = lambda *a: dpo.dpo_positive_loss(*a, beta=0.3, lam=0.5, placement=placement)[0]
+    g = jax.grad(f, argnums=(0, 1, 2, 3))(pc, pr, rc, rr)
+    assert np.all(np.asarray(g[2]) == 0) and np.all(np.asarray(g[3]) == 0)
+    assert np.any(np.asarray(g[0]) != 0) and np.any(np.asarray(g[1]) != 0)
+
+
+def test_unknown_placement_is_a_config_error():
+  with pytest.raises(ConfigError, match="penalty_placement"):
+    dpo.dpo_positive_loss(*jnp.asarray(FIXED.T), beta=0.1, lam=0.1, placement="middle")
+
+
+# ---------------------------------------------------------------------------- packed rows
+def tiny_decoder(vocab_size, seed=0):
+  from rltf_jax.models.decoder import default_model_config, init_decoder
+  cfg = default_model_config()
+  cfg.width, cfg.num_layers, cfg.num_heads = 32, 2, 2
+  return init_decoder(cfg, vocab_size, seed=seed)
+
+
+def plain_sequence(data, vocab, i, which):
+  """[BOS] + prompt + continuation (+ EOS) of pair i as lists, and the prompt length."""
+  prompt, cont = data.prompt, getattr(data, which)
+  ev = lambda d: [(vocab.id(d.codes[d.code[k]]), d.visit[k], d.age[k], d.pos[k])
+                  for k in range(d.offsets[i], d.offsets[i + 1])]
+  p, c, chosen = ev(prompt), ev(cont), ev(data.chosen)
+  first = (p + chosen)[0]
+  seq = [(BOS,) + first[1:]] + p + c
+  if data.ends[i]:
+    last = (p + c or chosen)[-1]
+    seq.append((EOS,) + last[1:])
+  return seq, len(p)
+
+
+def plain_logps(graphdef, params, data, vocab, which):
+  """Sum of continuation code log-probs from one ordinary causal pass per sequence."""
+  from rltf_jax.models.decoder import code_logprobs
+  seqs = [plain_sequence(data, vocab, i, which) for i in range(data.num_pairs)]
+  width = max(len(s) for s, _ in seqs)
+  arr = np.zeros((4, len(seqs), width), np.float64)
+  for i, (s, _) in enumerate(seqs):
+    arr[:, i, :len(s)] = np.asarray(s, np.float64).T
+  batch = TokenBatch(arr[0].astype(np.int32), arr[1].astype(np.int32), arr[2].astype(np.float32),
+                     arr[3].astype(np.int32))
+  lp = np.asarray(code_logprobs(graphdef, params, batch))
+  # Position t predicts token t + 1; continuation tokens are columns lp + 1 .. len - 1.
+  return np.array([lp[i, n_prompt:len(s) - 1].sum() for i, (s, n_prompt) in enumerate(seqs)])
+
+
+@pytest.fixture(scope="module")
+def pairs_and_vocab():
+  ds = random_dataset(num_patients=200, seed=11, max_events=14)
+  vocab = Vocabulary.build(ds, always_include=COHORT.codes)
+  data = build_preference_data(ds, COHORT, rltf_cfg(num_pairs=24, max_prompt_events=6,
+                                                    max_continuation_events=7))
+  return data, vocab
+
+
+def test_packed_logps_equal_two_plain_passes(pairs_and_vocab):
+  data, vocab = pairs_and_vocab
+  graphdef, params = tiny_decoder(len(vocab))
+  packed = pack_pairs(data, vocab)
+  chosen, rejected = jax.jit(dpo.pair_logps, static_argnums=0)(graphdef, params, packed)
+  np.testing.assert_allclose(chosen, plain_logps(graphdef, params, data, vocab, "chosen"), rtol=2e-5, atol=2e-4)
+  np.testing.assert_allclose(rejected, plain_logps(graphdef, params, data, vocab, "rejected"), rtol=2e-5, atol=2e-4)
+  assert np.all(np.asarray(chosen) != np.asarray(rejected))  # every pair differs somewhere
+  # The packed row is shorter than the two plain rows together.
+  assert packed.tokens.shape[1] < 2 * max(len(plain_sequence(data, vocab, i, "rejected")[0])
+                                          for i in range(data.num_pairs))
+
+
+def test_packed_layout_by_hand(pairs_and_vocab):
+  data, vocab = pairs_and_vocab
+  packed = pack_pairs(data, vocab)
+  for i in range(data.num_pairs):
+    c, n_prompt = plain_sequence(data, vocab, i, "chosen")
+    r, _ = plain_sequence(data, vocab, i, "rejected")
+    e = n_prompt + 1 + data.edit_index[i]  # shared columns
+    row = list(packed.tokens[i])
+    assert row[:len(c)] == [t[0] for t in c]
+    assert row[len(c):len(c) + len(r) - e] == [t[0] for t in r[e:]]
+    assert all(t == PAD for t in row[len(c) + len(r) - e:])
+    assert list(packed.positions[i, len(c):len(c) + len(r) - e]) == list(range(e, len(r)))
