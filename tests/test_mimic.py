@@ -5,10 +5,12 @@ import datetime
 import gzip
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, shared_path
@@ -16,6 +18,7 @@ from rltf_jax.data import meds, mimic
 from rltf_jax.data.codes import CodeType
 from rltf_jax.data.cohorts import cohort_membership, get_cohort
 from rltf_jax.data.events import assign_splits
+from rltf_jax.data.load import load_dataset
 
 DEMO = ("data", "mimic-iv-demo-2.2")
 EPOCH = datetime.date(1970, 1, 1)
@@ -146,7 +149,6 @@ def test_converter_cli_writes_meds_without_splits(demo, demo_dir, tmp_path):
   codes = pcsv.read_csv(demo_dir / "hosp" / "d_icd_diagnoses.csv.gz",
                         convert_options=pcsv.ConvertOptions(column_types={"icd_code": pa.string()}))
   titles = dict(zip(codes.column("icd_code").to_pylist(), codes.column("long_title").to_pylist()))
-  import pyarrow.parquet as pq
   table = pq.read_table(out / "metadata" / "codes.parquet").to_pylist()
   described = {r["code"]: r["description"] for r in table}
   code = next(c for c in back.codes if c.startswith("ICD10CM/"))
@@ -201,8 +203,6 @@ def test_small_tables_hand_checked(tmp_path):
 
 
 def test_load_dataset_assigns_hash_splits_to_mimic(demo_dir):
-  import types
-  from rltf_jax.data.load import load_dataset
   cfg = types.SimpleNamespace(source="mimic", path=str(demo_dir), bare_code_system="ICD10CM",
                               split_fractions=(0.8, 0.1, 0.1), split_seed=0)
   ds = load_dataset(cfg)
