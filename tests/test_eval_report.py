@@ -1,0 +1,196 @@
+"""End to end: honest toy generators through `evaluate_generator`, then the report command."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from rltf_jax.data.events import PatientEvents
+from rltf_jax.errors import ConfigError
+from rltf_jax.evaluation import evaluate, report, utility
+from test_eval_utility import toy_dataset
+
+T = 3
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
+      truncate_events=T, min_prompt_events=1, max_new_events=2 * T, num_test_patients=0,
+      num_train_patients=20, num_membership_patients=30, model_fraction=0.7, bootstrap_samples=50,
+      catboost_iterations=10, catboost_depth=4, catboost_threads=1, temperature=1.0, top_k=0,
+      top_p=1.0, seed=0))
+  cfg.update(overrides)
+  return cfg
+
+
+def _continuation(prompts: PatientEvents, lengths, codes, code) -> PatientEvents:
+  """Continuations of `prompts`: events in one new visit after each prompt's last one."""
+  lengths = np.asarray(lengths, np.int64)
+  last = np.maximum(prompts.offsets[1:] - 1, 0)
+  last_visit = np.where(prompts.lengths > 0, prompts.visit[last], -1) if prompts.num_events else \
+      np.full(len(prompts), -1)
+  last_day = np.where(prompts.lengths > 0, prompts.day[last], 15000) if prompts.num_events else \
+      np.full(len(prompts), 15000)
+  rep = lambda a: np.repeat(a, lengths)
+  return PatientEvents.build(
+      subject_id=prompts.subject_id, sex=prompts.sex, birth_day=prompts.birth_day, split=prompts.split,
+      offsets=np.concatenate([[0], np.cumsum(lengths)]), code=code, day=rep(last_day + 1),
+      visit=rep(last_visit + 1), pos=np.full(int(lengths.sum()), 21), codes=codes)
+
+
+class Oracle:
+  """Returns each patient's true continuation; its likelihood gives training patients away."""
+  name = "rltf"
+
+  def __init__(self, full: PatientEvents):
+    self.full = full
+    self.row = {int(s): i for i, s in enumerate(full.subject_id)}
+
+  def complete(self, prompts, *, max_new_events, seed):
+    rows = np.array([self.row[int(s)] for s in prompts.subject_id])
+    full = self.full.select(rows)
+    starts = full.offsets[:-1] + prompts.lengths
+    lens = np.minimum(full.lengths - prompts.lengths, max_new_events)
+    ev = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]).astype(np.int64)
+    out = _continuation(prompts, lens, full.codes, full.code[ev])
+    return PatientEvents.build(**{f: getattr(out, f) for f in
+                                  ("subject_id", "sex", "birth_day", "split", "offsets", "codes")},
+                               code=full.code[ev], day=full.day[ev], visit=full.visit[ev], pos=full.pos[ev])
+
+  def log_likelihood(self, ds):
+    return -ds.lengths * np.where(ds.split == 0, 1.0, 2.0)  # -1 per event for members, -2 otherwise
+
+
+class Silent:
+  """Never generates anything and offers no likelihood."""
+  name = "base"
+
+  def complete(self, prompts, *, max_new_events, seed):
+    return _continuation(prompts, np.zeros(len(prompts)), ["ICD10CM/I10"], np.zeros(0, np.int32))
+
+  def log_likelihood(self, ds):
+    raise NotImplementedError("silent test generator")
+
+
+class AlwaysTarget:
+  """Emits exactly one target event (D573) for every patient; its likelihood is uninformative."""
+  name = "sft"
+
+  def complete(self, prompts, *, max_new_events, seed):
+    return _continuation(prompts, np.ones(len(prompts)), ["ICD10CM/D573"], np.zeros(len(prompts), np.int32))
+
+  def log_likelihood(self, ds):
+    return -np.ones(ds.num_patients) * np.maximum(ds.lengths, 1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("run")
+  ds = toy_dataset(160, seed=4)
+  results = {}
+  for gen in (Oracle(ds), Silent(), AlwaysTarget()):
+    results[gen.name] = evaluate.evaluate_generator(gen, ds, "scd", eval_config(),
+                                                    root / "scd" / "eval" / gen.name)
+  return root, ds, results
+
+
+def test_oracle_scores_perfectly(run_dir):
+  _, _, results = run_dir
+  m = results["rltf"]
+  t = m["fidelity"]["target"]
+  assert t["counts"]["actual_positive"] > 0
+  assert t["precision"]["value"] == 1.0 and t["recall"]["value"] == 1.0 and t["f1"]["value"] == 1.0
+  assert m["fidelity"]["rouge1"]["value"] == 1.0
+  # identical features and labels train the identical classifier
+  assert m["utility"]["synthetic"]["auroc"] == m["utility"]["real"]["auroc"]
+  mem = m["memorization"]
+  assert mem["self_copy_train"]["value"] == 1.0
+  assert mem["exact_copy_of_train_continuation"]["value"] == mem["real_test_equal_to_train_continuation"]["value"]
+  assert mem["membership_inference"]["value"] == 1.0
+  assert m["prevalence"]["continuations"]["pearson_r"] == pytest.approx(1.0)
+  assert m["prevalence"]["continuations"]["r2_identity"] == pytest.approx(1.0)
+
+
+def test_silent_generator_scores_zero_by_convention(run_dir):
+  _, _, results = run_dir
+  m = results["base"]
+  t = m["fidelity"]["target"]
+  assert (t["precision"]["value"], t["recall"]["value"], t["f1"]["value"]) == (0.0, 0.0, 0.0)
+  assert t["counts"]["precision_by_convention"]
+  assert m["fidelity"]["rouge1"]["value"] == 0.0
+  assert m["generation"]["empty_generated_fraction"] == 1.0
+  assert m["memorization"]["exact_copy_of_train_continuation"]["value"] == 0.0
+  assert m["memorization"]["membership_inference"]["value"] is None
+  assert "no log-likelihood" in m["memorization"]["membership_inference"]["reason"]
+
+
+def test_always_target_has_full_recall_and_base_rate_precision(run_dir):
+  _, _, results = run_dir
+  m = results["sft"]
+  c = m["fidelity"]["target"]["counts"]
+  assert m["fidelity"]["target"]["recall"]["value"] == 1.0
+  assert m["fidelity"]["target"]["precision"]["value"] == pytest.approx(c["actual_positive"] / c["patients"])
+  # every synthetic record is positive: one class, so a constant scorer with AUROC 0.5
+  assert m["utility"]["synthetic"]["constant_scorer"] and m["utility"]["synthetic"]["auroc"]["value"] == 0.5
+  assert m["memorization"]["membership_inference"]["value"] == 0.5
+  assert m["prevalence"]["continuations"]["cohort_synthetic"] == 1.0
+
+
+def test_every_method_uses_the_same_patients_and_split(run_dir):
+  root, ds, results = run_dir
+  saved = {name: utility.load_utility_data(root / "scd" / "eval" / name / "utility.npz")
+           for name in results}
+  ids = [d.model_subject_id for d in saved.values()]
+  assert all(np.array_equal(ids[0], i) for i in ids[1:])
+  d = saved["rltf"]
+  assert set(d.model_subject_id).isdisjoint(d.valid_subject_id)
+  test_ids = set(ds.subject_id[ds.split == 2])
+  assert set(d.model_subject_id) | set(d.valid_subject_id) <= test_ids
+  assert not any(c == "ICD10CM/D573" for c in d.features)
+  # the saved matrices rerun to the numbers in metrics.json
+  cfg = eval_config()
+  rerun = utility.evaluate_utility(d, iterations=cfg.catboost_iterations, threads=1, seed=cfg.seed,
+                                   bootstrap_samples=cfg.bootstrap_samples, depth=cfg.catboost_depth)
+  assert rerun["real"]["auroc"] == results["rltf"]["utility"]["real"]["auroc"]
+
+
+def test_rerun_reuses_results_and_refuses_other_settings(run_dir):
+  root, ds, results = run_dir
+  out = root / "scd" / "eval" / "base"
+  assert evaluate.evaluate_generator(Silent(), ds, "scd", eval_config(), out) == results["base"]
+  with pytest.raises(ConfigError, match="other settings"):
+    evaluate.evaluate_generator(Silent(), ds, "scd", eval_config(truncate_events=4), out)
+
+
+def test_report_command_writes_report_metrics_and_plots(run_dir, capsys):
+  root, _, results = run_dir
+  assert report.main([str(root)]) == 0
+  out = root / "report"
+  text = (out / "report.md").read_text()
+  for png in ("recall_f1.png", "auroc.png", "prevalence_scd.png"):
+    assert (out / png).stat().st_size > 1000 and f"({png})" in text
+  combined = json.loads((out / "metrics.json").read_text())
+  assert set(combined["cohorts"]["scd"]) == {"base", "rltf", "sft"}
+  assert combined["cohorts"]["scd"]["rltf"]["fidelity"] == results["rltf"]["fidelity"]
+  # the paper's numbers sit beside ours, labelled: SCD Table 5 DPO and CHIRON, Table 6 Real
+  assert "paper, on its private data" in text
+  assert "0.50/0.25/0.33" in text and "1.00/0.03/0.05" in text and "0.577" in text
+  assert "Sickle Cell Disease" in text
+  # a second call regenerates from the evaluations (its own metrics.json is not read as one)
+  assert report.main([str(root)]) == 0
+
+
+def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
+  from rltf_jax.errors import DataError
+  with pytest.raises(DataError, match="no evaluation metrics.json"):
+    report.write_report(tmp_path)
+
+
+def test_config_has_the_eval_section():
+  pytest.importorskip("rltf_jax.data.simulate")
+  from configs import base
+  for size, n in (("smoke", 100), (None, 2000)):
+    cfg = base.get_config(size).eval
+    assert cfg.num_test_patients == n and cfg.max_new_events >= cfg.truncate_events
+    assert set(evaluate._RESULT_FIELDS) <= set(cfg.keys())
