@@ -36,4 +36,26 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   from rltf_jax.data import simulate  # the simulator's parameters live in config too
   cfg.data.simulator = simulate.default_config()
 
+  # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
+  # The paper evaluates 100,000 test patients and does not give T; CatBoost's iterations are its
+  # library default (1000) at paper size. Patients with fewer than T + min_prompt_events events are
+  # skipped. Sampling controls are read by whoever builds the generators (`Generator.complete`
+  # takes no sampling arguments).
+  cfg.eval = ml_collections.ConfigDict()
+  cfg.eval.truncate_events = 5 if smoke else 20  # T: the last T events are regenerated
+  cfg.eval.min_prompt_events = 1
+  cfg.eval.max_new_events = 2 * cfg.eval.truncate_events  # generation stops at EOS or here
+  cfg.eval.num_test_patients = 100 if smoke else (100_000 if paper else 2_000)  # 0 = all
+  cfg.eval.num_train_patients = 40 if smoke else (10_000 if paper else 500)  # memorization ROUGE
+  cfg.eval.num_membership_patients = 50 if smoke else (10_000 if paper else 1_000)  # per side
+  cfg.eval.model_fraction = 0.7  # modelling / validation split of the test patients
+  cfg.eval.bootstrap_samples = 100 if smoke else 1_000
+  cfg.eval.catboost_iterations = 20 if smoke else (1_000 if paper else 200)
+  cfg.eval.catboost_depth = 6
+  cfg.eval.catboost_threads = 2
+  cfg.eval.temperature = 1.0  # ancestral sampling, as the paper
+  cfg.eval.top_k = 0          # 0 = off
+  cfg.eval.top_p = 1.0        # 1 = off
+  cfg.eval.seed = 0           # patient draw, split, bootstrap and generation seed
+
   return cfg
