@@ -36,6 +36,38 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   from rltf_jax.data import simulate  # the simulator's parameters live in config too
   cfg.data.simulator = simulate.default_config()
 
+  # ---------------------------------------------------------------- baselines (LSTM, HALO)
+  # Paper: embedding 128, hidden 256, 3 layers, Adam 1e-3, batch 128, 50 epochs, beam search
+  # stopping at EOS or 512 tokens. Default: the same shape, fewer epochs, for a 2-core CPU.
+  cfg.lstm = ml_collections.ConfigDict()
+  cfg.lstm.embed_dim = 16 if smoke else 128
+  cfg.lstm.hidden_dim = 32 if smoke else 256
+  cfg.lstm.num_layers = 2 if smoke else 3
+  cfg.lstm.learning_rate = 1e-3
+  cfg.lstm.batch_size = 32 if smoke else 128
+  cfg.lstm.epochs = 1 if smoke else (50 if paper else 3)
+  cfg.lstm.max_len = 64 if smoke else (512 if paper else 256)  # training window incl. BOS/EOS
+  cfg.lstm.max_new_tokens = 512  # decoding stops at EOS or this many generated tokens
+  cfg.lstm.beam_width = 2 if smoke else 4
+  cfg.lstm.length_penalty = 0.0  # GNMT alpha for choosing among final beams; 0 = raw log-prob
+  cfg.lstm.seed = 0
+
+  # HALO (Theodorou et al. 2023). Paper: the official defaults (12 layers, width 768, 12 heads,
+  # 48 visits, Adam 1e-4, batch 48, 50 epochs, full code vocabulary). The code-level head holds
+  # two (width + V) x (width + V) masked matrices, so HALO's own vocabulary is capped at the
+  # `max_codes` most frequent codes plus the cohort's codes (0 = no cap).
+  cfg.halo = ml_collections.ConfigDict()
+  cfg.halo.num_layers = 1 if smoke else (12 if paper else 2)
+  cfg.halo.width = 32 if smoke else (768 if paper else 128)
+  cfg.halo.num_heads = 2 if smoke else (12 if paper else 4)
+  cfg.halo.max_visits = 16 if smoke else 48  # n_ctx: start + label visit + patient visits
+  cfg.halo.max_codes = 200 if smoke else (0 if paper else 1000)
+  cfg.halo.learning_rate = 1e-4 if paper else 1e-3
+  cfg.halo.batch_size = 16 if smoke else 48
+  cfg.halo.epochs = 1 if smoke else (50 if paper else 5)
+  cfg.halo.label_mode = "sample"  # completion labels: "sample" (model prior, prompt codes forced) | "prompt"
+  cfg.halo.seed = 0
+
   # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
   # The paper evaluates 100,000 test patients and does not give T; CatBoost's iterations are its
   # library default (1000) at paper size. Patients with fewer than T + min_prompt_events events are
