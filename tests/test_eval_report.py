@@ -108,8 +108,9 @@ def test_oracle_scores_perfectly(run_dir):
   assert mem["self_copy_train"]["value"] == 1.0
   assert mem["exact_copy_of_train_continuation"]["value"] == mem["real_test_equal_to_train_continuation"]["value"]
   assert mem["membership_inference"]["value"] == 1.0
-  assert m["prevalence"]["continuations"]["pearson_r"] == pytest.approx(1.0)
-  assert m["prevalence"]["continuations"]["r2_identity"] == pytest.approx(1.0)
+  for part in ("continuations", "records"):
+    assert m["prevalence"][part]["pearson_r"]["value"] == pytest.approx(1.0)
+    assert m["prevalence"][part]["r2_identity"]["ci95"] == [pytest.approx(1.0), pytest.approx(1.0)]
 
 
 def test_silent_generator_scores_zero_by_convention(run_dir):
@@ -134,7 +135,13 @@ def test_always_target_has_full_recall_and_base_rate_precision(run_dir):
   # every synthetic record is positive: one class, so a constant scorer with AUROC 0.5
   assert m["utility"]["synthetic"]["constant_scorer"] and m["utility"]["synthetic"]["auroc"]["value"] == 0.5
   assert m["memorization"]["membership_inference"]["value"] == 0.5
-  assert m["prevalence"]["continuations"]["cohort_synthetic"] == 1.0
+  prev = m["prevalence"]["continuations"]
+  assert prev["cohort_synthetic"]["value"] == 1.0
+  assert prev["cohort_real"]["value"] == pytest.approx(c["actual_positive"] / c["patients"])
+  # only D573 is generated: per code, synthetic prevalence is 1 for D573 and 0 elsewhere
+  z = np.load(run_dir[0] / "scd" / "eval" / "sft" / "prevalence.npz")
+  assert list(z["continuations_synthetic"][z["continuations_codes"] == "ICD10CM/D573"]) == [1.0]
+  assert z["continuations_synthetic"][z["continuations_codes"] != "ICD10CM/D573"].sum() == 0
 
 
 def test_every_method_uses_the_same_patients_and_split(run_dir):

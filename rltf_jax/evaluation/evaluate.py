@@ -171,8 +171,10 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   timing["memorization_s"] = time.perf_counter() - t - timing.get("generate_train_s", 0.0)
 
   # ---------------------------------------------------------------- prevalence
+  t = time.perf_counter()
   prev, prev_arrays = prevalence.prevalence_fidelity(real_records, synthetic_records, true, generated,
-                                                     cohort.codes)
+                                                     cohort.codes, B, seed)
+  timing["prevalence_s"] = time.perf_counter() - t
   io.atomic_savez(out / "prevalence.npz", **prev_arrays)
 
   io.atomic_savez(

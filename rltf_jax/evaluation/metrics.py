@@ -197,14 +197,21 @@ def rouge1(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[s
 
 
 # ---------------------------------------------------------------- prevalence agreement
+def agreement_rows(real_bxc: np.ndarray, synthetic_bxc: np.ndarray) -> np.ndarray:
+  """float [b, 2]: per row, Pearson r between real and synthetic values and R^2 of synthetic as a
+  prediction of real on the identity line (1 - SS(real - synthetic) / SS(real - mean real));
+  NaN where undefined (a constant row)."""
+  real, syn = np.atleast_2d(np.asarray(real_bxc, np.float64)), np.atleast_2d(np.asarray(synthetic_bxc, np.float64))
+  rc = real - real.mean(axis=1, keepdims=True)
+  sc = syn - syn.mean(axis=1, keepdims=True)
+  ss_real, ss_syn = (rc ** 2).sum(axis=1), (sc ** 2).sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    r = np.where((ss_real > 0) & (ss_syn > 0), (rc * sc).sum(axis=1) / np.sqrt(ss_real * ss_syn), np.nan)
+    r2 = np.where(ss_real > 0, 1.0 - ((real - syn) ** 2).sum(axis=1) / ss_real, np.nan)
+  return np.stack([r, r2], axis=1)
+
+
 def agreement(real: np.ndarray, synthetic: np.ndarray) -> dict:
-  """Pearson r between two vectors and R^2 of `synthetic` as a prediction of `real` (identity
-  line: 1 - SS(real - synthetic) / SS(real - mean real)); None where undefined."""
-  real, synthetic = np.asarray(real, np.float64), np.asarray(synthetic, np.float64)
-  if len(real) < 2 or np.std(real) == 0 or np.std(synthetic) == 0:
-    r = None
-  else:
-    r = float(np.corrcoef(real, synthetic)[0, 1])
-  ss_tot = float(((real - real.mean()) ** 2).sum()) if len(real) else 0.0
-  r2 = 1.0 - float(((real - synthetic) ** 2).sum()) / ss_tot if ss_tot > 0 else None
-  return dict(pearson_r=r, r2_identity=r2, num_codes=int(len(real)))
+  """Pearson r and identity-line R^2 (see `agreement_rows`) of two vectors; None where undefined."""
+  r, r2 = agreement_rows(real, synthetic)[0] if len(real) else (np.nan, np.nan)
+  return dict(pearson_r=_py(r), r2_identity=_py(r2), num_codes=int(len(real)))

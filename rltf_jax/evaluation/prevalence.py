@@ -1,10 +1,12 @@
 """Prevalence fidelity: are codes and the cohort as common in synthetic records as in real ones?
 
-Prevalence of a code = fraction of patients with at least one event of it. It is compared over the
-union of codes in both sets of records, twice: on whole records (prompt + continuation; what a user
-of the synthetic data gets, but the shared prompts inflate agreement) and on continuations only
-(the part the model wrote). Agreement is Pearson r and R^2 of synthetic as a prediction of real on
-the identity line (`metrics.agreement`).
+Prevalence of a code = fraction of patients with at least one event of it. Real and synthetic
+data here hold the same patients (synthetic = each patient's prompt completed by the generator), so
+they are compared over the codes seen in either, twice: on whole records (prompt + continuation;
+what a user of the synthetic data gets, but the shared prompts inflate agreement) and on
+continuations only (the part the model wrote). Agreement is Pearson r and R^2 of synthetic as a
+prediction of real on the identity line (`metrics.agreement_rows`). Intervals resample patients,
+keeping each patient's real and synthetic record together.
 """
 
 from __future__ import annotations
@@ -12,35 +14,61 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
+import scipy.sparse as sp
 
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.evaluation import metrics
 from rltf_jax.evaluation.conditional import common_codes, recode
 
 
-def code_prevalence(real: PatientEvents, synthetic: PatientEvents) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(codes, real prevalence, synthetic prevalence) over the union of both code tables, keeping
-  codes present in at least one of them."""
+def presence(ds: PatientEvents, codes: np.ndarray) -> sp.csr_matrix:
+  """float64 csr [P, C]: 1 where the patient has at least one event of the code (table `codes`)."""
+  x = recode(ds, codes)
+  m = sp.csr_matrix((np.ones(x.num_events), (x.event_patient(), x.code)),
+                    shape=(x.num_patients, len(codes)))
+  m.sum_duplicates()
+  m.data[:] = 1.0  # presence, not counts
+  return m
+
+
+def prevalence_agreement(real: PatientEvents, synthetic: PatientEvents, num_samples: int, seed: int
+                         ) -> tuple[dict, dict[str, np.ndarray]]:
+  """Pearson r and R^2 over codes with intervals; arrays (codes, real and synthetic prevalence)."""
   codes = common_codes(real, synthetic)
-  prev = []
-  for ds in (real, synthetic):
-    counts = recode(ds, codes).code_patient_counts()
-    prev.append(counts / max(ds.num_patients, 1))
-  present = (prev[0] > 0) | (prev[1] > 0)
-  return codes[present], prev[0][present], prev[1][present]
+  x_real, x_syn = presence(real, codes), presence(synthetic, codes)
+  n = real.num_patients
+  p_real = np.asarray(x_real.sum(axis=0)).ravel() / max(n, 1)
+  p_syn = np.asarray(x_syn.sum(axis=0)).ravel() / max(n, 1)
+  present = (p_real > 0) | (p_syn > 0)  # codes seen in the full data; fixed across resamples
+  x_real, x_syn = x_real[:, present], x_syn[:, present]
+
+  def stat(w_bxn):
+    total = w_bxn.sum(axis=1, keepdims=True).astype(np.float64)
+    pr = np.asarray((x_real.T @ w_bxn.T.astype(np.float64))).T / total
+    ps = np.asarray((x_syn.T @ w_bxn.T.astype(np.float64))).T / total
+    return metrics.agreement_rows(pr, ps)
+
+  boot = metrics.bootstrap(stat, n, num_samples, seed)
+  out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
+         for i, name in enumerate(("pearson_r", "r2_identity"))}
+  out["num_codes"] = int(present.sum())
+  return out, dict(codes=codes[present], real=p_real[present], synthetic=p_syn[present])
 
 
 def prevalence_fidelity(real_records: PatientEvents, synthetic_records: PatientEvents,
                         real_continuations: PatientEvents, generated: PatientEvents,
-                        target_codes: Iterable[str]) -> tuple[dict, dict[str, np.ndarray]]:
-  """(metrics, arrays for the scatter plot and for recomputation)."""
+                        target_codes: Iterable[str], num_samples: int, seed: int
+                        ) -> tuple[dict, dict[str, np.ndarray]]:
+  """(metrics, arrays for the scatter plot and for recomputation, keys `<part>_codes`,
+  `<part>_real`, `<part>_synthetic` for part in records, continuations)."""
   target_codes = list(target_codes)
   out, arrays = {}, {}
   for part, real, syn in (("records", real_records, synthetic_records),
                           ("continuations", real_continuations, generated)):
-    codes, p_real, p_syn = code_prevalence(real, syn)
-    out[part] = dict(**metrics.agreement(p_real, p_syn),
-                     cohort_real=float(real.patients_with_any(target_codes).mean()) if len(real) else None,
-                     cohort_synthetic=float(syn.patients_with_any(target_codes).mean()) if len(syn) else None)
-    arrays.update({f"{part}_codes": codes, f"{part}_real": p_real, f"{part}_synthetic": p_syn})
+    agree, arr = prevalence_agreement(real, syn, num_samples, seed)
+    out[part] = dict(
+        **agree,
+        cohort_real=metrics.mean_ci(real.patients_with_any(target_codes), num_samples, seed),
+        cohort_synthetic=metrics.mean_ci(syn.patients_with_any(target_codes), num_samples, seed))
+    arrays.update({f"{part}_{k}": v for k, v in arr.items()})
   return out, arrays

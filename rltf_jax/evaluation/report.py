@@ -248,10 +248,10 @@ def _prevalence_section(results: dict, plots: list[str]) -> list[str]:
     for method, m in ms.items():
       p = m.get("prevalence", {})
       rec, cont = p.get("records", {}), p.get("continuations", {})
-      rows.append([get_cohort(cohort).abbrev, _label(method), _num(cont.get("pearson_r")),
-                   _num(cont.get("r2_identity")), _num(rec.get("pearson_r")), _num(rec.get("r2_identity")),
-                   f"{_num(cont.get('cohort_real'), 4)} / {_num(cont.get('cohort_synthetic'), 4)}",
-                   f"{_num(rec.get('cohort_real'), 4)} / {_num(rec.get('cohort_synthetic'), 4)}"])
+      rows.append([get_cohort(cohort).abbrev, _label(method), _ci(cont.get("pearson_r")),
+                   _ci(cont.get("r2_identity")), _ci(rec.get("pearson_r")), _ci(rec.get("r2_identity")),
+                   f"{_ci(cont.get('cohort_real'), 4)} / {_ci(cont.get('cohort_synthetic'), 4)}",
+                   f"{_ci(rec.get('cohort_real'), 4)} / {_ci(rec.get('cohort_synthetic'), 4)}"])
   return [
       "## 4. Prevalence fidelity (beyond the paper)", "",
       "Per-code prevalence (fraction of patients with the code) in synthetic vs real data, over the "
@@ -396,7 +396,7 @@ def _plots(results: dict, out: Path) -> dict[str, list[str]]:
         ax.plot([0, top], [0, top], color="grey", lw=0.8)
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
-      r = _get(m, "prevalence", "continuations", "pearson_r")
+      r = _get(m, "prevalence", "continuations", "pearson_r", "value")
       ax.set_title(f"{_label(method)}\nr = {_num(r, 2)}", fontsize=9)
       ax.set_xlabel("real prevalence (true continuations)", fontsize=8)
       ax.set_ylabel("synthetic prevalence (generated)", fontsize=8)
