@@ -68,6 +68,41 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.halo.label_mode = "sample"  # completion labels: "sample" (model prior, prompt codes forced) | "prompt"
   cfg.halo.seed = 0
 
+  # ---------------------------------------------------------------- RLTF (DPO-Positive)
+  # Paper: N = 10000 pairs, P = 0.5, batch 8, 6 epochs, lr 1e-5, lambda 0.1; beta is not given
+  # (0.1, TRL's default). Default size: fewer pairs and a larger learning rate so that one
+  # cohort's fine-tune takes a minute or two on a 2-core CPU.
+  cfg.rltf = ml_collections.ConfigDict()
+  cfg.rltf.num_pairs = 64 if smoke else (10_000 if paper else 1_000)
+  cfg.rltf.positive_fraction = 0.5
+  cfg.rltf.keep_proportion = True  # too few positives: shrink N to keep P (else keep N, change P)
+  cfg.rltf.split_seed = 0          # patients drawn and split points
+  cfg.rltf.insert_seed = 1         # negatives' insertion index and inserted code
+  cfg.rltf.max_prompt_events = 32 if smoke else 128   # prompt keeps its most recent events
+  cfg.rltf.max_continuation_events = 32 if smoke else 128  # continuation keeps its first events
+  cfg.rltf.beta = 0.1
+  cfg.rltf.positive_lambda = 0.1
+  cfg.rltf.penalty_placement = "outside"  # "outside" the sigmoid (paper text) | "inside" (Smaug)
+  cfg.rltf.learning_rate = 1e-5 if paper else 5e-5
+  cfg.rltf.warmup_steps = 0 if paper else 10
+  cfg.rltf.batch_size = 8
+  cfg.rltf.epochs = 1 if smoke else (6 if paper else 2)
+  cfg.rltf.reference_batch_size = 32
+  cfg.rltf.checkpoint_every = 200  # steps; the last step is always saved
+  cfg.rltf.log_every = 10
+  cfg.rltf.seed = 0                # batch order
+
+  # SFT baseline: the language-model loss on the chosen sequences (prompt + chosen) of the same
+  # pairs, same optimiser budget.
+  cfg.sft = ml_collections.ConfigDict()
+  cfg.sft.learning_rate = cfg.rltf.learning_rate
+  cfg.sft.warmup_steps = cfg.rltf.warmup_steps
+  cfg.sft.batch_size = cfg.rltf.batch_size
+  cfg.sft.epochs = cfg.rltf.epochs
+  cfg.sft.checkpoint_every = cfg.rltf.checkpoint_every
+  cfg.sft.log_every = cfg.rltf.log_every
+  cfg.sft.seed = 0
+
   # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
   # The paper evaluates 100,000 test patients and does not give T; CatBoost's iterations are its
   # library default (1000) at paper size. Patients with fewer than T + min_prompt_events events are
