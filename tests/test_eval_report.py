@@ -184,6 +184,7 @@ def test_report_command_writes_report_metrics_and_plots(run_dir, capsys):
   assert "paper, on its private data" in text
   assert "0.50/0.25/0.33" in text and "1.00/0.03/0.05" in text and "0.577" in text
   assert "Sickle Cell Disease" in text
+  assert "**Caution**: only 5 true continuations" in text  # the toy cohort has few positives
   # a second call regenerates from the evaluations (its own metrics.json is not read as one)
   assert report.main([str(root)]) == 0
 

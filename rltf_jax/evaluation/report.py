@@ -28,6 +28,7 @@ METHOD_ORDER = ("base", "rltf", "sft", "lstm", "halo")
 METHOD_LABEL = {"base": "Base (CHIRon-style)", "rltf": "RLTF (DPO-Positive)", "sft": "SFT",
                 "lstm": "LSTM", "halo": "HALO", "real": "Real"}
 PAPER_NOTE = "paper, on its private data"
+FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 
 # ---------------------------------------------------------------- collection
@@ -132,6 +133,13 @@ def _summary(results: dict) -> list[str]:
                  f"classifier trained on its synthetic records reaches AUROC {_num(syn, 3)}.")
     real = _get(first, "utility", "real", "auroc", "value")
     out.append(f"- The same classifier trained on real records reaches AUROC {_num(real, 3)}.")
+    in_truth = _get(first, "fidelity", "target", "counts", "actual_positive") or 0
+    in_valid = _get(first, "utility", "validation", "positives") or 0
+    if min(in_truth, in_valid) < FEW_POSITIVES:
+      out.append(f"- **Caution**: only {in_truth} true continuations contain the target and only "
+                 f"{in_valid} validation patients are in the cohort, so recall, precision and AUROC "
+                 "for this cohort rest on a handful of patients (see the intervals). Evaluate more "
+                 "patients (`eval.num_test_patients`, a larger `data.num_patients`) for firm numbers.")
     if "base" in ms and "rltf" in ms:
       rb = _get(ms["base"], "fidelity", "target", "recall", "value")
       rr = _get(ms["rltf"], "fidelity", "target", "recall", "value")
