@@ -20,7 +20,8 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.size = size
   cfg.cohort = cohort
   cfg.seed = 0
-  cfg.workdir = ""  # empty: runs/<cohort>-<size> (launch.py --workdir overrides)
+  cfg.workdir = ""  # empty: runs/<data source>-<size>, shared by all cohorts (--workdir overrides)
+  cfg.run_name = ""  # sub-directory suffix of this cohort's outputs; sweeps set one per run
   cfg.methods = ("base", "rltf", "sft")  # also "lstm", "halo"
 
   # ---------------------------------------------------------------- data
@@ -124,5 +125,38 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.eval.top_k = 0          # 0 = off
   cfg.eval.top_p = 1.0        # 1 = off
   cfg.eval.seed = 0           # patient draw, split, bootstrap and generation seed
+
+  # ---------------------------------------------------------------- base model (rltf_jax/models/decoder.py)
+  # CHIRon-style decoder; see the decoder docstring for the event heads. Default: a model whose
+  # pretraining on the 20k-patient simulator takes a few minutes on 2 CPU cores.
+  from rltf_jax.models.decoder import default_model_config
+  from rltf_jax.training.pretrain import default_pretrain_config
+  cfg.model = default_model_config()
+  cfg.model.width = 32 if smoke else (768 if paper else 128)
+  cfg.model.num_layers = 1 if smoke else (12 if paper else 2)
+  cfg.model.num_heads = 0  # width // 64
+  cfg.model.mlp_activation = "gelu"
+
+  cfg.pretrain = default_pretrain_config()
+  cfg.pretrain.steps = 40 if smoke else (100_000 if paper else 400)
+  cfg.pretrain.batch_size = 8 if smoke else (64 if paper else 16)
+  cfg.pretrain.seq_len = 32 if smoke else (512 if paper else 128)
+  cfg.pretrain.lr = 3e-4 if paper else 3e-3
+  cfg.pretrain.warmup_steps = 5 if smoke else (2_000 if paper else 40)
+  cfg.pretrain.eval_every = 20 if smoke else (2_000 if paper else 100)
+  cfg.pretrain.ckpt_every = cfg.pretrain.eval_every
+  cfg.pretrain.log_every = 10 if smoke else (100 if paper else 20)
+  cfg.pretrain.num_valid_patients = 100 if smoke else (5_000 if paper else 500)
+
+  # Sampling (rltf_jax/sampling): prompt buckets, batch and the longest prompt kept (most recent
+  # events). temperature / top_k / top_p of the evaluation are in cfg.eval.
+  cfg.sampling = ml_collections.ConfigDict()
+  cfg.sampling.batch_size = 16 if smoke else (256 if paper else 64)
+  cfg.sampling.max_prompt_len = 32 if smoke else (512 if paper else 128)  # tokens incl. BOS
+  cfg.sampling.buckets = (16, 32, 64, 128, 256, 512)
+
+  # Device mesh: data parallelism over `data` devices (1 = one device; 0 = all visible devices).
+  cfg.mesh = ml_collections.ConfigDict()
+  cfg.mesh.data = 1
 
   return cfg
