@@ -1,0 +1,7 @@
+"""Acute Cerebrovascular Disease (CVD): a rare cohort in the paper (0.648%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="cvd")

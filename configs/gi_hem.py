@@ -1,0 +1,7 @@
+"""Gastrointestinal Hemorrhage (GI Hem.): a common cohort in the paper (1.517%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="gi_hem")

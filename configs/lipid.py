@@ -1,0 +1,7 @@
+"""Disorders Of Lipid Metabolism (Lipid.): a common cohort in the paper (4.857%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="lipid")

@@ -1,0 +1,7 @@
+"""Pneumonia Except That Caused By Tuberculosis Or Sexually Transmitted Disease (Pneu.): a common cohort in the paper (1.611%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="pneu")

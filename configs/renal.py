@@ -1,0 +1,7 @@
+"""Acute And Unspecified Renal Failure (Renal.): a common cohort in the paper (1.319%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="renal")

@@ -1,0 +1,7 @@
+"""Septicemia Except In Labor (Sep.): a rare cohort in the paper (0.871%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="sep")

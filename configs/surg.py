@@ -1,0 +1,7 @@
+"""Complications Of Surgical Procedures Or Medical Care (Surg.): a rare cohort in the paper (0.64%)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.get_config(arg, cohort="surg")
