@@ -82,7 +82,7 @@ def _gompertz(slope: float, start: int = 0, center: int = 50) -> tuple[float, ..
 
 def _cond(prevalence=0.0, rate_per_year=0.0, age_curve=None, male_rr=1.0, risk=None, recent=None,
           recent_months=1, requires=(), p_code=0.5, recur_per_year=0.0, frailty_sigma=0.5,
-          visit_burden=0.0, prevalent_only=False) -> ml_collections.ConfigDict:
+          visit_burden=0.0, prevalent_only=False, workup_prob=1.0) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.prevalence = float(prevalence)        # > 0: exactly round(prevalence * N) patients (at least 1)
   c.rate_per_year = float(rate_per_year)  # used when prevalence == 0: absolute hazard per year
@@ -97,6 +97,7 @@ def _cond(prevalence=0.0, rate_per_year=0.0, age_curve=None, male_rr=1.0, risk=N
   c.frailty_sigma = float(frailty_sigma)  # per-patient log-normal random effect on the hazard
   c.visit_burden = float(visit_burden)    # chronic: added to the routine visit rate multiplier
   c.prevalent_only = bool(prevalent_only)  # chronic: present from birth (a genotype)
+  c.workup_prob = float(workup_prob)      # acute: chance an episode comes with its work-up
   return c
 
 
@@ -128,6 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
   v.followup_prob = 0.6                  # an office visit after an acute episode
   v.followup_days = (7, 42)
   v.first_coding_geometric = 0.4         # prevalent chronic: first coded at visit j ~ Geometric
+  v.item_per_visit = 0.5                 # a patient's related code/drug/procedure at a coded visit
+  v.followup_per_visit = 0.3             # a follow-up code at a routine visit after an episode
+  v.sporadic_per_visit = 0.12            # related codes for other indications (Poisson per visit)
 
   c = cfg.conditions = ml_collections.ConfigDict()
   rising, steep, adult = _gompertz(0.05), _gompertz(0.075), _gompertz(0.04, start=20)
@@ -181,45 +185,44 @@ def default_config() -> ml_collections.ConfigDict:
   c.uti = _cond(rate_per_year=0.05, age_curve=u_shape, male_rr=0.3, risk={"dm": 1.5})
   c.uri = _cond(rate_per_year=0.25, age_curve=child, risk={"asthma": 1.5, "copd": 1.5})
   c.chest_pain = _cond(rate_per_year=0.02, age_curve=adult, risk={"cad": 3.0, "lipid": 1.3})
-  c.sickle_crisis = _cond(rate_per_year=1.5, requires=("scd", "sickle_other"), frailty_sigma=1.2,
-                          risk={"sickle_other": 3.0})
+  c.sickle_crisis = _cond(rate_per_year=2.5, requires=("scd", "sickle_other"), frailty_sigma=1.0)
   c.tia = _cond(rate_per_year=0.004, age_curve=steep, risk={"dys": 3.0, "htn": 2.0})
   # ------------------------------------------------------------ acute cohorts
-  c.ami = _cond(freq["ami"], age_curve=steep, male_rr=2.0,
+  c.ami = _cond(freq["ami"], workup_prob=0.5, age_curve=steep, male_rr=2.0,
                 risk={"cad": 6.0, "lipid": 2.0, "dyslipidemia_other": 1.5, "dm": 2.0, "htn": 1.8,
                       "smoking": 2.2, "ckd": 1.5},
                 recur_per_year=0.05)
-  c.pneu = _cond(freq["pneu"], age_curve=u_shape,
+  c.pneu = _cond(freq["pneu"], workup_prob=0.5, age_curve=u_shape,
                  risk={"copd": 3.0, "asthma": 1.5, "smoking": 1.5, "hf": 2.0, "dm": 1.3, "ckd": 1.5,
                        "cancer": 1.5, "scd": 4.0, "sickle_other": 4.0},
                  recent={"uri": 4.0}, recent_months=1, recur_per_year=0.1)
-  c.sep = _cond(freq["sep"], age_curve=u_shape,
+  c.sep = _cond(freq["sep"], workup_prob=0.5, age_curve=u_shape,
                 risk={"dm": 1.8, "ckd": 2.0, "cancer": 2.5, "copd": 1.5, "hf": 1.5, "alcohol": 1.5},
                 recent={"pneu": 12.0, "uti": 6.0, "surgery": 4.0, "sickle_crisis": 3.0},
                 recent_months=1, recur_per_year=0.05)
-  c.cvd = _cond(freq["cvd"], age_curve=steep,
+  c.cvd = _cond(freq["cvd"], workup_prob=0.6, age_curve=steep,
                 risk={"dys": 4.0, "htn": 2.5, "dm": 1.7, "smoking": 1.8, "lipid": 1.5, "cad": 1.5,
                       "hf": 1.5, "scd": 5.0, "sickle_other": 5.0},
                 recent={"tia": 8.0}, recent_months=3, recur_per_year=0.05)
-  c.gi_hem = _cond(freq["gi_hem"], age_curve=rising,
+  c.gi_hem = _cond(freq["gi_hem"], workup_prob=0.5, age_curve=rising,
                    risk={"alcohol": 3.0, "dys": 1.8, "vte": 2.0, "ckd": 1.8, "cancer": 1.5, "cad": 1.3},
                    recur_per_year=0.1)
-  c.pleu = _cond(freq["pleu"], age_curve=rising,
+  c.pleu = _cond(freq["pleu"], workup_prob=0.5, age_curve=rising,
                  risk={"copd": 2.5, "cancer": 3.0, "hf": 2.0, "smoking": 1.5},
                  recent={"pneu": 10.0, "surgery": 3.0}, recent_months=1, recur_per_year=0.05)
-  c.resp = _cond(freq["resp"], age_curve=rising,
+  c.resp = _cond(freq["resp"], workup_prob=0.5, age_curve=rising,
                  risk={"copd": 6.0, "hf": 2.5, "obesity": 1.3, "asthma": 1.5},
                  recent={"pneu": 15.0, "sep": 10.0}, recent_months=1, recur_per_year=0.1)
-  c.renal = _cond(freq["renal"], age_curve=steep,
+  c.renal = _cond(freq["renal"], workup_prob=0.6, age_curve=steep,
                   risk={"ckd": 5.0, "dm": 1.8, "hf": 2.0, "htn": 1.4},
                   recent={"sep": 10.0, "pneu": 2.0, "gi_hem": 3.0, "surgery": 2.0, "ami": 3.0},
                   recent_months=1, recur_per_year=0.1)
-  c.shock = _cond(freq["shock"], age_curve=rising, risk={"hf": 2.0, "cad": 1.3},
+  c.shock = _cond(freq["shock"], workup_prob=0.6, age_curve=rising, risk={"hf": 2.0, "cad": 1.3},
                   recent={"sep": 40.0, "ami": 20.0, "gi_hem": 15.0, "pneu": 4.0, "surgery": 5.0},
                   recent_months=1, recur_per_year=0.02)
-  c.surg = _cond(freq["surg"], age_curve=rising, risk={"cancer": 4.0, "dm": 1.5, "obesity": 1.3},
+  c.surg = _cond(freq["surg"], workup_prob=0.6, age_curve=rising, risk={"cancer": 4.0, "dm": 1.5, "obesity": 1.3},
                  recent={"surgery": 60.0}, recent_months=3, recur_per_year=0.05)
-  c.fluid = _cond(freq["fluid"], age_curve=u_shape,
+  c.fluid = _cond(freq["fluid"], workup_prob=0.3, age_curve=u_shape,
                   risk={"ckd": 2.5, "hf": 2.0, "dm": 1.5, "htn": 1.3, "alcohol": 1.5, "cancer": 1.5},
                   recent={"sep": 5.0, "renal": 5.0, "gi_hem": 3.0, "pneu": 2.0, "uti": 2.0},
                   recent_months=1, recur_per_year=0.3, frailty_sigma=0.8)
@@ -561,7 +564,7 @@ class _Simulation:
     pos = np.asarray(vc.pos_codes, np.int64)[rng.choice(len(pw), len(pat), p=pw / pw.sum())]
     pos[first] = 11
     parts = [dict(patient=pat, day=day, pos=pos, kind=np.zeros(len(pat), np.int8),
-                  cond=np.full(len(pat), -1))]
+                  cond=np.full(len(pat), -1), work=np.zeros(len(pat), bool))]
     names = list(catalog.CONDITIONS)
     # Diagnosis visits of chronic conditions that begin during enrolment.
     for ci, name in enumerate(names):
@@ -569,7 +572,7 @@ class _Simulation:
         d = self.onset_day[name]
         p = np.flatnonzero((d > -_NEVER) & (d < _NEVER))
         parts.append(dict(patient=p, day=d[p], pos=np.full(len(p), 11), kind=np.full(len(p), 1, np.int8),
-                          cond=np.full(len(p), ci)))
+                          cond=np.full(len(p), ci), work=np.zeros(len(p), bool)))
     # Episode visits and their follow-up office visits.
     for ci, name in enumerate(names):
       if name in catalog.CHRONIC:
@@ -578,14 +581,19 @@ class _Simulation:
       r = self.rng("episode", name)
       pos_codes = np.array([c for c, _ in catalog.CONDITIONS[name].pos])
       pos_w = np.array([x for _, x in catalog.CONDITIONS[name].pos])
-      parts.append(dict(patient=p, day=d, pos=pos_codes[r.choice(len(pos_w), len(p), p=pos_w / pos_w.sum())],
-                        kind=np.full(len(p), 2, np.int8), cond=np.full(len(p), ci)))
-      fu = r.random(len(p)) < vc.followup_prob
+      pos = pos_codes[r.choice(len(pos_w), len(p), p=pos_w / pos_w.sum())]
+      # Without a work-up the diagnosis is only coded at an office visit.
+      work = r.random(len(p)) < self.cfg.conditions[name].workup_prob
+      pos[~work] = 11
+      parts.append(dict(patient=p, day=d, pos=pos, kind=np.full(len(p), 2, np.int8),
+                        cond=np.full(len(p), ci), work=work))
+      fu = (r.random(len(p)) < vc.followup_prob) & work
       lo, hi = vc.followup_days
       fd = d[fu] + r.integers(lo, hi + 1, fu.sum())
       keep = fd < self.cal.month_day[self.end[p[fu]]]
       parts.append(dict(patient=p[fu][keep], day=fd[keep], pos=np.full(keep.sum(), 11),
-                        kind=np.full(keep.sum(), 3, np.int8), cond=np.full(keep.sum(), ci)))
+                        kind=np.full(keep.sum(), 3, np.int8), cond=np.full(keep.sum(), ci),
+                        work=np.zeros(keep.sum(), bool)))
     cat = {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
     # Order: patient, day, then the enrolment visit first and episodes before their follow-ups.
     tie = rng.random(len(cat["patient"]))
@@ -596,6 +604,7 @@ class _Simulation:
     self.v_pos = cat["pos"][order].astype(np.int16)
     self.v_kind = cat["kind"][order]
     self.v_cond = cat["cond"][order]
+    self.v_work = cat["work"][order]
     counts = np.bincount(self.v_patient, minlength=P)
     self.v_offsets = np.concatenate([[0], np.cumsum(counts)])
     self.v_index = np.arange(len(self.v_patient)) - self.v_offsets[self.v_patient]
@@ -648,9 +657,13 @@ class _Simulation:
       forced[self.v_offsets[prevalent] + j] = True
       vis = np.union1d(present[coded], np.flatnonzero(forced))
       emit(vis, _draw(r, self.codes.table(book.codes), len(vis)), 2)
-      emit_each(r, vis, book.related, 4)
-      emit_each(r, vis, book.procedures, 5)
-      emit_each(r, vis, book.meds, 6)
+      # Related codes, procedures and drugs belong to some patients (probability per patient)
+      # and are recorded at some of their coded visits.
+      for items, rank in ((book.related, 4), (book.procedures, 5), (book.meds, 6)):
+        for code, prob in items:
+          has = r.random(self.P) < prob
+          at = vis[has[vp[vis]] & (r.random(len(vis)) < vc.item_per_visit)]
+          emit(at, self.codes.id(code), rank)
     # Acute episodes, and their follow-up codes at later routine visits.
     for ci, name in enumerate(names):
       if name in catalog.CHRONIC:
@@ -658,19 +671,29 @@ class _Simulation:
       book = catalog.CONDITIONS[name]
       r = self.rng("codes", name)
       ep = np.flatnonzero((kind == 2) & (vcond == ci))
-      emit(ep, _draw(r, self.codes.table(book.presenting or book.codes), len(ep)), 0)
+      work = self.v_work[ep]
+      emit(ep[work], _draw(r, self.codes.table(book.presenting or book.codes), work.sum()), 0)
+      emit(ep[~work], _draw(r, bg, (~work).sum()), 0)
       emit(ep, _draw(r, self.codes.table(book.codes), len(ep)), 3)
-      emit_each(r, ep, book.related, 4)
-      emit_each(r, ep, book.procedures, 5)
-      emit_each(r, ep, book.meds, 6)
+      emit_each(r, ep[work], book.related, 4)
+      emit_each(r, ep[work], book.procedures, 5)
+      emit_each(r, ep[work], book.meds, 6)
       if book.followup:
+        worked_up = np.zeros(self.P, bool)
+        worked_up[vp[ep[work]]] = True
         after = np.flatnonzero(routine & (self.onset_day[name][vp] < vd))
-        boost = np.where(vcond[after] == ci, 2.0, 1.0)  # the episode's own follow-up visit
         for code, prob in book.followup:
-          emit(after[r.random(len(after)) < prob * boost], self.codes.id(code), 4)
-    # Everyday procedures and drugs at routine visits.
+          has = worked_up & (r.random(self.P) < prob)
+          emit(after[has[vp[after]] & (r.random(len(after)) < vc.followup_per_visit)],
+               self.codes.id(code), 4)
+    # Everyday procedures and drugs at routine visits, and related codes for other indications
+    # (so that no related code marks a cohort by itself).
     rng = self.rng("codes", "routine")
     rv = np.flatnonzero(routine & ~lab)
+    pool = self.codes.table([(c, 1.0) for c in _sporadic_pool()])
+    ns = rng.poisson(vc.sporadic_per_visit, len(rv))
+    sv = np.repeat(rv, ns)
+    emit(sv, _draw(rng, pool, len(sv)), 1)
     emit_each(rng, rv, catalog.ROUTINE_PROCEDURES, 5)
     meds = self.codes.table([(c, 1.0 / (r + 1)) for r, c in enumerate(catalog.BACKGROUND_MEDS)])
     mv = rv[rng.random(len(rv)) < vc.background_med_prob]
@@ -703,6 +726,20 @@ class _Simulation:
         pos=self.v_pos[ev_v], codes=table[order], source="simulator")
 
 
+@functools.lru_cache(maxsize=1)
+def _sporadic_pool() -> tuple[str, ...]:
+  """Every non-target code the catalog's conditions emit (sorted, for a stable table)."""
+  targets = {c for co in COHORTS.values() for c in co.codes}
+  pool = set()
+  for name, book in catalog.CONDITIONS.items():
+    for field in ("codes", "presenting", "related", "procedures", "meds", "followup"):
+      if field == "codes" and name in COHORTS:
+        continue
+      pool.update(catalog.canonical(c) for c, _ in getattr(book, field))
+  # A sickle-cell code has no other indication.
+  return tuple(sorted(c for c in pool - targets if not c.startswith("ICD10CM/D57")))
+
+
 def _stable_hash(x: Any) -> int:
   """A seed word for a stage name that does not change between Python runs."""
   if isinstance(x, (int, np.integer)):
@@ -711,3 +748,230 @@ def _stable_hash(x: Any) -> int:
   for b in str(x).encode():
     h = ((h ^ b) * 16777619) & 0xFFFFFFFF
   return h
+
+
+# ====================================================================== properties and report
+def code_count_matrix(ds: PatientEvents):
+  """scipy `csr_matrix` [patients, codes] of per-patient code counts (CatBoost takes csr_matrix,
+  not the newer sparse arrays)."""
+  from scipy import sparse  # pylint: disable=g-import-not-at-top
+  ones = np.ones(ds.num_events, np.float32)
+  m = sparse.csr_matrix((ones, (ds.event_patient(), ds.code)),
+                        shape=(ds.num_patients, len(ds.codes)))
+  m.sum_duplicates()
+  return m
+
+
+def cohort_aurocs(ds: PatientEvents, *, iterations: int = 30, thread_count: int = 2,
+                  seed: int = 0, min_code_patients: int = 50, folds: int = 2,
+                  cohorts=None) -> dict[str, dict[str, float]]:
+  """How well the history predicts each cohort: CatBoost on per-patient counts of non-target codes.
+
+  Stratified `folds`-fold cross-fitting (fixed seed): every patient is scored by a model that did
+  not see them, so even a cohort with seven positives has all seven in the AUROC. Codes seen in
+  fewer than `min_code_patients` patients are dropped (speed). Returns per cohort: auroc,
+  positives.
+  """
+  from catboost import CatBoostClassifier  # pylint: disable=g-import-not-at-top
+  from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import StratifiedKFold  # pylint: disable=g-import-not-at-top
+  counts = code_count_matrix(ds)
+  frequent = np.asarray((counts > 0).sum(axis=0)).ravel() >= min_code_patients
+  out = {}
+  for name in cohorts or COHORTS:
+    co = COHORTS[name]
+    y = ds.patients_with_any(co.codes).astype(np.int64)
+    n_pos = int(y.sum())
+    if n_pos < folds:
+      out[name] = dict(auroc=float("nan"), positives=n_pos)
+      continue
+    keep = frequent.copy()
+    keep[ds.code_ids(co.codes)] = False
+    x = counts[:, np.flatnonzero(keep)].tocsr()
+    score = np.zeros(ds.num_patients)
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+      model = CatBoostClassifier(iterations=iterations, depth=4, learning_rate=0.3,
+                                 border_count=16, random_seed=seed, thread_count=thread_count,
+                                 verbose=False, allow_writing_files=False)
+      model.fit(x[train], y[train])
+      score[test] = model.predict_proba(x[test])[:, 1]
+    out[name] = dict(auroc=float(roc_auc_score(y, score)), positives=n_pos)
+  return out
+
+
+def properties(ds: PatientEvents, cfg=None) -> dict[str, Any]:
+  """The draw's checkable properties: sizes, code spread, cohorts, and whether history matters."""
+  from rltf_jax.data.codes import CodeType  # pylint: disable=g-import-not-at-top
+  lens = ds.lengths
+  ctype = ds.code_type
+  used = ds.code_counts() > 0
+  icd = used & (ctype == CodeType.DIAGNOSIS)
+  # Long tail: slope of log(events) against log(rank) over ICD-10-CM codes of rank 10..1000.
+  freq = np.sort(ds.code_counts()[icd])[::-1]
+  ranks = np.arange(10, min(1000, len(freq)))
+  slope = float(np.polyfit(np.log(ranks + 1), np.log(freq[ranks]), 1)[0]) if len(ranks) > 10 else float("nan")
+  vpp = np.zeros(ds.num_patients, np.int64)
+  if ds.num_events:
+    last = ds.offsets[1:] - 1
+    has = ds.lengths > 0
+    vpp[has] = ds.visit[last[has]] + 1
+  pos_values, pos_counts = np.unique(ds.pos, return_counts=True)
+  out = dict(
+      patients=ds.num_patients, events=ds.num_events,
+      median_events=float(np.median(lens)), p95_events=float(np.percentile(lens, 95)),
+      max_events=int(lens.max()), median_visits=float(np.median(vpp)),
+      patients_at_cap=int((lens >= (cfg.max_events if cfg else 10**9)).sum()),
+      distinct_codes=int(used.sum()), distinct_icd10cm=int(icd.sum()),
+      distinct_ccspx=int((used & (ctype == CodeType.PROCEDURE)).sum()),
+      distinct_atc=int((used & (ctype == CodeType.MEDICATION)).sum()),
+      icd10cm_zipf_slope=slope,
+      top_icd10cm_share=float(freq[0] / freq.sum()) if len(freq) else 0.0,
+      age_min=float(ds.age.min()), age_max=float(ds.age.max()),
+      place_of_service_share={int(v): float(c / ds.num_events) for v, c in zip(pos_values, pos_counts)},
+  )
+  cohorts = {}
+  for name, co in COHORTS.items():
+    member = ds.patients_with_any(co.codes)
+    first = ds.first_position_of_any(co.codes)[member]
+    k = int(member.sum())
+    cohorts[name] = dict(
+        abbrev=co.abbrev, paper_percent=co.paper_frequency_percent, percent=100.0 * k / ds.num_patients,
+        ratio=(100.0 * k / ds.num_patients) / co.paper_frequency_percent, positives=k,
+        median_first_target_position=float(np.median(first)) if k else float("nan"),
+        target_first_event_share=float((first == 0).mean()) if k else float("nan"))
+  out["cohorts"] = cohorts
+  out["history"] = _history_signal(ds)
+  return out
+
+
+def _history_signal(ds: PatientEvents) -> dict[str, float]:
+  """Relative risks that show the history at work (codes seen before the target's first event)."""
+  def before(risk_codes, target_codes):
+    """Risk of the target among patients with a risk code before it (or ever, if no target)
+    against patients without: a relative risk."""
+    first_t = ds.first_position_of_any(target_codes)
+    first_r = ds.first_position_of_any(risk_codes)
+    exposed = (first_r >= 0) & ((first_t < 0) | (first_r < first_t))
+    target = first_t >= 0
+    a = target[exposed].mean() if exposed.any() else float("nan")
+    b = target[~exposed].mean() if (~exposed).any() else float("nan")
+    return float(a / b) if b > 0 else float("nan")
+  icd = lambda *cs: [f"ICD10CM/{c}" for c in cs]
+  ami, shock = COHORTS["ami"].codes, COHORTS["shock"].codes
+  out = {
+      "ami_rr_given_lipid": before(COHORTS["lipid"].codes, ami),
+      "ami_rr_given_dm": before(COHORTS["dm"].codes, ami),
+      "ami_rr_given_hypertension": before(icd("I10"), ami),
+      "ami_rr_given_cad": before(icd("I2510", "I25119", "I209"), ami),
+      "shock_rr_given_sepsis": before(COHORTS["sep"].codes, shock),
+      "resp_rr_given_copd": before(icd("J449", "J441", "J439"), COHORTS["resp"].codes),
+      "surg_rr_given_surgery": before([f"CCSPX/{n}" for n in (152, 153, 84, 85, 124, 158, 44)],
+                                      COHORTS["surg"].codes),
+  }
+  # Sickle-cell care pattern: emergency-room visits per patient, cohort vs everyone else.
+  scd = ds.patients_with_any(COHORTS["scd"].codes)
+  er = np.zeros(ds.num_patients)
+  er_events = ds.pos == 23
+  if ds.num_events:
+    # count distinct ER visits: events at pos 23 that open a new visit
+    new_visit = np.ones(ds.num_events, bool)
+    new_visit[1:] = (np.diff(ds.visit) != 0) | (np.diff(ds.event_patient()) != 0)
+    er = ds.count_per_patient(er_events & new_visit)
+  out["scd_er_visits_mean"] = float(er[scd].mean()) if scd.any() else float("nan")
+  out["others_er_visits_mean"] = float(er[~scd].mean())
+  return out
+
+
+def format_report(props: dict[str, Any], aurocs: dict[str, dict[str, float]] | None = None) -> str:
+  """The properties as a readable text table."""
+  p = props
+  lines = [
+      f"patients {p['patients']:,}   events {p['events']:,}   simulated in "
+      f"{p.get('seconds', float('nan')):.1f} s",
+      f"events per patient: median {p['median_events']:.0f}, p95 {p['p95_events']:.0f}, "
+      f"max {p['max_events']} ({p['patients_at_cap']} patients at the cap); visits per patient: "
+      f"median {p['median_visits']:.0f}",
+      f"distinct codes {p['distinct_codes']:,}: ICD-10-CM {p['distinct_icd10cm']:,}, CCSPX "
+      f"{p['distinct_ccspx']}, ATC {p['distinct_atc']}; ICD-10-CM rank-frequency slope "
+      f"{p['icd10cm_zipf_slope']:.2f} (Zipf ~ -1), top code {100 * p['top_icd10cm_share']:.1f}% "
+      "of diagnoses",
+      f"ages {p['age_min']:.1f} to {p['age_max']:.1f}; places of service: " + ", ".join(
+          f"{k}: {100 * v:.1f}%" for k, v in sorted(p["place_of_service_share"].items())),
+      "",
+      f"{'cohort':8s} {'paper %':>8s} {'sim %':>8s} {'ratio':>6s} {'n':>6s} {'1st pos':>8s} "
+      f"{'at 0':>5s} {'AUROC':>6s}",
+  ]
+  for name, c in p["cohorts"].items():
+    auc = aurocs.get(name, {}).get("auroc", float("nan")) if aurocs else float("nan")
+    lines.append(f"{c['abbrev']:8s} {c['paper_percent']:8.3f} {c['percent']:8.3f} {c['ratio']:6.2f} "
+                 f"{c['positives']:6d} {c['median_first_target_position']:8.0f} "
+                 f"{c['target_first_event_share']:5.2f} {auc:6.3f}")
+  lines += ["", "  (1st pos: median position of the first target event; at 0: share of positives whose",
+            "   first event is a target; AUROC: CatBoost on counts of non-target codes, cross-fitted)",
+            "", "history (relative risk of the target with the factor coded before it):"]
+  lines += [f"  {k:28s} {v:7.2f}" for k, v in p["history"].items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m rltf_jax.data.simulate",
+      description="Draw synthetic claims; write them as MEDS (--out) and/or print their properties "
+                  "(--report).")
+  parser.add_argument("--patients", type=int, default=20_000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default="", help="write the draw as a MEDS dataset to this directory")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+  parser.add_argument("--report", action="store_true", help="print the draw's properties")
+  parser.add_argument("--report-json", default="", help="also write the properties as JSON here")
+  parser.add_argument("--auroc-iterations", type=int, default=30,
+                      help="CatBoost iterations per cohort in the report (0 skips the AUROCs)")
+  parser.add_argument("--threads", type=int, default=2, help="CatBoost thread count")
+  args = parser.parse_args(argv)
+  if args.patients <= 0:
+    raise ConfigError(f"--patients must be a positive number of patients, got {args.patients}")
+  if not (args.out or args.report or args.report_json):
+    raise ConfigError("nothing to do: pass --out DIR (write MEDS) and/or --report / --report-json")
+  cfg = default_config()
+  print(f"simulating {args.patients:,} patients (seed {args.seed})", file=sys.stderr, flush=True)
+  t0 = time.time()
+  ds = simulate(cfg, args.patients, args.seed, verbose=True)
+  seconds = time.time() - t0
+  print(f"simulated {ds.num_events:,} events in {seconds:.1f} s", file=sys.stderr, flush=True)
+  if args.out:
+    from rltf_jax.data import meds  # pylint: disable=g-import-not-at-top
+    # No split file: load_dataset assigns splits from the config (by subject id hash).
+    path = meds.write_meds(ds, args.out, overwrite=args.overwrite, splits=False,
+                           descriptions=_descriptions(ds.codes))
+    print(f"wrote MEDS dataset {path}", file=sys.stderr)
+  if args.report or args.report_json:
+    props = properties(ds, cfg)
+    props.update(seconds=seconds, seed=args.seed)
+    aurocs = None
+    if args.auroc_iterations > 0:
+      print("fitting CatBoost per cohort ...", file=sys.stderr, flush=True)
+      aurocs = cohort_aurocs(ds, iterations=args.auroc_iterations, thread_count=args.threads,
+                             seed=args.seed)
+      props["aurocs"] = aurocs
+    if args.report:
+      print(format_report(props, aurocs))
+    if args.report_json:
+      rltf_io.atomic_write_json(args.report_json, props)
+  return 0
+
+
+def _descriptions(codes) -> dict[str, str]:
+  """ICD-10-CM descriptions for the MEDS code metadata (older-release codes have none)."""
+  try:
+    import simple_icd_10_cm as icd  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return {}
+  out = {}
+  for c in codes:
+    if c.startswith("ICD10CM/") and icd.is_valid_item(c[8:]):
+      out[str(c)] = icd.get_description(c[8:])
+  return out
+
+
+if __name__ == "__main__":
+  cli_main(main)

@@ -1,0 +1,189 @@
+"""The synthetic claims simulator: one shared 20,000-patient draw checked against the issue's list."""
+
+import re
+
+import numpy as np
+import pytest
+
+from rltf_jax.data import simulate
+from rltf_jax.data import simulator_catalog as catalog
+from rltf_jax.data.codes import CodeType
+from rltf_jax.data.cohorts import COHORTS
+from rltf_jax.errors import ConfigError, cli_main
+
+N = 20_000
+SEED = 0
+ALL_TARGETS = {c for co in COHORTS.values() for c in co.codes}
+
+
+@pytest.fixture(scope="module")
+def draw():
+  return simulate.simulate(simulate.default_config(), N, SEED)
+
+
+@pytest.fixture(scope="module")
+def props(draw):
+  return simulate.properties(draw, simulate.default_config())
+
+
+def test_every_cohort_occurs_at_its_paper_frequency(draw, props):
+  for name, co in COHORTS.items():
+    member = draw.patients_with_any(co.codes)
+    percent = 100 * member.mean()
+    assert member.sum() > 0, name
+    assert abs(percent / co.paper_frequency_percent - 1) < 0.25, (name, percent, co.paper_frequency_percent)
+  # Sickle-cell disease is an exactly counted genotype: round(0.036% of 20,000) = 7 patients.
+  assert props["cohorts"]["scd"]["positives"] == 7
+
+
+def test_scd_count_is_at_least_one_and_exact():
+  cfg = simulate.default_config()
+  small = simulate.simulate(cfg, 300, 5)   # 0.036% of 300 rounds to 0: still one carrier
+  assert small.patients_with_any(COHORTS["scd"].codes).sum() == 1
+
+
+def test_codes_are_real_and_typed(draw):
+  import simple_icd_10_cm as icd
+  types = draw.code_type
+  assert set(np.unique(types)) == {CodeType.DIAGNOSIS, CodeType.PROCEDURE, CodeType.MEDICATION}
+  for code, t in zip(draw.codes, types):
+    system, value = code.split("/", 1)
+    if t == CodeType.DIAGNOSIS:
+      assert code in ALL_TARGETS or (icd.is_valid_item(value) and icd.is_leaf(value)), code
+    elif t == CodeType.PROCEDURE:
+      assert system == "CCSPX" and 1 <= int(value) <= 244, code
+    else:
+      assert system == "ATC" and re.fullmatch(r"[A-Z]\d\d[A-Z]{2}\d\d", value), code
+  # Table-4 codes of older releases are emitted as they are.
+  present = set(draw.codes)
+  assert {"ICD10CM/T814XXA", "ICD10CM/E780", "ICD10CM/E872"} <= present
+
+
+def test_catalog_keeps_targets_to_their_own_condition():
+  import simple_icd_10_cm as icd
+  for name, book in catalog.CONDITIONS.items():
+    own = {catalog.canonical(c) for c, _ in book.codes}
+    if name in COHORTS:
+      assert own == set(COHORTS[name].codes), name   # exactly the cohort's codes, all of them
+    else:
+      assert not own & ALL_TARGETS, name
+    for field in ("presenting", "related", "procedures", "meds", "followup"):
+      codes = {catalog.canonical(c) for c, _ in getattr(book, field)}
+      assert not codes & ALL_TARGETS, (name, field, codes & ALL_TARGETS)
+      for c in codes:
+        if c.startswith("ICD10CM/"):
+          assert icd.is_valid_item(c[8:]) and icd.is_leaf(c[8:]), (name, c)
+  # D573 is the only sickle-cell target; the crisis codes are family members, not targets.
+  assert COHORTS["scd"].codes == ("ICD10CM/D573",)
+  sickle = {catalog.canonical(c) for c, _ in catalog.CONDITIONS["sickle_crisis"].codes}
+  assert "ICD10CM/D5700" in sickle and not sickle & ALL_TARGETS
+
+
+def test_background_is_long_tailed(draw, props):
+  assert props["distinct_icd10cm"] >= 2_000
+  assert -1.8 < props["icd10cm_zipf_slope"] < -0.7
+  assert props["top_icd10cm_share"] < 0.15
+  counts = draw.code_counts()[draw.code_type == CodeType.DIAGNOSIS]
+  assert (counts == 1).sum() > 100   # a real tail of codes seen once
+
+
+def test_ages_grow_and_lengths_vary(draw, props):
+  ep = draw.event_patient()
+  same = ep[1:] == ep[:-1]
+  assert np.all(np.diff(draw.age)[same] >= 0)
+  assert np.all(np.diff(draw.day)[same] >= 0)
+  assert 25 <= props["median_events"] <= 100
+  assert props["p95_events"] >= 3 * props["median_events"]
+  assert props["max_events"] <= simulate.default_config().max_events
+  assert draw.lengths.min() >= 1
+  assert 0 <= props["age_min"] and props["age_max"] < 110
+
+
+def test_visits_are_zero_based_with_places_of_service(draw):
+  first = draw.offsets[:-1]
+  assert np.all(draw.visit[first] == 0)
+  ep = draw.event_patient()
+  same = ep[1:] == ep[:-1]
+  assert set(np.unique(np.diff(draw.visit)[same])) <= {0, 1}   # no gaps in visit indices
+  assert {11, 21, 23, 81} <= set(np.unique(draw.pos).tolist())
+  assert set(np.unique(draw.sex).tolist()) == {0, 1}
+  assert np.all(draw.split == 0)
+
+
+def test_targets_come_after_history(props):
+  for name, c in props["cohorts"].items():
+    assert c["target_first_event_share"] == 0.0, name
+    assert c["median_first_target_position"] >= 2, name
+  acute = ("sep", "ami", "shock", "cvd", "pneu", "resp", "renal", "surg")
+  assert all(props["cohorts"][n]["median_first_target_position"] >= 20 for n in acute)
+
+
+def test_history_raises_hazards(props):
+  h = props["history"]
+  assert h["ami_rr_given_lipid"] > 2 and h["ami_rr_given_dm"] > 2
+  assert h["ami_rr_given_hypertension"] > 2 and h["ami_rr_given_cad"] > 5
+  assert h["shock_rr_given_sepsis"] > 3
+  assert h["resp_rr_given_copd"] > 3
+  assert h["surg_rr_given_surgery"] > 3
+  assert h["scd_er_visits_mean"] > 3 * h["others_er_visits_mean"]
+
+
+def test_sickle_cell_patients_have_their_care_pattern(draw):
+  scd = draw.patients_with_any(COHORTS["scd"].codes)
+  related = ["ICD10CM/D5700", "ICD10CM/D5701", "ICD10CM/D57219", "ATC/L01XX05", "CCSPX/222",
+             "ATC/B03BB01"]
+  has_related = draw.patients_with_any(related)
+  assert has_related[scd].mean() >= 0.5
+  assert has_related[scd].mean() > 10 * has_related[~scd].mean()
+  # ... but the family codes are not a marker of the cohort: others have them too.
+  assert draw.patients_with_any(["ICD10CM/D5700"])[~scd].sum() >= 1
+
+
+def test_history_predicts_cohorts_but_not_perfectly(draw):
+  aurocs = simulate.cohort_aurocs(draw, iterations=20, thread_count=2, seed=0)
+  scored = {n: r["auroc"] for n, r in aurocs.items() if r["positives"] >= 50}
+  assert len(scored) == 15   # every cohort but SCD (7 positives) has enough to score
+  for name, auc in scored.items():
+    assert 0.65 < auc < 0.97, (name, auc)
+  assert max(scored.values()) > 0.9 and min(scored.values()) < 0.85   # easy and hard cohorts
+
+
+def test_deterministic_for_a_seed():
+  cfg = simulate.default_config()
+  a = simulate.simulate(cfg, 2_000, 11)
+  b = simulate.simulate(cfg, 2_000, 11)
+  c = simulate.simulate(cfg, 2_000, 12)
+  assert a.equals(b)
+  assert not a.equals(c)
+
+
+def test_bad_input_is_refused(capsys):
+  cfg = simulate.default_config()
+  for n in (0, -5):
+    with pytest.raises(ConfigError, match="positive"):
+      simulate.simulate(cfg, n, 0)
+  with pytest.raises(SystemExit) as e:
+    cli_main(lambda: simulate.main(["--patients", "0", "--report"]))
+  assert e.value.code == 2 and "--patients" in capsys.readouterr().err
+  bad = simulate.default_config()
+  bad.conditions.htn.risk.dm = 2.0    # dm is drawn after htn
+  with pytest.raises(ConfigError, match="conditions.htn"):
+    simulate.simulate(bad, 10, 0)
+  bad = simulate.default_config()
+  bad.conditions.ami.prevalence = 0.0
+  with pytest.raises(ConfigError, match="conditions.ami.prevalence"):
+    simulate.simulate(bad, 10, 0)
+
+
+def test_cli_writes_meds_and_json_report(tmp_path):
+  from rltf_jax.data import meds
+  out = tmp_path / "sim"
+  report = tmp_path / "report.json"
+  assert simulate.main(["--patients", "300", "--seed", "3", "--out", str(out), "--report-json",
+                        str(report), "--auroc-iterations", "0"]) == 0
+  back, has_splits = meds.read_meds(out)
+  again = simulate.simulate(simulate.default_config(), 300, 3)
+  assert not has_splits and back.num_patients == 300 and back.num_events == again.num_events
+  assert report.exists()
+  with pytest.raises(Exception, match="exists"):   # finished work is not overwritten
+    simulate.main(["--patients", "300", "--seed", "3", "--out", str(out)])
