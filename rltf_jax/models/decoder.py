@@ -273,9 +273,13 @@ class Decoder(nnx.Module):
 
 # ---------------------------------------------------------------------------- pure functions
 def init_decoder(model_cfg, vocab_size: int, seed: int = 0):
-  """(graphdef, params as a pure dict) of a freshly initialised decoder."""
-  graphdef, state = nnx.split(Decoder(model_cfg, vocab_size, rngs=nnx.Rngs(seed)))
-  return graphdef, nnx.to_pure_dict(state)
+  """(graphdef, params as a pure dict) of a freshly initialised decoder.
+
+  The initialisers run as one jitted program: op by op, each parameter shape would compile its
+  own random-number kernels, which takes far longer on a CPU."""
+  graphdef, _ = abstract_decoder(model_cfg, vocab_size)
+  make = lambda: nnx.to_pure_dict(nnx.split(Decoder(model_cfg, vocab_size, rngs=nnx.Rngs(seed)))[1])
+  return graphdef, jax.jit(make)()
 
 
 def abstract_decoder(model_cfg, vocab_size: int):

@@ -1,0 +1,157 @@
+"""`TransformerGenerator`: the `rltf_jax.generator.Generator` of a decoder (base, RLTF or SFT).
+
+Continuations are converted back to events: the sampler gives each new event a visit index
+(continuing the prompt's numbering), a place of service and a day gap, from which the day
+(previous event's day + gap) and the age follow. Unconditional patients start from the first-visit
+attributes (age, place of service, sex, birth day) of a random training patient, stored by
+pretraining as `start_prior.npz`; the model generates everything after BOS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rltf_jax.data.events import DAYS_PER_YEAR, PatientEvents
+from rltf_jax.data.sequences import TokenBatch, encode_patients, lengths, pad_to, bucket_length
+from rltf_jax.data.vocab import BOS, NUM_SPECIAL, Vocabulary
+from rltf_jax.models import decoder as dec
+from rltf_jax.sampling import sampler
+
+_LOGPROB_CACHE: dict = {}
+
+
+def _logprob_fn(graphdef):
+  if graphdef not in _LOGPROB_CACHE:
+    _LOGPROB_CACHE[graphdef] = jax.jit(lambda p, b: dec.code_logprobs(graphdef, p, b).sum(-1))
+  return _LOGPROB_CACHE[graphdef]
+
+
+class TransformerGenerator:
+  """Samples events from decoder parameters; see the module docstring."""
+
+  def __init__(self, graphdef, params, vocab: Vocabulary, *, name: str = "base",
+               start_prior: dict[str, np.ndarray] | None = None, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, batch_size: int = 64, max_prompt_len: int = 128,
+               buckets=sampler.DEFAULT_BUCKETS):
+    self.graphdef, self.params, self.vocab, self.name = graphdef, params, vocab, name
+    self.start_prior = start_prior
+    self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+    self.batch_size, self.buckets = int(batch_size), tuple(buckets)
+    self.max_prompt_len = min(int(max_prompt_len), max(self.buckets))
+
+  @classmethod
+  def from_checkpoint(cls, ckpt_dir: str | Path, *, which: str = "best", **kwargs) -> "TransformerGenerator":
+    """A generator over a pretraining run directory (see `rltf_jax.training.pretrain`)."""
+    from rltf_jax.training.pretrain import START_PRIOR_FILE
+    from rltf_jax import io
+    graphdef, params, vocab, _ = dec.load_decoder(ckpt_dir, which)
+    prior_path = Path(ckpt_dir) / START_PRIOR_FILE
+    prior = io.load_npz(prior_path) if prior_path.exists() else None
+    return cls(graphdef, params, vocab, start_prior=prior, **kwargs)
+
+  # ---------------------------------------------------------------- sampling
+  def _sample_rows(self, prompt: TokenBatch, max_new: int, seed: int) -> dict[str, np.ndarray]:
+    """Samples in fixed-size batches (the last one padded), so shapes repeat and nothing recompiles."""
+    n = prompt.tokens.shape[0]
+    plen = np.maximum(lengths(prompt), 1)
+    width = bucket_length(int(plen.max(initial=1)), self.buckets)
+    prompt = pad_to(prompt, width)
+    outs = []
+    for i, start in enumerate(range(0, n, self.batch_size)):
+      rows = slice(start, start + self.batch_size)
+      b = TokenBatch(*(a[rows] for a in prompt))
+      bl = plen[rows]
+      short = self.batch_size - len(bl)
+      if short:  # fill with BOS-only rows, whose samples are dropped
+        b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
+        b.tokens[-short:, 0] = BOS
+        bl = np.concatenate([bl, np.ones(short, np.int32)])
+      out = sampler.sample(self.graphdef, self.params, b, bl, max_new=max_new,
+                           temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                           seed=seed * 1_000_003 + i, buckets=self.buckets)
+      outs.append({k: v[:self.batch_size - short] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+  def _to_events(self, base: PatientEvents, out, last_day) -> PatientEvents:
+    """Generated columns -> a PatientEvents with `base`'s patients and the new events only."""
+    n = base.num_patients
+    k = out["num_new"].astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(k)])
+    keep = np.arange(out["tokens"].shape[1])[None, :] < k[:, None]
+    # Day: the previous event's day plus the cumulated gaps of the row.
+    day = last_day[:, None] + np.cumsum(np.where(keep, out["gap_days"], 0), axis=1)
+    tokens = out["tokens"][keep]
+    codes = np.asarray(self.vocab.codes, dtype=str)
+    return PatientEvents.build(
+        subject_id=base.subject_id, sex=base.sex, birth_day=base.birth_day, split=base.split,
+        offsets=offsets, code=(tokens - NUM_SPECIAL).astype(np.int32), day=day[keep],
+        visit=out["visit"][keep], pos=out["pos"][keep], codes=codes, source=f"{self.name} generator")
+
+  def complete(self, prompts: PatientEvents, *, max_new_events: int, seed: int) -> PatientEvents:
+    """Each prompt's continuation (new events only, at most `max_new_events`, stopping at EOS)."""
+    n = prompts.num_patients
+    if n == 0:
+      return self._to_events(prompts, dict(num_new=np.zeros(0, np.int32), tokens=np.zeros((0, 1), np.int32),
+                                           gap_days=np.zeros((0, 1), np.int32), visit=np.zeros((0, 1), np.int32),
+                                           pos=np.zeros((0, 1), np.int32)), np.zeros(0, np.int64))
+    batch = encode_patients(prompts, self.vocab, np.arange(n), self.max_prompt_len, window="last",
+                            add_eos=False)
+    lens = prompts.lengths
+    empty = lens == 0
+    last = np.maximum(prompts.offsets[1:] - 1, 0)
+    last_day = np.where(empty, 0, prompts.day[last] if prompts.num_events else 0).astype(np.int64)
+    if empty.any():
+      # No history: start like an unconditional patient (first-visit age and place from the prior).
+      age, pos, _, _ = self._draw_start(int(empty.sum()), seed)
+      rows = np.flatnonzero(empty)
+      age = np.maximum(age, 0)
+      batch.age[rows, 0], batch.pos[rows, 0] = age, pos
+      last_day[rows] = prompts.birth_day[rows] + np.round(age * DAYS_PER_YEAR).astype(np.int64)
+    out = self._sample_rows(batch, max_new_events, seed)
+    return self._to_events(prompts, out, last_day)
+
+  def _draw_start(self, n: int, seed: int):
+    """(age, pos, sex, birth_day) of `n` random training patients' first visits."""
+    rng = np.random.default_rng([seed, 7])
+    if self.start_prior is None or len(self.start_prior["age"]) == 0:
+      return (np.full(n, 40.0, np.float32), np.full(n, 11, np.int32), rng.integers(0, 2, n).astype(np.int8),
+              np.full(n, 3650, np.int32))
+    i = rng.integers(0, len(self.start_prior["age"]), n)
+    p = self.start_prior
+    return (p["age"][i].astype(np.float32), p["pos"][i].astype(np.int32), p["sex"][i].astype(np.int8),
+            p["birth_day"][i].astype(np.int32))
+
+  def generate_patients(self, n: int, seed: int, *, max_events: int | None = None) -> PatientEvents:
+    """`n` whole synthetic patients (subject ids 1..n, split "test"); write with `write_meds`."""
+    age, pos, sex, birth_day = self._draw_start(n, seed)
+    first_day = birth_day.astype(np.int64) + np.round(age * DAYS_PER_YEAR).astype(np.int64)
+    # The prompt is BOS alone, carrying the first visit's attributes (visit 0, age, place).
+    prompt = TokenBatch(np.full((n, 1), BOS, np.int32), np.zeros((n, 1), np.int32),
+                        age[:, None].astype(np.float32), pos[:, None].astype(np.int32))
+    max_events = max_events or self.max_prompt_len
+    out = self._sample_rows(prompt, max_events, seed)
+    base = PatientEvents.build(subject_id=np.arange(1, n + 1), sex=sex, birth_day=birth_day,
+                               offsets=np.zeros(n + 1, np.int64), code=[], day=[], visit=[], pos=[],
+                               codes=np.asarray(self.vocab.codes, dtype=str), split=np.full(n, 2, np.int8))
+    return self._to_events(base, out, first_day)
+
+  # ---------------------------------------------------------------- scoring
+  def log_likelihood(self, dataset: PatientEvents) -> np.ndarray:
+    """float64 [P]: sum of log p(code) over each patient's most recent `max_prompt_len` tokens
+    (BOS ... EOS), given the event attributes; codes unknown to the vocabulary score as UNK."""
+    n = dataset.num_patients
+    out = np.zeros(n, np.float64)
+    fn = _logprob_fn(self.graphdef)
+    for start in range(0, n, self.batch_size):
+      rows = np.arange(start, min(n, start + self.batch_size))
+      b = encode_patients(dataset, self.vocab, rows, self.max_prompt_len, window="last")
+      width = bucket_length(int(lengths(b).max(initial=1)), self.buckets)
+      b = pad_to(b, width)
+      short = self.batch_size - len(rows)
+      if short:
+        b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
+      out[rows] = np.asarray(fn(self.params, b), np.float64)[:len(rows)]
+    return out
