@@ -113,12 +113,16 @@ class Last(NamedTuple):
   pos: jax.Array
 
 
-def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new):
-  """One event per row: (token, visit, age, pos, gap_days), attributes first, then the code."""
+def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bos):
+  """One event per row: (token, visit, age, pos, gap_days), attributes first, then the code.
+
+  `after_bos` [B]: the previous token is BOS, which carries its next event's visit attributes by
+  construction (see `sequences.py`), so that event stays in BOS's visit."""
   temperature, top_k, top_p = controls
   u = 1.0 - jax.random.uniform(jax.random.fold_in(key, step), (5, h_BxD.shape[0]))  # (0, 1]
   attr = model.attribute_logits(h_BxD)
   new_visit = _pick(attr["new_visit"], u[0], temperature, top_k, top_p)
+  new_visit = jnp.where(after_bos, 0, new_visit)
   pos_row = _pick(attr["pos"], u[1], temperature, top_k, top_p)
   gap = _pick(attr["gap"], u[2], temperature, top_k, top_p)
   lo = jnp.asarray(dec.GAP_EDGES, jnp.int32)[gap]
@@ -153,8 +157,8 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
              age=jnp.zeros((b, max_new), jnp.float32), pos=jnp.zeros((b, max_new), jnp.int32),
              gap_days=jnp.zeros((b, max_new), jnp.int32))
 
-  def emit(step, h, last, done, out, num_new):
-    code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new)
+  def emit(step, h, last, done, out, num_new, after_bos):
+    code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new, after_bos)
     code = jnp.where(done, PAD, code)
     new = dict(tokens=code, visit=visit, age=age, pos=pos, gap_days=days)
     out = {k: out[k].at[:, step].set(jnp.where(done, jnp.zeros_like(v), v)) for k, v in new.items()}
@@ -164,7 +168,8 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
     return Last(keep(visit, last.visit), keep(age, last.age), keep(pos, last.pos)), done, out, num_new
 
   done0 = jnp.zeros(b, bool)
-  last, done, out, num_new = emit(0, h, last, done0, out, jnp.zeros(b, jnp.int32))
+  last, done, out, num_new = emit(0, h, last, done0, out, jnp.zeros(b, jnp.int32),
+                                 last_col(prompt.tokens) == BOS)
 
   def cond(carry):
     step, _, done, _, _, _ = carry
@@ -175,7 +180,7 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
     prev = step - 1
     token = TokenBatch(out["tokens"][:, prev], last.visit, last.age, last.pos)
     h, cache = decode(graphdef, params, token, cache, prev)
-    last, done, out, num_new = emit(step, h, last, done, out, num_new)
+    last, done, out, num_new = emit(step, h, last, done, out, num_new, jnp.zeros(b, bool))
     return step + 1, last, done, out, num_new, cache
 
   carry = (jnp.int32(1), last, done, out, num_new, cache)
