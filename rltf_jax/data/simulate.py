@@ -200,7 +200,7 @@ def default_config() -> ml_collections.ConfigDict:
                 risk={"dm": 1.8, "ckd": 2.0, "cancer": 2.5, "copd": 1.5, "hf": 1.5, "alcohol": 1.5},
                 recent={"pneu": 12.0, "uti": 6.0, "surgery": 4.0, "sickle_crisis": 3.0},
                 recent_months=1, recur_per_year=0.05)
-  c.cvd = _cond(freq["cvd"], workup_prob=0.6, age_curve=steep,
+  c.cvd = _cond(freq["cvd"], workup_prob=0.5, age_curve=steep,
                 risk={"dys": 4.0, "htn": 2.5, "dm": 1.7, "smoking": 1.8, "lipid": 1.5, "cad": 1.5,
                       "hf": 1.5, "scd": 5.0, "sickle_other": 5.0},
                 recent={"tia": 8.0}, recent_months=3, recur_per_year=0.05)
@@ -218,7 +218,7 @@ def default_config() -> ml_collections.ConfigDict:
                   recent={"sep": 10.0, "pneu": 2.0, "gi_hem": 3.0, "surgery": 2.0, "ami": 3.0},
                   recent_months=1, recur_per_year=0.1)
   c.shock = _cond(freq["shock"], workup_prob=0.6, age_curve=rising, risk={"hf": 2.0, "cad": 1.3},
-                  recent={"sep": 40.0, "ami": 20.0, "gi_hem": 15.0, "pneu": 4.0, "surgery": 5.0},
+                  recent={"sep": 80.0, "ami": 20.0, "gi_hem": 15.0, "pneu": 4.0, "surgery": 5.0},
                   recent_months=1, recur_per_year=0.02)
   c.surg = _cond(freq["surg"], workup_prob=0.6, age_curve=rising, risk={"cancer": 4.0, "dm": 1.5, "obesity": 1.3},
                  recent={"surgery": 60.0}, recent_months=3, recur_per_year=0.05)
