@@ -289,7 +289,7 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
 
   def record(step: int, metrics) -> dict[str, float]:
     m = common.to_host(metrics)
-    common.check_finite(m, step + 1, checkpoint_note=note())
+    common.check_finite(m, step + 1, keys=("loss", "grad_norm", "param_norm"), checkpoint_note=note())
     progress.count(step, m["tokens"])
     if (step + 1) % pc.log_every == 0 or step + 1 == pc.steps:
       rate, eta = progress.rates(step)
