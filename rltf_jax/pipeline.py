@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from rltf_jax import io
 from rltf_jax.errors import ConfigError
 
@@ -100,6 +102,8 @@ def run(cfg, workdir: str | None = None) -> int:
   from rltf_jax.data.cohorts import get_cohort, require_positives
 
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
   cohort = get_cohort(cfg.cohort)
   methods = tuple(cfg.methods)
   unknown = [m for m in methods if m not in METHODS]
@@ -123,9 +127,66 @@ def run(cfg, workdir: str | None = None) -> int:
   _run_stage(base_stage, lambda: _pretrain(cfg, dataset, vocab, base_stage.directory))
   base_ckpt = base_stage.directory
 
-  raise ConfigError(
-      "the pipeline stops after the base model for now: preference data, fine-tuning, "
-      "evaluation and the report are the next stages to land (issues 4, 5, 7)")
+  # ---------------------------------------------------------------- preference data + fine-tunes
+  # One checkpoint per cohort and method; each trainer resumes an interrupted run and returns at
+  # once when its run is finished, and the preference pairs are rebuilt identically from their
+  # saved parameters, so these stages are safe to re-enter.
+  tuned = {}
+  if {"rltf", "sft"} & set(methods):
+    from rltf_jax.training import dpo, preference, sft
+    print(f"[preference] {cohort.name}: {cfg.rltf.num_pairs} pairs, P={cfg.rltf.positive_fraction}",
+          flush=True)
+    pairs = preference.build_preference_data(dataset, cohort, cfg.rltf, cohort_dir / "preference")
+    if "rltf" in methods:
+      print("[rltf] DPO-Positive fine-tune", flush=True)
+      tuned["rltf"] = dpo.finetune_dpo(cfg, base_ckpt, pairs, cohort_dir / "rltf")
+    if "sft" in methods:
+      print("[sft] supervised fine-tune on the chosen sequences", flush=True)
+      tuned["sft"] = sft.finetune_sft(cfg, base_ckpt, pairs, cohort_dir / "sft")
+
+  # ---------------------------------------------------------------- baselines (modelling set only)
+  from rltf_jax.evaluation import evaluate
+  plan = evaluate.select_patients(dataset, cohort, cfg.eval)
+  modelling = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, plan.model_subject_id)))
+  if "lstm" in methods:
+    from rltf_jax.training import baselines
+    print(f"[lstm] training on the modelling set ({modelling.num_patients} patients)", flush=True)
+    tuned["lstm"] = baselines.train_lstm(cfg, modelling, vocab, cohort_dir / "lstm")
+  if "halo" in methods:
+    from rltf_jax.training import baselines
+    print(f"[halo] training on the modelling set ({modelling.num_patients} patients)", flush=True)
+    tuned["halo"] = baselines.train_halo(cfg, modelling, vocab, cohort, cohort_dir / "halo")
+
+  # ---------------------------------------------------------------- conditional generation + evaluation
+  for method in methods:
+    t0 = time.time()
+    print(f"[eval] {method}: conditional generation and metrics", flush=True)
+    generator = _generator(cfg, method, base_ckpt, tuned.get(method))
+    members = modelling if method in ("lstm", "halo") else None
+    evaluate.evaluate_generator(generator, dataset, cohort, cfg.eval, cohort_dir / "eval" / method,
+                                members=members)
+    print(f"[eval] {method} finished in {time.time() - t0:.0f}s", flush=True)
+
+  # ---------------------------------------------------------------- report
+  from rltf_jax.evaluation import report
+  path = report.write_report(cohort_dir, cohort_dir / "report")
+  print(path.resolve(), flush=True)
+  return 0
+
+
+def _generator(cfg, method: str, base_ckpt: Path, ckpt: Path | None):
+  """The evaluation's view of `method`: a `rltf_jax.generator.Generator`."""
+  e, s = cfg.eval, cfg.sampling
+  if method in ("base", "rltf", "sft"):
+    from rltf_jax.sampling.generator import TransformerGenerator
+    return TransformerGenerator.from_checkpoint(
+        base_ckpt if method == "base" else ckpt, name=method, temperature=e.temperature,
+        top_k=e.top_k, top_p=e.top_p, batch_size=s.batch_size, max_prompt_len=s.max_prompt_len,
+        buckets=tuple(s.buckets))
+  from rltf_jax.sampling import baseline_generators
+  if method == "lstm":
+    return baseline_generators.LSTMGenerator.load(ckpt)
+  return baseline_generators.HALOGenerator.load(ckpt)
 
 
 def _build_data(cfg, out: Path) -> dict:

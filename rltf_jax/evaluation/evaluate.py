@@ -163,6 +163,9 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
     rng = np.random.default_rng(seed + 2)
     member_pool = members if members is not None else train_all
     nonmember_pool = dataset.subset("test")
+    # A baseline trained on the modelling set (test patients) has members inside the test split:
+    # its non-members are the test patients it did not see.
+    nonmember_pool = nonmember_pool.select(~np.isin(nonmember_pool.subject_id, member_pool.subject_id))
     pick = lambda ds: ds.select(np.sort(rng.choice(len(ds), min(n_mia, len(ds)), replace=False)))
     t_mia = time.perf_counter()
     memo["membership_inference"] = privacy.membership_inference(
