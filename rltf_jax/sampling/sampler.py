@@ -36,7 +36,7 @@ from rltf_jax.data.vocab import BOS, EOS, PAD, UNK
 from rltf_jax.errors import DataError
 from rltf_jax.models import decoder as dec
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+DEFAULT_BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
 _BANNED = -1e30
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (commands, not tests): `python -m rltf_jax.bench pretrain|sample|dpo --help`."""

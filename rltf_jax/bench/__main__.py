@@ -1,0 +1,19 @@
+"""`python -m rltf_jax.bench <pretrain|sample|dpo> [flags]`: dispatches to the module of that name."""
+
+import importlib
+import sys
+
+COMMANDS = ("pretrain", "sample", "dpo")
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] not in COMMANDS:
+    print(f"usage: python -m rltf_jax.bench {{{'|'.join(COMMANDS)}}} [flags]", file=sys.stderr)
+    return 2
+  module = importlib.import_module(f"rltf_jax.bench.{argv[0]}")
+  return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared benchmark pieces: the matmul ceiling, peak memory, FLOPs of a compiled program, JSON output."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Best-of-`repeats` GFLOP/s of a jitted float32 n x n matmul on the default device: the
+  ceiling that model FLOP utilisation is quoted against."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  f(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2.0 * n ** 3 / best / 1e9
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of a compiled XLA program from its cost analysis (0 when the backend gives none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def print_result(result: dict) -> None:
+  """The figures as one JSON object on the last line of output, for scripts to compare."""
+  clean = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in result.items()}
+  print(json.dumps(clean, sort_keys=True), flush=True)

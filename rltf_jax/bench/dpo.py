@@ -1,0 +1,144 @@
+"""DPO optimiser steps/s on the shapes of `/work/shared/bench/trl_dpo_peer.py`.
+
+    python -m rltf_jax.bench dpo [--V 8000 --D 256 --L 4 --B 8 --PL 96 --CL 96 --steps 30]
+
+Pairs are built as RLTF builds them and as the peer builds them: random prompt and chosen codes,
+the rejected continuation the chosen one with one code inserted (odd pairs) or removed (even
+pairs) at a random index; continuations end with EOS. The model is the project's decoder with a
+SwiGLU MLP of width 4D (the peer's Llama), heads D/64; the optimiser is AdamW with gradient
+clipping at 1 (TRL's defaults) and the reference log-probabilities are precomputed, as in the peer.
+Like the peer, the first `--warmup` steps are not timed, and pair-tokens per step are counted as
+B * (PL + 2 * CL).
+
+The last line printed is one JSON object with `steps_per_s`, `pair_tokens_per_s` and `mfu` (model
+FLOPs of one step from XLA's cost analysis, per second, over a measured float32 matmul rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rltf_jax.data.events import PatientEvents
+from rltf_jax.data.vocab import NUM_SPECIAL, Vocabulary
+from rltf_jax.models.decoder import default_model_config, init_decoder
+from rltf_jax.training import dpo
+from rltf_jax.training.preference import PreferenceData, pack_pairs
+from rltf_jax.training.reference import slice_batch
+
+
+def synthetic_pairs(num_pairs: int, vocab_size: int, prompt_len: int, cont_len: int, seed: int = 0):
+  """(PreferenceData, Vocabulary) of random pairs, rejected = chosen +/- one code."""
+  rng = np.random.default_rng(seed)
+  codes = np.array([f"OTHER/C{i}" for i in range(vocab_size - NUM_SPECIAL)])
+  vocab = Vocabulary(("<pad>", "<bos>", "<eos>", "<unk>") + tuple(codes))
+  prompt = rng.integers(0, len(codes), (num_pairs, prompt_len))
+  chosen = rng.integers(0, len(codes), (num_pairs, cont_len))
+  edit = rng.integers(0, cont_len, num_pairs)
+  rejected = []
+  for i in range(num_pairs):
+    r = list(chosen[i])
+    if i % 2:
+      r.insert(edit[i], rng.integers(0, len(codes)))
+    else:
+      del r[edit[i]]
+    rejected.append(np.asarray(r))
+
+  def events(rows):
+    lens = np.array([len(r) for r in rows])
+    n = int(lens.sum())
+    # One visit per event, a day apart: a plausible record, attributes change along the row.
+    within = np.arange(n) - np.repeat(np.cumsum(lens) - lens, lens)
+    return PatientEvents.build(
+        subject_id=np.arange(num_pairs), sex=np.zeros(num_pairs), birth_day=np.zeros(num_pairs),
+        offsets=np.concatenate([[0], np.cumsum(lens)]), code=np.concatenate(rows),
+        day=20_000 + within, visit=within, pos=np.full(n, 11), codes=codes)
+
+  data = PreferenceData(
+      prompt=events(list(prompt)), chosen=events(list(chosen)), rejected=events(rejected),
+      positive=np.arange(num_pairs) % 2 == 0, split_point=np.full(num_pairs, prompt_len),
+      edit_index=edit.astype(np.int64), ends=np.ones(num_pairs, bool), params={})
+  return data, vocab
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
+  """Measured float32 n x n matmul rate of the default device (the MFU ceiling)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n ** 3 / float(np.median(times))
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(prog="python -m rltf_jax.bench dpo", description=__doc__.split("\n")[0])
+  p.add_argument("--V", type=int, default=8000, help="vocabulary size")
+  p.add_argument("--D", type=int, default=256, help="model width")
+  p.add_argument("--L", type=int, default=4, help="layers")
+  p.add_argument("--B", type=int, default=8, help="pairs per step")
+  p.add_argument("--PL", type=int, default=96, help="prompt length (events)")
+  p.add_argument("--CL", type=int, default=96, help="chosen continuation length (events)")
+  p.add_argument("--steps", type=int, default=30, help="optimiser steps, warm-up included")
+  p.add_argument("--warmup", type=int, default=5, help="untimed first steps (compilation)")
+  p.add_argument("--mlp", default="swiglu", choices=["swiglu", "gelu"])
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  if args.steps <= args.warmup:
+    p.error("--steps must exceed --warmup")
+
+  data, vocab = synthetic_pairs(args.B * args.steps, args.V, args.PL, args.CL, args.seed)
+  packed = pack_pairs(data, vocab)
+  cfg = default_model_config()
+  cfg.width, cfg.num_layers, cfg.mlp_activation, cfg.num_heads = args.D, args.L, args.mlp, 0
+  graphdef, params = init_decoder(cfg, len(vocab), seed=args.seed)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.0))
+  # Precomputed reference log-probs, as the peer's precompute_ref_log_probs=True.
+  ref_fn = jax.jit(dpo.pair_logps, static_argnums=0)
+  batches = [jax.device_put(slice_batch(packed, np.arange(s * args.B, (s + 1) * args.B),
+                                        packed.tokens.shape[1], packed.target_token.shape[1]))
+             for s in range(args.steps)]
+  refs = [ref_fn(graphdef, params, b) for b in batches]
+  train_step = dpo.make_train_step(graphdef, optimizer, beta=0.1, lam=0.0, placement="outside")
+  step = jax.jit(train_step, donate_argnums=0)
+  state = dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+
+  flops = None
+  try:
+    cost = step.lower(state, batches[0], *refs[0]).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) or None
+  except Exception:  # cost analysis is best effort: some backends do not report it
+    pass
+
+  for s in range(args.steps):
+    if s == args.warmup:
+      t0 = time.perf_counter()
+    state, metrics = step(state, batches[s], *refs[s])
+    if s == args.warmup - 1:
+      jax.block_until_ready(metrics["loss"])
+  jax.block_until_ready(metrics["loss"])
+  dt = (time.perf_counter() - t0) / (args.steps - args.warmup)
+  peak = matmul_flops_per_s()
+  result = dict(
+      bench="dpo", device=jax.devices()[0].device_kind, V=args.V, D=args.D, L=args.L, B=args.B,
+      PL=args.PL, CL=args.CL, mlp=args.mlp, packed_width=int(packed.tokens.shape[1]),
+      scored_tokens=int(packed.target_token.shape[1]), steps_per_s=1.0 / dt,
+      pair_tokens_per_s=args.B * (args.PL + 2 * args.CL) / dt, step_flops=flops,
+      matmul_flops_per_s=peak, mfu=(flops / dt / peak) if flops else None,
+      final_loss=float(metrics["loss"]))
+  print(json.dumps(result))
+  return result
+
+
+if __name__ == "__main__":
+  main()

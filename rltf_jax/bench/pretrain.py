@@ -1,0 +1,70 @@
+"""Pretraining step benchmark: tokens/s, step time, peak memory, MFU against the matmul ceiling.
+
+  python -m rltf_jax.bench pretrain [--vocab 8000 --width 256 --layers 4 --batch 16 --seq 256]
+
+FLOPs per step come from XLA's cost analysis of the compiled train step (forward, backward and
+optimizer); MFU = FLOPs / step time / the float32 matmul ceiling measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from rltf_jax.bench import common
+from rltf_jax.data.sequences import TokenBatch
+from rltf_jax.models import decoder as dec
+from rltf_jax.training import pretrain as pt
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m rltf_jax.bench pretrain")
+  ap.add_argument("--vocab", type=int, default=8000)
+  ap.add_argument("--width", type=int, default=256)
+  ap.add_argument("--layers", type=int, default=4)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--seq", type=int, default=256)
+  ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"), help="swiglu = the Llama peers' MLP")
+  ap.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
+  args = ap.parse_args(argv)
+
+  cfg = ml_collections.ConfigDict()
+  cfg.model = dec.default_model_config()
+  cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp))
+  cfg.pretrain = pt.default_pretrain_config()
+  cfg.pretrain.update(dict(batch_size=args.batch, seq_len=args.seq, steps=args.steps + 1))
+  cfg.mesh = ml_collections.ConfigDict(dict(data=1))
+  _, _, step, init, shard, batch_shard = pt.build_step(cfg, args.vocab, args.steps + 1)
+
+  rng = np.random.default_rng(0)
+  b, l = args.batch, args.seq
+  visit = np.cumsum(rng.random((b, l)) < 0.2, axis=1).astype(np.int32)
+  batch = TokenBatch(rng.integers(4, args.vocab, (b, l)).astype(np.int32), visit,
+                     (40 + visit * 0.3).astype(np.float32), np.full((b, l), 11, np.int32))
+  batch = jax.device_put(batch, batch_shard)
+  state = jax.jit(init, out_shardings=shard)()
+  t = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  flops = common.compiled_flops(compiled)
+  state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  ceiling = common.matmul_ceiling_gflops()
+  common.print_result(dict(
+      bench="pretrain", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, seq=l,
+      mlp=args.mlp, backend=jax.default_backend(), devices=len(jax.devices()),
+      tokens_per_s=b * l / step_s, step_s=step_s, step_s_min=float(min(times)), compile_s=compile_s,
+      flops_per_step=flops, ceiling_gflops=ceiling, mfu=flops / step_s / (ceiling * 1e9),
+      peak_rss_mb=common.peak_rss_mb(), loss=float(m["loss"])))
+  return 0

@@ -1,0 +1,85 @@
+"""Sampling benchmark: new tokens/s of the jitted KV-cache sampler, on the peer's shapes.
+
+  python -m rltf_jax.bench sample [--vocab 8000 --width 256 --layers 4 --batch 64 --prompt 96 --new 64]
+
+Compare with `/work/shared/bench/hf_generate_peer.py` (transformers' generate, same shapes, heads =
+width/64, MLP 4*width SwiGLU) run back to back on the same machine. As the peer, every row
+generates exactly `--new` tokens (EOS is blocked until then) with temperature 1 and no top-k/top-p.
+FLOPs: XLA's cost analysis of the prefill plus `--new` times that of one loop body (decode + draw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rltf_jax.bench import common
+from rltf_jax.data.sequences import TokenBatch, bucket_length
+from rltf_jax.data.vocab import BOS
+from rltf_jax.models import decoder as dec
+from rltf_jax.sampling import sampler
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m rltf_jax.bench sample")
+  ap.add_argument("--vocab", type=int, default=8000)
+  ap.add_argument("--width", type=int, default=256)
+  ap.add_argument("--layers", type=int, default=4)
+  ap.add_argument("--batch", type=int, default=64)
+  ap.add_argument("--prompt", type=int, default=96)
+  ap.add_argument("--new", type=int, default=64)
+  ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"))
+  ap.add_argument("--repeats", type=int, default=3)
+  args = ap.parse_args(argv)
+
+  cfg = dec.default_model_config()
+  cfg.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp))
+  graphdef, params = dec.init_decoder(cfg, args.vocab, seed=0)
+  rng = np.random.default_rng(0)
+  b, lp = args.batch, args.prompt
+  tokens = rng.integers(4, args.vocab, (b, lp)).astype(np.int32)
+  tokens[:, 0] = BOS
+  visit = np.cumsum(rng.random((b, lp)) < 0.2, axis=1).astype(np.int32)
+  prompt = TokenBatch(tokens, visit, (40 + visit * 0.3).astype(np.float32), np.full((b, lp), 11, np.int32))
+  plen = np.full(b, lp, np.int32)
+  run = lambda seed: sampler.sample(graphdef, params, prompt, plen, max_new=args.new, min_new=args.new,
+                                    temperature=1.0, top_k=0, top_p=1.0, seed=seed)
+  t = time.perf_counter()
+  run(0)
+  first_s = time.perf_counter() - t
+  times = []
+  for i in range(args.repeats):
+    t = time.perf_counter()
+    out = run(i + 1)
+    times.append(time.perf_counter() - t)
+  batch_s = float(np.median(times))
+  assert int(out["num_new"].min()) == args.new
+
+  # FLOPs: prefill once plus one loop body per new token.
+  width = bucket_length(lp, sampler.DEFAULT_BUCKETS)
+  padded = sampler.pad_to(prompt, width)
+  pre = jax.jit(sampler.prefill, static_argnums=(0, 4)).lower(graphdef, params, padded, plen, args.new).compile()
+  _, cache = jax.jit(sampler.prefill, static_argnums=(0, 4))(graphdef, params, padded, plen, args.new)
+
+  def body(params, cache, token):
+    h, cache = sampler.decode(graphdef, params, token, cache, 3)
+    model = nnx.merge(graphdef, params)
+    last = sampler.Last(token.visit, token.age, token.pos)
+    return sampler._draw_event(model, h, last, jax.random.key(0), 3, (1.0, 0, 1.0), 0, jnp.zeros(b, bool)), cache
+
+  tok = TokenBatch(*(jnp.asarray(a[:, -1]) for a in prompt))
+  body_c = jax.jit(body).lower(params, cache, tok).compile()
+  flops = common.compiled_flops(pre) + args.new * common.compiled_flops(body_c)
+  ceiling = common.matmul_ceiling_gflops()
+  common.print_result(dict(
+      bench="sample", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, prompt=lp,
+      new=args.new, mlp=args.mlp, backend=jax.default_backend(),
+      new_tokens_per_s=b * args.new / batch_s, step_s=batch_s / args.new, batch_s=batch_s,
+      first_call_s=first_s, flops_per_step=flops / args.new, ceiling_gflops=ceiling,
+      mfu=flops / batch_s / (ceiling * 1e9), peak_rss_mb=common.peak_rss_mb()))
+  return 0
