@@ -1,0 +1,187 @@
+"""Sweeps: many pipeline runs from one config, then one combined table beside the paper's.
+
+  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py[:smoke|:paper] [--workdir=DIR]
+
+A sweep config module defines `get_config(arg)` (the settings every run shares, as a cohort
+config does) and `get_sweep(arg)`, a list of runs: `dict(name=..., overrides={"dotted.field": v})`
+(`cohort` and `methods` are fields like any other). Runs share one work directory, so the data and
+the base model are built once; each run's outputs go to `<workdir>/<cohort>[-<name>]/`. Finished
+stages are skipped, so rerunning a sweep only does what is missing. A run that fails is reported
+and the others go on; the command exits non-zero if any failed.
+
+The combined table is written to `<workdir>/sweeps/<sweep>/table.md` and `table.json`; the last
+line printed is the path of `table.md`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rltf_jax import io
+from rltf_jax.errors import ConfigError, RLTFError, cli_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_sweep(spec: str):
+  """Imports `path[:arg]`; returns (base config, runs, sweep name)."""
+  path, _, arg = spec.partition(":")
+  if not Path(path).is_file():
+    raise ConfigError(f"sweep config {path} does not exist")
+  if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # sweep configs import configs.base
+  module_spec = importlib.util.spec_from_file_location(f"sweep_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"{path} has no get_sweep(arg): it is a single-run config; use launch.py")
+  arg = arg or None
+  return module.get_config(arg), module.get_sweep(arg), Path(path).stem
+
+
+def apply_overrides(cfg, overrides: dict[str, Any]):
+  """A copy of `cfg` with dotted fields set (`{"rltf.num_pairs": 100}`)."""
+  cfg = copy.deepcopy(cfg)
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ConfigError(f"sweep override {dotted!r}: the config has no field {leaf!r} there")
+    node[leaf] = value
+  return cfg
+
+
+def run_sweep(spec: str, workdir: str | None = None) -> int:
+  from rltf_jax import pipeline
+  base_cfg, runs, sweep_name = load_sweep(spec)
+  root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  names = [r["name"] for r in runs]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"sweep {sweep_name}: run names must be unique, got {names}")
+  failures, rows = [], []
+  for i, run in enumerate(runs, 1):
+    cfg = apply_overrides(base_cfg, run.get("overrides", {}))
+    cfg.run_name = run.get("run_name", run["name"])
+    print(f"=== [{sweep_name} {i}/{len(runs)}] {run['name']}: cohort {cfg.cohort}, "
+          f"methods {', '.join(cfg.methods)}", flush=True)
+    t0 = time.time()
+    try:
+      pipeline.run(cfg, str(root))
+    except RLTFError as e:
+      failures.append((run["name"], str(e)))
+      print(f"=== {run['name']} failed: {e}", flush=True)
+      continue
+    except Exception as e:  # keep the other runs going; the traceback is printed for debugging
+      traceback.print_exc()
+      failures.append((run["name"], f"{type(e).__name__}: {e}"))
+      continue
+    print(f"=== {run['name']} finished in {time.time() - t0:.0f}s", flush=True)
+    rows.extend(collect_rows(root, cfg, run))
+  out = root / "sweeps" / sweep_name
+  table = write_table(out, sweep_name, rows, failures)
+  print(table.resolve(), flush=True)
+  return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------- combined table
+def _value(metrics: dict, *keys):
+  node = metrics
+  for k in keys:
+    if not isinstance(node, dict) or k not in node:
+      return None
+    node = node[k]
+  return node.get("value") if isinstance(node, dict) else node
+
+
+def collect_rows(root: Path, cfg, run: dict) -> list[dict]:
+  """One row per evaluated method of a finished run."""
+  from rltf_jax.data.cohorts import get_cohort
+  cohort = get_cohort(cfg.cohort)
+  cohort_dir = root / (cohort.name + (f"-{cfg.run_name}" if cfg.run_name else ""))
+  rows = []
+  for method in cfg.methods:
+    path = cohort_dir / "eval" / method / "metrics.json"
+    if not path.exists():
+      continue
+    m = json.loads(path.read_text())
+    rows.append(dict(
+        run=run["name"], cohort=cohort.name, abbrev=cohort.abbrev, method=method,
+        num_pairs=int(cfg.rltf.num_pairs), positive_fraction=float(cfg.rltf.positive_fraction),
+        precision=_value(m, "fidelity", "target", "precision"),
+        recall=_value(m, "fidelity", "target", "recall"),
+        f1=_value(m, "fidelity", "target", "f1"),
+        true_continuations_with_target=_value(m, "fidelity", "target", "counts", "actual_positive"),
+        rouge1=_value(m, "fidelity", "rouge1"),
+        auroc_real=_value(m, "utility", "real", "auroc"),
+        auroc_synthetic=_value(m, "utility", "synthetic", "auroc"),
+        auroc_augmented=_value(m, "utility", "augmentation", "auroc"),
+        metrics=str(path)))
+  return rows
+
+
+def _paper(row: dict) -> dict:
+  """The paper's numbers for the same cell, where it has them."""
+  from rltf_jax.evaluation import paper_numbers as paper
+  out = {}
+  col = paper.paper_column(row["method"])
+  if col and row["cohort"] in paper.TABLE5:
+    p, r, f = paper.TABLE5[row["cohort"]][col]
+    out.update(paper_prf=f"{p:.2f}/{r:.2f}/{f:.2f}", paper_auroc_synthetic=paper.TABLE6[row["cohort"]][col],
+               paper_auroc_augmented=paper.TABLE7[row["cohort"]][col])
+  if row["cohort"] == "scd" and row["method"] in ("rltf", "sft"):
+    training = "RL" if row["method"] == "rltf" else "SFT"
+    for t2 in paper.TABLE2_SCD:
+      if (t2["training"], t2["n"], t2["p"]) == (training, row["num_pairs"], row["positive_fraction"]):
+        out["paper_table2_f1_auroc_rouge1"] = f"{t2['f1']:.2f} / {t2['auroc']:.2f} / {t2['rouge1']:.3f}"
+  return out
+
+
+def _fmt(x, digits=3) -> str:
+  return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def write_table(out: Path, sweep_name: str, rows: list[dict], failures: list) -> Path:
+  rows = [dict(r, **_paper(r)) for r in rows]
+  io.atomic_write_json(out / "table.json", dict(sweep=sweep_name, rows=rows,
+                                                failures=[dict(run=n, error=e) for n, e in failures]))
+  header = ["Run", "Cohort", "Method", "N", "P", "Precision", "Recall", "F1", "ROUGE-1",
+            "AUROC real", "AUROC synthetic", "AUROC augmented", "P/R/F1 (paper)",
+            "AUROC syn./aug. (paper)", "Table 2 F1/AUROC/ROUGE-1 (paper)"]
+  lines = [f"# Sweep `{sweep_name}`", "",
+           "Our numbers on this run's data beside the paper's (on its private claims data; only the "
+           "shape should carry over). Per-run details: each row's `metrics.json` and the run's "
+           "`report/report.md`.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    paper_auroc = ("-" if "paper_auroc_synthetic" not in r else
+                   f"{r['paper_auroc_synthetic']:.3f} / {r['paper_auroc_augmented']:.3f}")
+    cells = [r["run"], r["abbrev"], r["method"], r["num_pairs"], r["positive_fraction"],
+             _fmt(r["precision"], 2), _fmt(r["recall"], 2), _fmt(r["f1"], 2), _fmt(r["rouge1"]),
+             _fmt(r["auroc_real"]), _fmt(r["auroc_synthetic"]), _fmt(r["auroc_augmented"]),
+             r.get("paper_prf", "-"), paper_auroc, r.get("paper_table2_f1_auroc_rouge1", "-")]
+    lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+  if failures:
+    lines += ["", "## Failed runs", ""] + [f"- `{n}`: {e}" for n, e in failures]
+  return io.atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+  import argparse
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", required=True, help="sweep config, e.g. configs/sweeps/table2_ablation.py:smoke")
+  parser.add_argument("--workdir", default=None, help="work directory shared by the runs")
+  args = parser.parse_args(argv)
+  cli_main(lambda: run_sweep(args.config, args.workdir))
+
+
+if __name__ == "__main__":
+  main()
