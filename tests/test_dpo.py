@@ -1,6 +1,11 @@
 """DPO-Positive: the loss by hand, packed log-probs against plain passes, the step, a short fine-tune."""
 
+import functools
+import json
+import logging
 import math
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -141,3 +146,110 @@ def test_packed_layout_by_hand(pairs_and_vocab):
     assert row[len(c):len(c) + len(r) - e] == [t[0] for t in r[e:]]
     assert all(t == PAD for t in row[len(c) + len(r) - e:])
     assert list(packed.positions[i, len(c):len(c) + len(r) - e]) == list(range(e, len(r)))
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+@functools.lru_cache(maxsize=None)
+def pretrained_base():
+  """(cfg, dataset, base run directory, scratch directory): a tiny decoder pretrained on simulator
+  data, shared by the fine-tune tests of this process."""
+  from configs import base
+  from rltf_jax.data import simulate
+  from rltf_jax.data.cohorts import COHORTS
+  from rltf_jax.data.events import assign_splits
+  from rltf_jax.training import pretrain
+  cfg = base.get_config("smoke", cohort="dm")
+  cfg.model.width, cfg.model.num_layers = 64, 2
+  cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = 400, 400, 400
+  cfg.pretrain.num_valid_patients = 16
+  ds = simulate.simulate(cfg.data.simulator, 500, 0)
+  ds = ds.with_splits(assign_splits(ds.subject_id, (0.8, 0.1, 0.1), 0))
+  vocab = Vocabulary.build(ds, always_include=[c for co in COHORTS.values() for c in co.codes])
+  root = Path(tempfile.mkdtemp(prefix="rltf-test-"))
+  base_dir = pretrain.pretrain(cfg, ds, vocab, root / "base", verbose=False)
+  return cfg, ds, base_dir, root
+
+
+def target_mass(graphdef, params, packed, target_ids):
+  """float [N]: mean over each pair's chosen-continuation tokens of p(next code is a target)."""
+  m, used = target_mass_per_token(graphdef, params, packed, target_ids)
+  return (m * used).sum(-1) / used.sum(-1)
+
+
+def target_mass_at_edit(graphdef, params, packed, target_ids, edit_index):
+  """float [N]: p(next code is a target) right after the prompt and the shared continuation."""
+  m, _ = target_mass_per_token(graphdef, params, packed, target_ids)
+  return m[np.arange(len(m)), edit_index]
+
+
+def target_mass_per_token(graphdef, params, packed, target_ids):
+  """(p(next code is a target) [N, T], bool [N, T] chosen-continuation targets)."""
+  from flax import nnx
+  from rltf_jax.models.decoder import next_attributes
+  from rltf_jax.training.preference import SEG_CHOSEN, SEG_SHARED
+
+  @jax.jit
+  def mass(params, packed):
+    model = nnx.merge(graphdef, params)
+    row = TokenBatch(packed.tokens, packed.visit, packed.age, packed.pos)
+    h = model.hidden(row, positions=packed.positions, attention_mask=dpo.packed_attention_mask(packed.segment))
+    take = lambda a, i: jnp.take_along_axis(a, i, axis=1)
+    parent, col = packed.target_parent, packed.target_col
+    attrs = next_attributes(TokenBatch(*(take(a, parent) for a in row)),
+                            TokenBatch(packed.target_token, *(take(a, col) for a in row[1:])))
+    probs = jax.nn.softmax(model.code_logits(take(h, parent[..., None]), attrs.new_visit,
+                                             attrs.pos_row, attrs.gap), -1)
+    used = (packed.target_segment == SEG_SHARED) | (packed.target_segment == SEG_CHOSEN)
+    return probs[..., target_ids].sum(-1), used
+
+  return tuple(np.asarray(x) for x in mass(params, packed))
+
+
+def test_finetune_raises_target_after_positive_prompts_and_lowers_it_after_negatives():
+  from rltf_jax.data.cohorts import get_cohort
+  from rltf_jax.models.decoder import load_decoder
+  cfg, ds, base_dir, root = pretrained_base()
+  cfg = cfg.copy_and_resolve_references()
+  cfg.rltf.num_pairs, cfg.rltf.epochs, cfg.rltf.lr, cfg.rltf.warmup_steps = 48, 6, 1e-3, 0
+  cfg.rltf.beta = 0.5
+  cohort = get_cohort("dm")
+  pairs = build_preference_data(ds, cohort, cfg.rltf, root / "pref-move")
+  run = dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-move", verbose=False)
+  graphdef, base_params, vocab, _ = load_decoder(base_dir)
+  _, tuned_params, _, _ = load_decoder(run)
+  packed = pack_pairs(pairs, vocab)
+  target_ids = jnp.asarray(vocab.require_ids(cohort.codes))
+  # p(next code is a target | prompt + the continuation up to the edit): for a positive the
+  # position of its first target, for a negative the position where its rejected one inserts it.
+  before = target_mass_at_edit(graphdef, base_params, packed, target_ids, pairs.edit_index)
+  after = target_mass_at_edit(graphdef, tuned_params, packed, target_ids, pairs.edit_index)
+  pos, neg = pairs.positive, ~pairs.positive
+  assert after[pos].mean() > 2 * before[pos].mean() and (after[pos] > before[pos]).mean() > 0.85
+  assert np.median(after[neg] / before[neg]) < 0.8 and (after[neg] < before[neg]).mean() > 0.6
+  metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+  for key in ("loss", "reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected", "penalty"):
+    assert key in metrics[-1]
+  assert metrics[-1]["reward_margin"] > 0
+
+
+def test_interrupted_finetune_resumes_to_the_same_parameters(caplog):
+  from rltf_jax.data.cohorts import get_cohort
+  from rltf_jax.models.decoder import load_decoder
+  cfg, ds, base_dir, root = pretrained_base()
+  cfg = cfg.copy_and_resolve_references()
+  cfg.rltf.num_pairs, cfg.rltf.epochs, cfg.rltf.ckpt_every = 24, 1, 100
+  pairs = build_preference_data(ds, get_cohort("dm"), cfg.rltf, root / "pref-resume")
+  straight = dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-straight", verbose=False)
+  with caplog.at_level(logging.INFO, logger="rltf_jax"):
+    dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-resumed", stop_after=2, verbose=False)
+    assert not (root / "rltf-resumed" / dpo.DONE_FILE).exists()
+    resumed = dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-resumed", verbose=False)
+  assert "reusing" in caplog.text  # the reference log-probs came from the cache
+  a, b = load_decoder(straight)[1], load_decoder(resumed)[1]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  # Finished: a rerun returns at once; other settings in the same directory are refused.
+  assert dpo.finetune_dpo(cfg, base_dir, pairs, resumed, verbose=False) == resumed
+  cfg.rltf.beta = 0.5
+  with pytest.raises(ConfigError, match="other parameters"):
+    dpo.finetune_dpo(cfg, base_dir, pairs, resumed, verbose=False)

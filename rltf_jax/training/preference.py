@@ -70,6 +70,7 @@ class PreferenceData:
   edit_index: np.ndarray   # int64 [N]: chosen[:e] == rejected[:e], and they differ at e
   ends: np.ndarray         # bool [N]: the continuation reaches the record's end (EOS is scored)
   params: dict[str, Any]   # build parameters, seeds, counts, source fingerprint
+  directory: Path | None = None  # where the pairs are saved (reference log-probs are cached there)
 
   @property
   def num_pairs(self) -> int:
@@ -115,7 +116,7 @@ class PreferenceData:
       data = cls(**parts, positive=arrays["positive"].astype(bool),
                  split_point=arrays["split_point"].astype(np.int64),
                  edit_index=arrays["edit_index"].astype(np.int64), ends=arrays["ends"].astype(bool),
-                 params={k: v for k, v in params.items() if k != "fingerprint"})
+                 params={k: v for k, v in params.items() if k != "fingerprint"}, directory=directory)
     except (OSError, ValueError, KeyError) as e:
       raise DataError(f"{directory}: cannot read preference pairs ({e}); delete the directory to "
                       "rebuild them") from e
@@ -178,6 +179,7 @@ def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
   data = _draw_pairs(train, cohort, params)
   if out_path is not None:
     data.save(out_path)
+    data = dataclasses.replace(data, directory=Path(out_path))
   return data
 
 

@@ -1,0 +1,117 @@
+"""Reference log-probabilities of a pair set: computed once, cached on disk, reused.
+
+The DPO loss compares the policy with the frozen reference (the base model). Its log-probabilities
+of every chosen and rejected continuation never change, so they are computed in one batched,
+jitted pass (`pair_logps` over packed rows, the function the training step differentiates) and
+written to `reference-<key>.npz`, where the key hashes the reference parameters' values and the
+pair set's fingerprint: a different base checkpoint or other pairs get another file, a rerun or a
+resumed fine-tune finds the same one. The reference model never runs during training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rltf_jax import io
+from rltf_jax.errors import DataError
+from rltf_jax.training.preference import PackedPairs, PreferenceData
+
+log = logging.getLogger("rltf_jax")
+
+CACHE_VERSION = 1  # bump when the scoring (what a log-probability sums over) changes
+
+
+def params_fingerprint(params) -> str:
+  """Hash of a parameter tree's structure and values (the reference model's identity)."""
+  h = hashlib.sha256()
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  for path, leaf in leaves:
+    arr = np.asarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{arr.dtype}:{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+  return h.hexdigest()[:16]
+
+
+def cache_key(reference_id: str, pairs_fingerprint: str) -> str:
+  return hashlib.sha256(f"v{CACHE_VERSION}:{reference_id}:{pairs_fingerprint}".encode()).hexdigest()[:16]
+
+
+def row_shapes(packed: PackedPairs) -> tuple[np.ndarray, np.ndarray]:
+  """Columns and scored targets each row really uses (int64 [N] each)."""
+  width = (packed.segment != 0).sum(1)
+  targets = (packed.target_segment != 0).sum(1)
+  return width, targets
+
+
+def bucket(n: int, limit: int, smallest: int = 64) -> int:
+  """The smallest power of two times `smallest` that holds n, capped at `limit`."""
+  b = smallest
+  while b < n:
+    b *= 2
+  return min(b, limit)
+
+
+def slice_batch(packed: PackedPairs, idx: np.ndarray, width: int, targets: int) -> PackedPairs:
+  """Rows `idx`, cut to `width` columns and `targets` targets (rows are left-aligned)."""
+  cols = ("tokens", "visit", "age", "pos", "positions", "segment")
+  return PackedPairs(*(a[idx][:, :width] if name in cols else a[idx][:, :targets]
+                       for name, a in zip(PackedPairs._fields, packed)))
+
+
+def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: int):
+  """(chosen, rejected) float32 [N]: reference log-probabilities of every pair.
+
+  Rows are sorted by length and cut to power-of-two widths, so short pairs do not pay for the
+  longest one; each batch has `batch_size` rows (the last one padded), so there is one compile per
+  width bucket.
+  """
+  from rltf_jax.training.dpo import pair_logps
+  fn = jax.jit(pair_logps, static_argnums=0)
+  n = len(packed.tokens)
+  width, targets = row_shapes(packed)
+  order = np.argsort(width, kind="stable")
+  chosen, rejected = np.zeros(n, np.float32), np.zeros(n, np.float32)
+  pending = []
+  for start in range(0, n, batch_size):
+    idx = order[start:start + batch_size]
+    rows = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])  # pad the last batch
+    w = bucket(width[idx].max(), packed.tokens.shape[1])
+    t = bucket(targets[idx].max(), packed.target_token.shape[1])
+    pending.append((idx, fn(graphdef, params, slice_batch(packed, rows, w, t))))
+  for idx, (c, r) in pending:  # all batches were dispatched before the first read-back
+    chosen[idx] = np.asarray(c)[:len(idx)]
+    rejected[idx] = np.asarray(r)[:len(idx)]
+  return chosen, rejected
+
+
+def reference_logps(graphdef, params, pairs: PreferenceData, packed: PackedPairs, cache_dir: str | Path,
+                    *, batch_size: int = 32, reference_id: str | None = None):
+  """Cached `compute_reference_logps`; `reference_id` defaults to the parameters' fingerprint."""
+  reference_id = reference_id or params_fingerprint(params)
+  path = Path(cache_dir) / f"reference-{cache_key(reference_id, pairs.fingerprint)}.npz"
+  if path.exists():
+    try:
+      got = io.load_npz(path)
+    except (OSError, ValueError) as e:
+      raise DataError(f"{path}: cannot read cached reference log-probabilities ({e}); delete it "
+                      "to recompute") from e
+    if got["chosen"].shape != (pairs.num_pairs,):
+      raise DataError(f"{path}: holds {got['chosen'].shape} values for {pairs.num_pairs} pairs; "
+                      "delete it to recompute")
+    log.info("reference log-probs: reusing %s", path)
+    return got["chosen"], got["rejected"]
+  t0 = time.perf_counter()
+  chosen, rejected = compute_reference_logps(graphdef, params, packed, batch_size)
+  if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
+    raise DataError("the reference model gives non-finite log-probabilities for some pairs; "
+                    "check the base checkpoint")
+  io.atomic_savez(path, chosen=chosen, rejected=rejected,
+                  reference_id=np.asarray(reference_id), pairs_fingerprint=np.asarray(pairs.fingerprint))
+  log.info("reference log-probs of %d pairs in %.1fs -> %s", pairs.num_pairs, time.perf_counter() - t0, path)
+  return chosen, rejected
