@@ -15,8 +15,16 @@ the checkpoint (`attributes.npz`):
   the training data) events each. HALO: its own visits (empty generated visits are dropped).
 
 LSTM decoding is beam search (`rltf_jax.sampling.beam`; the paper's baseline), deterministic: the
-seed only draws the dates. PAD, BOS and UNK are never generated. HALO samples every code bit from
-its Bernoulli (ancestral sampling); it can only generate codes in its capped vocabulary.
+seed only draws the dates. PAD, BOS and UNK are never generated. A prompt longer than the training
+window (`lstm.max_len`) is read from its last `max_len - 1` events.
+
+HALO samples every code bit from its Bernoulli (ancestral sampling); it can only generate codes in
+its capped vocabulary, and only codes and the end bit (never label, start or pad bits) in a visit.
+HALO conditions on labels (the cohort's codes anywhere in the record), which for a truncated
+patient would leak the hidden future. `halo.label_mode="sample"` (default) therefore sets the
+labels seen in the prompt and draws the others from HALO's own label distribution;
+`"prompt"` uses the prompt's labels only (then HALO rarely writes a label code the prompt lacks).
+A prompt's most recent `max_visits - 3` visits are its context (slot positions restart there).
 """
 
 from __future__ import annotations
@@ -139,16 +147,19 @@ class LSTMGenerator:
     if max_new < 1:
       raise ConfigError(f"max_new_events must be >= 1, got {max_new_events}")
     buckets = baselines._length_buckets(self.max_len)
-    width = sequences.bucket_length(int(prompts.lengths.max(initial=0)) + 1, buckets)
-    out_tok, out_len = [], []
-    for rows in _chunks(prompts.num_patients, self.batch_size):
+    # Prompts of similar length share a chunk (less padding in the prefill); the last
+    # `max_len - 1` events of a longer prompt are its context, as in training.
+    order = np.argsort(prompts.lengths, kind="stable")
+    tokens = np.zeros((prompts.num_patients, max_new), np.int32)
+    counts = np.zeros(prompts.num_patients, np.int64)
+    for chunk in _chunks(prompts.num_patients, self.batch_size):
+      rows = order[chunk]
+      width = sequences.bucket_length(int(prompts.lengths[rows].max()) + 1, buckets)
       tb = sequences.encode_patients(prompts, self.vocab, _pad_rows(rows, self.batch_size), width,
                                      window="last", add_eos=False)
       tok, n = self._decode(self.params, jnp.asarray(tb.tokens), max_new)
-      out_tok.append(np.asarray(tok)[:len(rows)])
-      out_len.append(np.asarray(n)[:len(rows)])
-    tokens = np.concatenate(out_tok) if out_tok else np.zeros((0, max_new), np.int32)
-    counts = np.concatenate(out_len).astype(np.int64) if out_len else np.zeros(0, np.int64)
+      tokens[rows] = np.asarray(tok)[:len(rows)]
+      counts[rows] = np.asarray(n)[:len(rows)]
     flat = tokens[np.arange(tokens.shape[1])[None, :] < counts[:, None]]
     k = max(int(round(float(self.attrs["events_per_visit"]))), 1)
     pos_in_row = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -165,23 +176,24 @@ class LSTMGenerator:
   def log_likelihood(self, dataset: PatientEvents) -> np.ndarray:
     """float64 [P]: log p(code tokens and EOS | BOS) of each whole patient (codes outside the
     vocabulary count as UNK)."""
-    need = int(dataset.lengths.max(initial=0)) + 2
-    width = sequences.bucket_length(need, _pow2_buckets(need))
-    out = []
-    for rows in _chunks(dataset.num_patients, self.batch_size):
+    order = np.argsort(dataset.lengths, kind="stable")
+    out = np.zeros(dataset.num_patients, np.float64)
+    for chunk in _chunks(dataset.num_patients, self.batch_size):
+      rows = order[chunk]
+      width = _pow2_at_least(int(dataset.lengths[rows].max()) + 2)
       tb = sequences.encode_patients(dataset, self.vocab, _pad_rows(rows, self.batch_size), width)
-      out.append(np.asarray(self._ll(self.params, jnp.asarray(tb.tokens)))[:len(rows)])
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+      out[rows] = np.asarray(self._ll(self.params, jnp.asarray(tb.tokens)))[:len(rows)]
+    return out
 
   # The jitted methods take `self` as a static argument: hash by identity.
   __hash__ = object.__hash__
 
 
-def _pow2_buckets(n: int) -> list[int]:
+def _pow2_at_least(n: int) -> int:
   b = 16
   while b < n:
     b *= 2
-  return [b]
+  return b
 
 
 # ---------------------------------------------------------------- HALO

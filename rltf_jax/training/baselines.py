@@ -203,6 +203,19 @@ def lstm_loss(model: LSTMLM, tokens_BxL: jax.Array):
   return (ce * mask).sum() / jnp.maximum(n, 1.0), n
 
 
+def _sortish_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int,
+                     group: int = 16) -> list[np.ndarray]:
+  """`order` cut into batches after sorting each run of `group` batches by length, the batches
+  then shuffled: similar lengths share a batch (less padding) and the epoch stays random."""
+  batches = []
+  for i in range(0, len(order), group * batch_size):
+    run = order[i:i + group * batch_size]
+    run = run[np.argsort(lengths[run], kind="stable")]
+    batches += [run[j:j + batch_size] for j in range(0, len(run), batch_size)]
+  perm = np.random.default_rng(int(order[0]) if len(order) else 0).permutation(len(batches))
+  return [batches[j] for j in perm]
+
+
 def _length_buckets(max_len: int) -> list[int]:
   out, b = [], 16
   while b < max_len:
@@ -236,9 +249,7 @@ def train_lstm(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Pa
 
   def batches(epoch):
     rng = np.random.default_rng([c.seed, epoch])
-    order = rng.permutation(n)
-    for i in range(0, n, bs):
-      idx = order[i:i + bs]
+    for idx in _sortish_batches(rng.permutation(n), dataset.lengths, bs):
       tb = sequences.encode_patients(dataset, vocab, idx, c.max_len, window="random", rng=rng)
       width = sequences.bucket_length(int(sequences.lengths(tb).max()), buckets)
       tokens = np.zeros((bs, width), np.int32)  # all-PAD rows fill the last batch, weight 0
