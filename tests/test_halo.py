@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -72,8 +73,8 @@ def test_code_head_never_sees_code_k_or_later():
   state["head1"]["bias"].value = jnp.full(d + v, 100.0)
   jac_on = np.asarray(jacobian(state, hist, visit))
   assert np.all(jac_on[~later] != 0) and np.all(jac_on[later] == 0)
-  jac_h = jax.jacobian(lambda h: model.code_logits(h, visit))(hist)
-  assert np.all(np.abs(np.asarray(jac_h)).sum(1) > 0)                     # every code sees history
+  jac_h = jax.jit(jax.jacobian(lambda s, h, x: nnx.merge(graphdef, s).code_logits(h, x), 1))
+  assert np.all(np.abs(np.asarray(jac_h(state, hist, visit))).sum(1) > 0)  # every code sees history
   # Shapes of the teacher-forced pass.
   x = jnp.zeros((3, 4, v))
   assert model(x).shape == (3, 3, v) and model.history(x).shape == (3, 4, d)
@@ -132,14 +133,18 @@ def test_tiny_halo_overfits_and_completes_its_patients():
   tx = optax.adam(1e-2)
   opt = tx.init(params)
 
-  @jax.jit
   def step(params, opt):
     loss, g = jax.value_and_grad(lambda p: baselines.halo_loss(nnx.merge(graphdef, p), (x, mask))[0])(params)
     u, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, u), opt, loss
 
-  for _ in range(300):
-    params, opt, loss = step(params, opt)
+  @functools.partial(jax.jit, static_argnums=0)
+  def train(n, params, opt):  # all steps in one program: no per-step dispatch
+    def body(_, carry):
+      return step(*carry[:2])
+    return jax.lax.fori_loop(0, n, body, (params, opt, jnp.float32(0)))
+
+  params, opt, loss = train(300, params, opt)
   # Left: which of the 3 first visits comes (ln 3 nats per patient) over 3 x 4 visit rows x V bits.
   floor = 3 * np.log(3) / (12 * lay.total)
   assert float(loss) < floor + 0.004
