@@ -16,8 +16,8 @@ a Bernoulli variable with that logit.
 
 Memory. The head's two matrices are (width + V) x (width + V) each, V the total vocabulary: at the
 official width 768 and a claims vocabulary of V ~ 8000 that is 2 x 8768^2 ~ 154M parameters (0.6 GB
-in float32, 2.5 GB with Adam's moments and the gradient), quadratic in V, and the visit tensors of
-a batch are B x visits x V. The project therefore caps HALO's code vocabulary
+in float32, 2.5 GB with Adam's moments and the gradient), at the simulator's ~17k codes 640M
+(10 GB with Adam); quadratic in V, and the visit tensors of a batch are B x visits x V. The project therefore caps HALO's code vocabulary
 (`cfg.halo.max_codes`: the most frequent codes of the shared vocabulary plus every cohort code;
 0 keeps all) -- see `HALOLayout`. Codes outside the cap are invisible to HALO and never generated;
 a low-rank head would be the other way out, but it would no longer be the published model.
