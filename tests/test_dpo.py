@@ -232,6 +232,7 @@ def test_finetune_raises_target_after_positive_prompts_and_lowers_it_after_negat
   assert metrics[-1]["reward_margin"] > 0
 
 
+@pytest.mark.slow  # the shared loop's resume is also covered by test_sft
 def test_interrupted_finetune_resumes_to_the_same_parameters(caplog):
   from rltf_jax.data.cohorts import get_cohort
   from rltf_jax.models.decoder import load_decoder

@@ -11,13 +11,13 @@ Like the peer, the first `--warmup` steps are not timed, and pair-tokens per ste
 B * (PL + 2 * CL).
 
 The last line printed is one JSON object with `steps_per_s`, `pair_tokens_per_s` and `mfu` (model
-FLOPs of one step from XLA's cost analysis, per second, over a measured float32 matmul rate).
+FLOPs of one step from XLA's cost analysis, per second, over the measured float32 matmul ceiling
+of `rltf_jax.bench.common`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rltf_jax.bench import common as bench_common
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import NUM_SPECIAL, Vocabulary
 from rltf_jax.models.decoder import default_model_config, init_decoder
@@ -67,19 +68,6 @@ def synthetic_pairs(num_pairs: int, vocab_size: int, prompt_len: int, cont_len: 
   return data, vocab
 
 
-def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
-  """Measured float32 n x n matmul rate of the default device (the MFU ceiling)."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / float(np.median(times))
-
-
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(prog="python -m rltf_jax.bench dpo", description=__doc__.split("\n")[0])
   p.add_argument("--V", type=int, default=8000, help="vocabulary size")
@@ -112,13 +100,8 @@ def main(argv=None) -> dict:
   step = jax.jit(train_step, donate_argnums=0)
   state = dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
 
-  flops = None
-  try:
-    cost = step.lower(state, batches[0], *refs[0]).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) or None
-  except Exception:  # cost analysis is best effort: some backends do not report it
-    pass
+  compiled = step.lower(state, batches[0], *refs[0]).compile()
+  flops = bench_common.compiled_flops(compiled)
 
   for s in range(args.steps):
     if s == args.warmup:
@@ -128,16 +111,15 @@ def main(argv=None) -> dict:
       jax.block_until_ready(metrics["loss"])
   jax.block_until_ready(metrics["loss"])
   dt = (time.perf_counter() - t0) / (args.steps - args.warmup)
-  peak = matmul_flops_per_s()
-  result = dict(
+  ceiling = bench_common.matmul_ceiling_gflops()
+  bench_common.print_result(dict(
       bench="dpo", device=jax.devices()[0].device_kind, V=args.V, D=args.D, L=args.L, B=args.B,
       PL=args.PL, CL=args.CL, mlp=args.mlp, packed_width=int(packed.tokens.shape[1]),
       scored_tokens=int(packed.target_token.shape[1]), steps_per_s=1.0 / dt,
-      pair_tokens_per_s=args.B * (args.PL + 2 * args.CL) / dt, step_flops=flops,
-      matmul_flops_per_s=peak, mfu=(flops / dt / peak) if flops else None,
-      final_loss=float(metrics["loss"]))
-  print(json.dumps(result))
-  return result
+      pair_tokens_per_s=args.B * (args.PL + 2 * args.CL) / dt, step_gflop=flops / 1e9,
+      matmul_ceiling_gflops=ceiling, mfu=(flops / dt / 1e9 / ceiling) if flops else None,
+      final_loss=float(metrics["loss"]), peak_rss_mb=bench_common.peak_rss_mb()))
+  return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The SFT baseline: its sequences are the pairs' chosen ones; a short run lowers their loss."""
+
+import jax
+import numpy as np
+import pytest
+
+from rltf_jax.data.vocab import PAD, Vocabulary
+from rltf_jax.errors import ConfigError
+from rltf_jax.training import sft
+from rltf_jax.training.preference import build_preference_data, pack_pairs
+from test_dpo import plain_sequence, pretrained_base
+from test_preference import COHORT, random_dataset, rltf_cfg
+
+
+def test_sft_sequences_are_the_chosen_sequences():
+  ds = random_dataset(num_patients=200, seed=12, max_events=14)
+  vocab = Vocabulary.build(ds, always_include=COHORT.codes)
+  data = build_preference_data(ds, COHORT, rltf_cfg(num_pairs=30, max_prompt_events=5,
+                                                    max_continuation_events=6))
+  seqs = sft.sft_sequences(pack_pairs(data, vocab))
+  for i in range(data.num_pairs):
+    expected, _ = plain_sequence(data, vocab, i, "chosen")
+    n = len(expected)
+    assert list(seqs.tokens[i, :n]) == [t[0] for t in expected]
+    assert list(seqs.visit[i, :n]) == [t[1] for t in expected]
+    np.testing.assert_allclose(seqs.age[i, :n], [t[2] for t in expected])
+    assert list(seqs.pos[i, :n]) == [t[3] for t in expected]
+    assert np.all(seqs.tokens[i, n:] == PAD) and np.all(seqs.age[i, n:] == 0)
+
+
+def test_sft_lowers_the_loss_of_its_sequences_and_resumes():
+  from rltf_jax.data.cohorts import get_cohort
+  from rltf_jax.models.decoder import load_decoder
+  from rltf_jax.training.pretrain import loss_fn
+  cfg, ds, base_dir, root = pretrained_base()
+  cfg = cfg.copy_and_resolve_references()
+  cfg.rltf.num_pairs = 32
+  cfg.sft.epochs, cfg.sft.lr, cfg.sft.warmup_steps, cfg.sft.ckpt_every = 3, 1e-3, 0, 100
+  pairs = build_preference_data(ds, get_cohort("dm"), cfg.rltf, root / "pref-sft")
+  sft.finetune_sft(cfg, base_dir, pairs, root / "sft", stop_after=3, verbose=False)
+  assert (root / "sft" / "latest").is_dir() and not (root / "sft" / "done.json").exists()
+  run = sft.finetune_sft(cfg, base_dir, pairs, root / "sft", verbose=False)
+  assert (run / "done.json").exists() and (run / "config.json").exists()
+  graphdef, base_params, vocab, _ = load_decoder(base_dir)
+  _, tuned_params, tuned_vocab, _ = load_decoder(run)
+  assert tuned_vocab == vocab
+  seqs = sft.sft_sequences(pack_pairs(pairs, vocab))
+  loss = jax.jit(lambda p: loss_fn(graphdef, p, seqs, 1.0)[0])
+  assert float(loss(tuned_params)) < float(loss(base_params)) - 0.1
+  cfg.sft.lr = 5e-4
+  with pytest.raises(ConfigError, match="other parameters"):
+    sft.finetune_sft(cfg, base_dir, pairs, run, verbose=False)
