@@ -34,6 +34,9 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.data.split_fractions = (0.8, 0.1, 0.1)  # train / valid / test, by patient
   cfg.data.split_seed = 0
   cfg.data.vocab_min_count = 1 if smoke else 5
+  # The most frequent codes (training split) plus every cohort's target codes; the rest map to
+  # <unk>. The paper's vocabulary has 7,954 tokens; the output layer's cost grows with this.
+  cfg.data.vocab_max_size = 2_000 if smoke else 8_000
   from rltf_jax.data import simulate  # the simulator's parameters live in config too
   cfg.data.simulator = simulate.default_config()
   # Laptop-scale draws raise every rarer cohort to this patient prevalence, so that there are

@@ -195,7 +195,8 @@ def _build_data(cfg, out: Path) -> dict:
   from rltf_jax.data.vocab import Vocabulary
   dataset = load_dataset(cfg.data)
   targets = [c for cohort in COHORTS.values() for c in cohort.codes]
-  vocab = Vocabulary.build(dataset, min_count=cfg.data.vocab_min_count, always_include=targets)
+  vocab = Vocabulary.build(dataset, min_count=cfg.data.vocab_min_count, always_include=targets,
+                           max_size=cfg.data.get("vocab_max_size") or None)
   dataset.save(out / "dataset.npz")
   vocab.save(out / "vocab.json")
   summary = dataset.summary()

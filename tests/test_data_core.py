@@ -99,3 +99,10 @@ def test_cohorts_match_shared_table():
     c = by_abbrev[row["abbrev"]]
     assert c.codes == tuple("ICD10CM/" + x for x in row["icd10_codes"].split())
     assert c.paper_frequency_percent == float(row["paper_frequency_percent"])
+
+
+def test_vocabulary_max_size_keeps_targets(tiny_dataset):
+  vocab = Vocabulary.build(tiny_dataset, max_size=7, always_include=["ICD10CM/Z999"])
+  assert len(vocab) == 7
+  # Two slots left after the specials and the target: the two most frequent training codes.
+  assert vocab.codes == ("ICD10CM/D573", "ICD10CM/I10", "ICD10CM/Z999")
