@@ -134,6 +134,27 @@ def test_packed_logps_equal_two_plain_passes(pairs_and_vocab):
                                           for i in range(data.num_pairs))
 
 
+def test_reference_logps_are_batched_exactly_and_cached(pairs_and_vocab, tmp_path, caplog):
+  from rltf_jax.training import reference
+  data, vocab = pairs_and_vocab
+  graphdef, params = tiny_decoder(len(vocab))
+  packed = pack_pairs(data, vocab)
+  whole = jax.jit(dpo.pair_logps, static_argnums=0)(graphdef, params, packed)
+  # Sorted, bucketed batches of 5 (the last one padded) give the values of one whole pass.
+  chosen, rejected = reference.reference_logps(graphdef, params, data, packed, tmp_path, batch_size=5)
+  np.testing.assert_allclose(chosen, whole[0], rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(rejected, whole[1], rtol=1e-5, atol=1e-4)
+  files = list(tmp_path.glob("reference-*.npz"))
+  assert len(files) == 1
+  with caplog.at_level(logging.INFO, logger="rltf_jax"):
+    again = reference.reference_logps(graphdef, params, data, packed, tmp_path, batch_size=5)
+  assert "reusing" in caplog.text and np.array_equal(again[0], chosen)
+  # Another reference model gets another cache entry.
+  _, other = tiny_decoder(len(vocab), seed=1)
+  reference.reference_logps(graphdef, other, data, packed, tmp_path, batch_size=5)
+  assert len(list(tmp_path.glob("reference-*.npz"))) == 2
+
+
 def test_packed_layout_by_hand(pairs_and_vocab):
   data, vocab = pairs_and_vocab
   packed = pack_pairs(data, vocab)
