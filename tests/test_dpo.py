@@ -1,9 +1,11 @@
 """DPO-Positive: the loss by hand, packed log-probs against plain passes, the step, a short fine-tune."""
 
+import atexit
 import functools
 import json
 import logging
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -187,6 +189,7 @@ def pretrained_base():
   ds = ds.with_splits(assign_splits(ds.subject_id, (0.8, 0.1, 0.1), 0))
   vocab = Vocabulary.build(ds, always_include=[c for co in COHORTS.values() for c in co.codes])
   root = Path(tempfile.mkdtemp(prefix="rltf-test-"))
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
   base_dir = pretrain.pretrain(cfg, ds, vocab, root / "base", verbose=False)
   return cfg, ds, base_dir, root
 
