@@ -36,6 +36,7 @@ class Vocabulary:
     if len(set(self.tokens)) != len(self.tokens):
       raise DataError("vocabulary has duplicate tokens")
     self._index = {t: i for i, t in enumerate(self.tokens)}
+    self._lut_cache: dict = {}
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -77,10 +78,19 @@ class Vocabulary:
   def decode(self, ids: Iterable[int]) -> list[str]:
     return [self.tokens[int(i)] for i in ids]
 
+  def lookup_table(self, codes: np.ndarray) -> np.ndarray:
+    """int32 [C]: token id of each entry of a dataset's code table (memoised per table, since
+    batch encoders call this for every batch of the same dataset)."""
+    key = (len(codes), hashlib.blake2b(np.ascontiguousarray(codes).tobytes(), digest_size=16).digest())
+    lut = self._lut_cache.get(key)
+    if lut is None:
+      lut = np.fromiter((self.id(c) for c in codes), np.int32, len(codes))
+      self._lut_cache = {key: lut}  # one table at a time: datasets rarely alternate
+    return lut
+
   def encode(self, dataset: PatientEvents) -> np.ndarray:
     """int32 [E]: token id of each event of `dataset` (vectorised through its code table)."""
-    lut = np.fromiter((self.id(c) for c in dataset.codes), np.int32, len(dataset.codes))
-    return lut[dataset.code]
+    return self.lookup_table(dataset.codes)[dataset.code]
 
   # ---------------------------------------------------------------- build / save / load
   @classmethod
