@@ -14,7 +14,7 @@ import pytest
 
 from rltf_jax.data import simulate
 from rltf_jax.data.events import assign_splits
-from rltf_jax.data.sequences import TokenBatch
+from rltf_jax.data.sequences import TokenBatch, encode_packed, encode_patients, plan_packing
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
 from rltf_jax.errors import TrainingError
 from rltf_jax.models import decoder as dec
@@ -142,3 +142,79 @@ def test_four_cpu_devices_give_the_same_loss():
   out = json.loads(res.stdout.strip().splitlines()[-1])
   np.testing.assert_allclose(out["4"][:2], out["1"][:2], rtol=1e-5)
   assert out["4"][2] == 4 and out["1"][2] == 1
+
+
+def test_packed_rows_score_each_patient_as_its_own_row(sim):
+  """Several patients in one row (segments) get exactly their unpacked per-token log-probs, and
+  no target crosses from one patient into the next."""
+  ds, vocab = sim
+  cfg = tiny_config()
+  graphdef, params = dec.init_decoder(cfg.model, len(vocab), 0)
+  patients = ds.split_indices("valid")[:12]
+  row_len = 64
+  n = np.minimum(ds.lengths[patients] + 2, row_len)
+  row, offset, num_rows = plan_packing(n, row_len)
+  packed = encode_packed(ds, vocab, patients, row, offset, num_rows, row_len, window="last")
+  assert num_rows < len(patients) and packed.segment.max() >= 3  # really packed
+  alone = encode_patients(ds, vocab, patients, row_len, window="last")
+  both = lambda params: (pt.batch_logprobs(graphdef, params, packed), pt.batch_logprobs(graphdef, params, alone))
+  (got, n_packed), (want, n_alone) = jax.jit(both)(params)  # one compile for both
+  for key in ("code", "attributes"):
+    g, w = np.asarray(got[key]), np.asarray(want[key])
+    for i in range(len(patients)):
+      np.testing.assert_allclose(g[row[i], offset[i]:offset[i] + n[i]], w[i, :n[i]], atol=2e-5, err_msg=key)
+      assert g[row[i], offset[i] + n[i] - 1] == 0.0  # the last token predicts nothing
+    assert (g[packed.segment == 0] == 0).all()
+  # The target counts agree too (each patient's last token has no target).
+  assert float(n_packed) == float(n_alone) == float((n - 1).sum())
+
+
+def test_packed_batches_are_full_and_a_function_of_the_step(sim):
+  ds, vocab = sim
+  train = ds.split_indices("train")
+  make = lambda: pt.Batches(ds, vocab, train, 4, 64, seed=3, pack=True)
+  a, b = make(), make()
+  late = a(40)  # beyond the first epoch, asked for first
+  for step in (0, 5, 40):
+    x, y = a(step), b(step)
+    for u, v in zip(x, y):
+      np.testing.assert_array_equal(u, v)
+  np.testing.assert_array_equal(late.tokens, b(40).tokens)
+  x = a(0)
+  assert (x.tokens != PAD).mean() > 0.9  # rows are nearly full
+  np.testing.assert_array_equal(x.tokens != PAD, x.segment > 0)
+  # Positions restart at 0 where a segment starts and count up inside it.
+  starts = np.diff(np.pad(x.segment, ((0, 0), (1, 0))), axis=1) != 0
+  real = x.segment > 0
+  assert (x.positions[starts & real] == 0).all()
+  assert (x.positions[~starts & real] > 0).all()
+  # An epoch's batches hold every training patient once (apart from the last, partial batch).
+  steps = a._epoch_steps[0]
+  starts_seen = sum(int(((y.positions == 0) & (y.segment > 0)).sum()) for y in map(a, range(steps)))
+  _, row, _, _ = a._epoch_plan(0)
+  assert starts_seen == (row < steps * 4).sum() >= 0.9 * len(train)
+  # Packed validation batches hold the same tokens as the unpacked ones, in fewer rows.
+  valid = ds.split_indices("valid")
+  unpacked = pt.validation_batches(ds, vocab, valid, 4, 64)
+  packed = pt.validation_batches(ds, vocab, valid, 4, 64, pack=True)
+  assert len(packed) < 0.8 * len(unpacked)
+  count = lambda bs: np.bincount(np.concatenate([b.tokens.ravel() for b in bs]), minlength=len(vocab))[1:]
+  np.testing.assert_array_equal(count(packed), count(unpacked))
+  assert sum(int(b.segment.max(1).sum()) for b in packed) == len(valid)
+
+
+def test_packed_resume_matches_uninterrupted_run(sim, tmp_path):
+  ds, vocab = sim
+  # No validation patients: the packed evaluation is the same `batch_logprobs` (tested above), and
+  # its compilation would double this test's time.
+  cfg = tiny_config(pack=True, steps=8, eval_every=4, ckpt_every=4, num_valid_patients=0)
+  full = pt.pretrain(cfg, ds, vocab, tmp_path / "full", verbose=False)
+  part = tmp_path / "part"
+  pt.pretrain(cfg, ds, vocab, part, stop_after=3, verbose=False)
+  pt.pretrain(cfg, ds, vocab, part, verbose=False)
+  a = dec.load_decoder(full, "latest")[1]
+  b = dec.load_decoder(part, "latest")[1]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
+  assert min(l["tokens"] for l in lines if "tokens" in l) > 0.8 * 8 * 32  # packed: rows nearly full

@@ -106,3 +106,80 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     if n <= b:
       return int(b)
   return int(max(buckets))
+
+
+# ---------------------------------------------------------------------------- packing
+class PackedBatch(NamedTuple):
+  """Several sequences per row, each its own segment; all arrays [B, L].
+
+  A segment is one patient's `[BOS] + events + [EOS]` (or a window of it): its `positions` restart
+  at 0, its tokens attend only within the segment, and its last token predicts nothing (the next
+  segment's BOS is not its continuation). See `rltf_jax.training.pretrain.packed_logprobs`."""
+  tokens: np.ndarray     # int32, as TokenBatch
+  visit: np.ndarray      # int32
+  age: np.ndarray        # float32
+  pos: np.ndarray        # int32
+  segment: np.ndarray    # int32: 1, 2, ... per sequence within the row; 0 on PAD
+  positions: np.ndarray  # int32: index of the token within its own sequence
+
+
+def plan_packing(n_tokens: np.ndarray, row_len: int, open_rows: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
+  """Places sequences of `n_tokens` (each <= row_len) into rows of `row_len`, in the given order.
+
+  First fit over the `open_rows` most recently opened rows (a row leaves the pool when a newer one
+  would make it too large), so rows fill almost completely without reordering the sequences much.
+  Returns (row index, column offset) per sequence and the number of rows; rows are numbered in
+  the order they were opened."""
+  n_tokens = np.asarray(n_tokens, np.int64)
+  if len(n_tokens) and (n_tokens.max() > row_len or n_tokens.min() < 1):
+    raise DataError(f"sequence lengths must be in 1..{row_len} to be packed, got {n_tokens.min()}..{n_tokens.max()}")
+  row = np.empty(len(n_tokens), np.int64)
+  offset = np.empty(len(n_tokens), np.int64)
+  pool_ids, pool_used = [], []  # the open rows, oldest first
+  num_rows = 0
+  for i, n in enumerate(n_tokens.tolist()):
+    for j, used in enumerate(pool_used):
+      if used + n <= row_len:
+        break
+    else:
+      if len(pool_ids) == open_rows:
+        del pool_ids[0], pool_used[0]
+      pool_ids.append(num_rows)
+      pool_used.append(0)
+      num_rows += 1
+      j = len(pool_ids) - 1
+    row[i], offset[i] = pool_ids[j], pool_used[j]
+    pool_used[j] += n
+  return row, offset, num_rows
+
+
+def encode_packed(ds: PatientEvents, vocab: Vocabulary, patient_idx: Sequence[int] | np.ndarray,
+                  row: np.ndarray, offset: np.ndarray, num_rows: int, row_len: int, *,
+                  window: str = "last", rng: np.random.Generator | None = None) -> PackedBatch:
+  """Encodes patients (as `encode_patients`, each cut to at most `row_len` tokens) into `num_rows`
+  rows, patient i at columns offset[i]: of row[i] (a plan from `plan_packing`)."""
+  idx = np.asarray(patient_idx, np.int64).reshape(-1)
+  row, offset = np.asarray(row, np.int64), np.asarray(offset, np.int64)
+  one = encode_patients(ds, vocab, idx, row_len, window=window, rng=rng)
+  keep = lengths(one)
+  if len(idx) and ((offset + keep).max() > row_len or row.max() >= num_rows or row.min() < 0):
+    raise DataError("packing plan does not fit the rows (lengths changed since planning?)")
+  # Source (patient, column) and destination (row, column) of every kept token.
+  src_p = np.repeat(np.arange(len(idx)), keep)
+  src_c = np.arange(len(src_p)) - np.repeat(np.cumsum(keep) - keep, keep)
+  dst_r, dst_c = row[src_p], offset[src_p] + src_c
+  # Segment ids count the sequences of each row from 1, in column order.
+  order = np.lexsort((offset, row))
+  seg_of = np.empty(len(idx), np.int32)
+  first_of_row = np.r_[True, row[order][1:] != row[order][:-1]] if len(idx) else np.zeros(0, bool)
+  run_start = np.maximum.accumulate(np.where(first_of_row, np.arange(len(idx)), 0)) if len(idx) else first_of_row
+  seg_of[order] = np.arange(len(idx)) - run_start + 1
+
+  def place(values, dtype, src=None):
+    out = np.zeros((num_rows, row_len), dtype)
+    out[dst_r, dst_c] = values[src_p, src_c] if src is None else src
+    return out
+
+  return PackedBatch(tokens=place(one.tokens, np.int32), visit=place(one.visit, np.int32),
+                     age=place(one.age, np.float32), pos=place(one.pos, np.int32),
+                     segment=place(None, np.int32, seg_of[src_p]), positions=place(None, np.int32, src_c))
