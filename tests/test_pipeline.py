@@ -1,0 +1,76 @@
+"""End to end: the launch pipeline at :smoke size on the simulator and the MIMIC-IV demo, and a
+run interrupted between stages that resumes without redoing finished work."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, shared_path
+
+sys.path.insert(0, str(REPO))
+from configs import base as base_config  # noqa: E402
+from rltf_jax import pipeline  # noqa: E402
+from rltf_jax.errors import ConfigError  # noqa: E402
+
+
+class Interrupted(Exception):
+  pass
+
+
+def _markers(root: Path) -> dict[str, float]:
+  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("DONE.json")}
+
+
+def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monkeypatch, capsys):
+  cfg = base_config.get_config("smoke", cohort="scd")
+  cfg.methods = ("base", "rltf")
+  from rltf_jax.training import dpo
+  real_finetune = dpo.finetune_dpo
+
+  def killed(*args, **kwargs):  # the process dies after the data and base-model stages
+    raise Interrupted()
+
+  monkeypatch.setattr(dpo, "finetune_dpo", killed)
+  with pytest.raises(Interrupted):
+    pipeline.run(cfg, str(tmp_path))
+  first = _markers(tmp_path)
+  assert len(first) == 2 and not (tmp_path / "scd" / "report").exists()  # data + base model done
+
+  monkeypatch.setattr(dpo, "finetune_dpo", real_finetune)
+  capsys.readouterr()
+  assert pipeline.run(cfg, str(tmp_path)) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert "[data] done already" in "\n".join(out) and "[base model] done already" in "\n".join(out)
+  assert {k: v for k, v in _markers(tmp_path).items() if k in first} == first  # not redone
+  report = Path(out[-1])
+  assert report.name == "report.md" and report.exists()
+  text = report.read_text()
+  assert "RLTF (DPO-Positive)" in text and "paper" in text
+  metrics = json.loads((tmp_path / "scd" / "eval" / "rltf" / "metrics.json").read_text())
+  assert metrics["method"] == "rltf" and 0.0 <= metrics["fidelity"]["rouge1"]["value"] <= 1.0
+
+  # A finished run started again does no work, and changed settings do not overwrite it.
+  before = (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns
+  assert pipeline.run(cfg, str(tmp_path)) == 0
+  assert (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns == before
+  cfg.rltf.beta = 0.5
+  with pytest.raises(ConfigError):
+    pipeline.run(cfg, str(tmp_path))
+
+
+def test_mimic_demo_runs_end_to_end(tmp_path, capsys):
+  demo = shared_path("data", "mimic-iv-demo-2.2")
+  cfg = base_config.get_config("smoke", cohort="shock")
+  cfg.methods = ("base", "rltf")
+  cfg.data.source = "mimic"
+  cfg.data.path = str(demo)
+  cfg.data.split_fractions = (0.6, 0.1, 0.3)  # 100 patients: keep cohort positives in both halves
+  cfg.eval.num_train_patients = 20
+  cfg.eval.num_membership_patients = 20
+  assert pipeline.run(cfg, str(tmp_path)) == 0
+  report = Path(capsys.readouterr().out.strip().splitlines()[-1])
+  assert report.exists() and "Shock" in report.read_text()
+  summary = json.loads(next(tmp_path.glob("data-*/summary.json")).read_text())
+  assert summary["patients"] == 100
