@@ -1,9 +1,12 @@
 """Pretraining step benchmark: tokens/s, step time, peak memory, MFU against the matmul ceiling.
 
-  python -m rltf_jax.bench pretrain [--vocab 8000 --width 256 --layers 4 --batch 16 --seq 256]
+  python -m rltf_jax.bench pretrain [--vocab 8000 --width 256 --layers 4 --batch 16 --seq 256] [--pack 0]
 
 FLOPs per step come from XLA's cost analysis of the compiled train step (forward, backward and
 optimizer); MFU = FLOPs / step time / the float32 matmul ceiling measured in the same run.
+`--pack 1` (default, as the default pretraining) times packed rows of random patient-like
+sequences (segments, block-diagonal mask); `--pack 0` one full-length random sequence per row.
+`target_tokens_per_s` counts the tokens that carry a loss (not PAD, not a sequence's last token).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from rltf_jax.bench import common
-from rltf_jax.data.sequences import TokenBatch
+from rltf_jax.data.sequences import PackedBatch, TokenBatch, plan_packing
 from rltf_jax.models import decoder as dec
 from rltf_jax.training import pretrain as pt
 
@@ -30,13 +33,15 @@ def main(argv=None) -> int:
   ap.add_argument("--seq", type=int, default=256)
   ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"), help="swiglu = the Llama peers' MLP")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
+  ap.add_argument("--pack", type=int, default=1, choices=(0, 1), help="packed rows (as pretrain.pack)")
+  ap.add_argument("--mean-len", type=float, default=50.0, help="mean tokens per packed sequence")
   args = ap.parse_args(argv)
 
   cfg = ml_collections.ConfigDict()
   cfg.model = dec.default_model_config()
   cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp))
   cfg.pretrain = pt.default_pretrain_config()
-  cfg.pretrain.update(dict(batch_size=args.batch, seq_len=args.seq, steps=args.steps + 1))
+  cfg.pretrain.update(dict(batch_size=args.batch, seq_len=args.seq, steps=args.steps + 1, pack=bool(args.pack)))
   cfg.mesh = ml_collections.ConfigDict(dict(data=1))
   _, _, step, init, shard, batch_shard = pt.build_step(cfg, args.vocab, args.steps + 1)
 
@@ -45,6 +50,8 @@ def main(argv=None) -> int:
   visit = np.cumsum(rng.random((b, l)) < 0.2, axis=1).astype(np.int32)
   batch = TokenBatch(rng.integers(4, args.vocab, (b, l)).astype(np.int32), visit,
                      (40 + visit * 0.3).astype(np.float32), np.full((b, l), 11, np.int32))
+  if args.pack:
+    batch = _packed(rng, batch, args.mean_len)
   batch = jax.device_put(batch, batch_shard)
   state = jax.jit(init, out_shardings=shard)()
   t = time.perf_counter()
@@ -64,7 +71,23 @@ def main(argv=None) -> int:
   common.print_result(dict(
       bench="pretrain", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, seq=l,
       mlp=args.mlp, backend=jax.default_backend(), devices=len(jax.devices()),
-      tokens_per_s=b * l / step_s, step_s=step_s, step_s_min=float(min(times)), compile_s=compile_s,
+      pack=args.pack, tokens_per_s=b * l / step_s, target_tokens_per_s=float(m["tokens"]) / step_s,
+      fill=float(m["tokens"]) / (b * l), step_s=step_s, step_s_min=float(min(times)), compile_s=compile_s,
       flops_per_step=flops, ceiling_gflops=ceiling, mfu=flops / step_s / (ceiling * 1e9),
       peak_rss_mb=common.peak_rss_mb(), loss=float(m["loss"])))
   return 0
+
+
+def _packed(rng, batch: TokenBatch, mean_len: float) -> PackedBatch:
+  """`batch`'s rows cut into segments of geometric lengths (>= 3 tokens, about `mean_len`), packed
+  as the pretraining packs patients: the rows keep their tokens, PAD after the last segment."""
+  b, l = batch.tokens.shape
+  n = np.minimum(3 + rng.geometric(1.0 / max(mean_len - 2, 1.0), size=4 * b * l // int(mean_len)), l)
+  row, offset, _ = plan_packing(n, l)
+  keep = row < b
+  segment, positions = np.zeros((b, l), np.int32), np.zeros((b, l), np.int32)
+  for i, (r, o, k) in enumerate(zip(row[keep], offset[keep], n[keep])):
+    segment[r, o:o + k] = 1 + (offset[keep][row[keep] == r] < o).sum()
+    positions[r, o:o + k] = np.arange(k)
+  tok = lambda a: np.where(segment > 0, a, 0).astype(a.dtype)
+  return PackedBatch(tok(batch.tokens), tok(batch.visit), tok(batch.age), tok(batch.pos), segment, positions)
