@@ -154,17 +154,17 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.model.mlp_activation = "gelu"
 
   cfg.pretrain = default_pretrain_config()
-  # Default: 600 packed steps of 16 x 128 tokens (~2,000 real targets each, ~1.2M in all, 0.6 of an
-  # epoch of the 50k-patient simulator) take ~4-5 minutes on a quiet 2-core CPU.
-  cfg.pretrain.steps = 40 if smoke else (100_000 if paper else 600)
+  # Default: 700 packed steps of 16 x 128 tokens (~2,000 real targets each, ~1.4M in all, 0.7 of an
+  # epoch of the 50k-patient simulator) at ~0.36 s/step take ~4.5 minutes on a quiet 2-core CPU.
+  cfg.pretrain.steps = 40 if smoke else (100_000 if paper else 700)
   cfg.pretrain.batch_size = 8 if smoke else (64 if paper else 16)
   cfg.pretrain.seq_len = 32 if smoke else (512 if paper else 128)
   # Several patients per row: a patient takes ~50 of 128 tokens on average (median 36), so an
   # unpacked row is ~60% PAD that the model computes all the same.
   cfg.pretrain.pack = True
   cfg.pretrain.lr = 3e-4 if paper else 3e-3
-  cfg.pretrain.warmup_steps = 5 if smoke else (2_000 if paper else 60)
-  cfg.pretrain.eval_every = 20 if smoke else (2_000 if paper else 150)
+  cfg.pretrain.warmup_steps = 5 if smoke else (2_000 if paper else 70)
+  cfg.pretrain.eval_every = 20 if smoke else (2_000 if paper else 175)
   cfg.pretrain.ckpt_every = cfg.pretrain.eval_every
   cfg.pretrain.log_every = 10 if smoke else (100 if paper else 20)
   cfg.pretrain.num_valid_patients = 100 if smoke else (5_000 if paper else 500)
