@@ -8,7 +8,7 @@ base model is pretrained once per data and model config:
     data-<hash>/            dataset.npz (PatientEvents with splits), vocab.json, summary.json
     base-<hash>/            pretrained base model (orbax checkpoints, vocab.json, config.json)
     <cohort>[-<run_name>]/  (run_name separates the runs of a sweep on one cohort)
-      config.json           the full config of the latest run of this cohort
+      config.json           the full config of the latest finished run of this cohort
       preference/           pairs.npz + params.json (+ cached reference log-probs)
       rltf/  sft/           fine-tuned checkpoints (one per cohort and method)
       lstm/  halo/          baseline checkpoints (trained on the evaluation's modelling set)
@@ -112,7 +112,6 @@ def run(cfg, workdir: str | None = None) -> int:
   root = Path(workdir or cfg.workdir or default_workdir(cfg))
   cohort_dir = root / (cohort.name + (f"-{cfg.run_name}" if cfg.run_name else ""))
   cohort_dir.mkdir(parents=True, exist_ok=True)
-  io.atomic_write_json(cohort_dir / "config.json", _plain(cfg))
 
   # ---------------------------------------------------------------- data
   data_stage = Stage("data", root / f"data-{config_hash(cfg.data)}", config_hash(cfg.data))
@@ -168,6 +167,8 @@ def run(cfg, workdir: str | None = None) -> int:
     print(f"[eval] {method} finished in {time.time() - t0:.0f}s", flush=True)
 
   # ---------------------------------------------------------------- report
+  # Written last: config.json describes the finished outputs, never a rejected attempt.
+  io.atomic_write_json(cohort_dir / "config.json", _plain(cfg))
   from rltf_jax.evaluation import report
   path = report.write_report(cohort_dir, cohort_dir / "report")
   print(path.resolve(), flush=True)
