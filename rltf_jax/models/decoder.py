@@ -233,21 +233,26 @@ class Decoder(nnx.Module):
     return self.hidden_and_kv(batch, positions=positions, attention_mask=attention_mask)[0]
 
   def decode_hidden(self, batch_Bx1: TokenBatch, positions_Bx1, cache_k, cache_v, index, key_mask_BxS):
-    """One new token per row against the KV cache ([layers, B, H, S, Dh]).
+    """One new token per row against the KV cache: per-layer sequences of [B, H, S, Dh] arrays.
 
     Writes the token's k, v at cache column `index` (shared by all rows: the sampler left-aligns
     prompts so that every row writes the same column) and attends over the columns that
-    `key_mask_BxS` allows (which must include `index`). Returns (hidden [B, 1, D], k, v).
+    `key_mask_BxS` allows (which must include `index`). Returns (hidden [B, 1, D], k, v) with k, v
+    tuples of the updated per-layer caches. One array per layer (not one stacked array) lets XLA
+    update each in place inside a loop and read it without first slicing out a copy of the layer.
     """
     rope = _rope_tables(positions_Bx1, self.head_dim, self.rope_base)
     x = self.embed(batch_Bx1)
     mask = key_mask_BxS[:, None, :]
-    for i, block in enumerate(self.blocks):
+    new_k, new_v = [], []
+    for block, layer_k, layer_v in zip(self.blocks, cache_k, cache_v):
       q, k, v = block.qkv_heads(x, rope)
-      cache_k = jax.lax.dynamic_update_slice(cache_k, k[None], (i, 0, 0, index, 0))
-      cache_v = jax.lax.dynamic_update_slice(cache_v, v[None], (i, 0, 0, index, 0))
-      x = block.finish(x, q, cache_k[i], cache_v[i], mask)
-    return self.final_norm(x), cache_k, cache_v
+      layer_k = jax.lax.dynamic_update_slice(layer_k, k, (0, 0, index, 0))
+      layer_v = jax.lax.dynamic_update_slice(layer_v, v, (0, 0, index, 0))
+      x = block.finish(x, q, layer_k, layer_v, mask)
+      new_k.append(layer_k)
+      new_v.append(layer_v)
+    return self.final_norm(x), tuple(new_k), tuple(new_v)
 
   # ---------------------------------------------------------------- heads
   def attribute_logits(self, hidden):
