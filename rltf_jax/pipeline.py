@@ -87,8 +87,14 @@ def _run_stage(stage: Stage, fn: Callable[[], Any]) -> None:
     return
   print(f"[{stage.name}] running -> {stage.directory}", flush=True)
   t0 = time.time()
+  fresh = not stage.directory.exists()
   stage.directory.mkdir(parents=True, exist_ok=True)
-  info = fn() or {}
+  try:
+    info = fn() or {}
+  except BaseException:
+    if fresh and not any(stage.directory.iterdir()):
+      stage.directory.rmdir()  # a stage that failed before writing anything leaves no trace
+    raise
   stage.finish(seconds=round(time.time() - t0, 1), **info)
   print(f"[{stage.name}] finished in {time.time() - t0:.0f}s", flush=True)
 
@@ -111,7 +117,6 @@ def run(cfg, workdir: str | None = None) -> int:
     raise ConfigError(f"config.methods has unknown {unknown}; choose from {METHODS}")
   root = Path(workdir or cfg.workdir or default_workdir(cfg))
   cohort_dir = root / (cohort.name + (f"-{cfg.run_name}" if cfg.run_name else ""))
-  cohort_dir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------- data
   data_stage = Stage("data", root / f"data-{config_hash(cfg.data)}", config_hash(cfg.data))
@@ -119,6 +124,7 @@ def run(cfg, workdir: str | None = None) -> int:
   dataset, vocab = _load_data(data_stage.directory)
   require_positives(dataset.subset("train"), cohort, "the training split")
   require_positives(dataset.subset("test"), cohort, "the test split")
+  cohort_dir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------- base model
   base_key = config_hash(cfg.data, cfg.model, cfg.pretrain)

@@ -74,3 +74,16 @@ def test_mimic_demo_runs_end_to_end(tmp_path, capsys):
   assert report.exists() and "Shock" in report.read_text()
   summary = json.loads(next(tmp_path.glob("data-*/summary.json")).read_text())
   assert summary["patients"] == 100
+
+
+def test_bad_input_exits_nonzero_with_a_message_and_leaves_no_stage(tmp_path):
+  import subprocess
+  for override, message in [("--config.data.source=meds", "no such directory"),
+                            ("--config.cohort=xyz", "unknown cohort 'xyz'")]:
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--config=configs/scd.py:smoke", override,
+         "--config.data.path=/nonexistent/meds", f"--workdir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("data-*")) and not list(tmp_path.glob("scd*"))
