@@ -108,6 +108,14 @@ def _normal(std):
   return nnx.initializers.normal(std)
 
 
+def _rms_norm(norm: nnx.RMSNorm, x):
+  """`norm(x)` (its parameters and eps), with the scale applied after the normalisation: as
+  `nnx.RMSNorm` writes it (rsqrt times scale, then times x), XLA's gradient materialises the scale
+  broadcast to the full [B, T, D] shape on a CPU."""
+  var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+  return (x * jax.lax.rsqrt(var + norm.epsilon)) * norm.scale[...]
+
+
 class Block(nnx.Module):
   """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
 
@@ -130,7 +138,7 @@ class Block(nnx.Module):
   def qkv_heads(self, x_BxTxD, rope):
     """q, k, v as [B, H, T, Dh], rotary embedding applied to q and k."""
     b, t, _ = x_BxTxD.shape
-    qkv = self.qkv(self.norm1(x_BxTxD)).reshape(b, t, 3, self.heads, self.head_dim)
+    qkv = self.qkv(_rms_norm(self.norm1, x_BxTxD)).reshape(b, t, 3, self.heads, self.head_dim)
     qkv = qkv.transpose(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
     return _rope(qkv[0], rope), _rope(qkv[1], rope), qkv[2]
 
@@ -144,7 +152,7 @@ class Block(nnx.Module):
     att = jax.nn.softmax(logits, axis=-1)
     y = jnp.einsum("bhts,bhsd->bhtd", att, v).transpose(0, 2, 1, 3).reshape(b, t, d)
     x = x_BxTxD + self.out(y)
-    h = self.up(self.norm2(x))
+    h = self.up(_rms_norm(self.norm2, x))
     if self.swiglu:
       gate, val = jnp.split(h, 2, axis=-1)
       h = jax.nn.silu(gate) * val
@@ -225,7 +233,7 @@ class Decoder(nnx.Module):
       x = block.finish(x, q, k, v, mask)
       ks.append(k)
       vs.append(v)
-    return self.final_norm(x), jnp.stack(ks), jnp.stack(vs)
+    return _rms_norm(self.final_norm, x), jnp.stack(ks), jnp.stack(vs)
 
   def hidden(self, batch: TokenBatch, *, positions=None, attention_mask=None):
     """f32 [B, L, D]. `attention_mask` bool [B, L, L] (True: query i may attend key j) replaces
@@ -252,7 +260,7 @@ class Decoder(nnx.Module):
       x = block.finish(x, q, layer_k, layer_v, mask)
       new_k.append(layer_k)
       new_v.append(layer_v)
-    return self.final_norm(x), tuple(new_k), tuple(new_v)
+    return _rms_norm(self.final_norm, x), tuple(new_k), tuple(new_v)
 
   # ---------------------------------------------------------------- heads
   def attribute_logits(self, hidden):
