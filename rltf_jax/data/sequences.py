@@ -75,7 +75,7 @@ def encode_patients(ds: PatientEvents, vocab: Vocabulary, patient_idx: Sequence[
   has_events = (n_events > 0)[:, None]
   flat = np.where(has_events, first_ev[:, None] + e_clip, 0)
   flat = np.minimum(flat, max(ds.num_events - 1, 0))
-  code_tok = vocab.encode(ds) if ds.num_events else np.zeros(0, np.int32)
+  code_tok = vocab.lookup_table(ds.codes)  # code-table index -> token id; gathered per row below
 
   def take(values, fill):
     if ds.num_events == 0:
@@ -83,7 +83,8 @@ def encode_patients(ds: PatientEvents, vocab: Vocabulary, patient_idx: Sequence[
     out = values[flat]
     return np.where(valid & has_events, out, fill)
 
-  tokens = take(code_tok, PAD).astype(np.int32)
+  tokens = code_tok[take(ds.code, 0)] if len(code_tok) else np.full(valid.shape, PAD, np.int32)
+  tokens = np.where(valid & has_events, tokens, PAD)
   tokens = np.where(is_bos, BOS, np.where(is_eos, EOS, tokens)).astype(np.int32)
   tokens = np.where(valid, tokens, PAD).astype(np.int32)
   visit = take(ds.visit, 0).astype(np.int32)
