@@ -5,8 +5,9 @@ passes that set as `dataset`; nothing here looks at splits. Both share the proje
 
 A checkpoint directory holds `meta.json` (model sizes and a fingerprint of the data and config),
 `vocab.json`, `attributes.npz` (the visit statistics the generators use to give generated events a
-day and a place of service), HALO's `layout.npz`, the orbax checkpoints (one per epoch, the last
-two kept) and, once training has finished, `done.json`. A rerun resumes from the last complete
+day and a place of service), HALO's `layout.npz`, `metrics.jsonl`, the shared checkpoint layout
+(`rltf_jax.training.checkpoint`: `latest/` after every epoch, to resume; `best/` = the final
+parameters, which the generators load) and, once training has finished, `done.json`. A rerun resumes from the last complete
 epoch, returns at once when `done.json` exists, and refuses to touch a directory trained on other
 data or settings.
 
@@ -28,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from rltf_jax import io
@@ -38,6 +38,7 @@ from rltf_jax.data.vocab import PAD, Vocabulary
 from rltf_jax.errors import ConfigError, DataError, TrainingError
 from rltf_jax.models.halo import HALO, HALOLayout
 from rltf_jax.models.lstm import LSTMLM
+from rltf_jax.training import checkpoint, common
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,9 @@ def build_halo(meta: dict, seed: int = 0) -> HALO:
 
 
 def restore_params(ckpt_dir: str | Path, model: nnx.Module) -> nnx.Module:
-  """Loads the last epoch's parameters into `model` (in place) and returns it."""
-  mgr = ocp.CheckpointManager(Path(ckpt_dir).resolve() / "checkpoints")
-  step = mgr.latest_step()
-  if step is None:
-    raise DataError(f"{ckpt_dir}: no checkpoint; train the model first")
+  """Loads the trained parameters (`best/`, written when training finished) into `model`."""
   _, params = nnx.split(model)
-  # The checkpoint also holds Adam's moments (for resuming); their shapes follow from the params.
-  abstract = jax.eval_shape(lambda p: dict(params=p, opt=optax.adam(1e-3).init(p)), params)
-  restored = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
-  nnx.update(model, restored["params"])
+  nnx.update(model, checkpoint.restore_params(ckpt_dir, params, checkpoint.BEST))
   return model
 
 
@@ -132,14 +126,12 @@ def _train(ckpt_dir: Path, model: nnx.Module, tx: optax.GradientTransformation,
   """
   graphdef, params = nnx.split(model)
   opt_state = tx.init(params)
-  mgr = ocp.CheckpointManager(ckpt_dir.resolve() / "checkpoints",
-                              options=ocp.CheckpointManagerOptions(max_to_keep=2))
+  ckpt = checkpoint.Checkpointer(ckpt_dir)
   start_epoch = 0
-  if mgr.latest_step() is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt=opt_state))
-    restored = mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore(abstract))
-    params, opt_state = restored["params"], restored["opt"]
-    start_epoch = int(mgr.latest_step())
+  resumed = ckpt.restore_latest(dict(params=params, opt_state=opt_state))
+  if resumed is not None:
+    state, meta = resumed
+    params, opt_state, start_epoch = state["params"], state["opt_state"], int(meta["step"])
     log.info("%s: resuming after epoch %d from %s", what, start_epoch, ckpt_dir)
 
   def train_step(params, opt_state, batch):
@@ -151,6 +143,7 @@ def _train(ckpt_dir: Path, model: nnx.Module, tx: optax.GradientTransformation,
                                                                  grad_norm=optax.global_norm(grads))
 
   step = jax.jit(train_step, donate_argnums=(0, 1))
+  metrics_log = common.MetricsWriter(ckpt_dir / "metrics.jsonl")
   history = []
   t_start = time.perf_counter()
   for epoch in range(start_epoch, epochs):
@@ -163,14 +156,14 @@ def _train(ckpt_dir: Path, model: nnx.Module, tx: optax.GradientTransformation,
       pending = metrics
     if pending is not None:
       total, weight = _accumulate(pending, total, weight, what, epoch)
-    mgr.save(epoch + 1, args=ocp.args.StandardSave(dict(params=params, opt=opt_state)))
-    mgr.wait_until_finished()
     row = dict(epoch=epoch + 1, loss=total / max(weight, 1e-9), seconds=time.perf_counter() - t0)
+    ckpt.save_latest(epoch + 1, dict(params=params, opt_state=opt_state), row)
     history.append(row)
-    with open(ckpt_dir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(row) + "\n")
+    metrics_log.write(row)
     log.info("%s epoch %d/%d loss %.4f (%.1fs)", what, epoch + 1, epochs, row["loss"], row["seconds"])
   summary = dict(epochs=epochs, history=history, train_seconds=time.perf_counter() - t_start)
+  ckpt.save_best(epochs, params, dict(loss=history[-1]["loss"]) if history else {})
+  ckpt.close()
   io.atomic_write_json(ckpt_dir / "done.json", summary)
   return summary
 
