@@ -14,6 +14,7 @@ Sex and birth day are static per patient. Days count from 1970-01-01.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -221,6 +222,15 @@ class PatientEvents:
     same = all(np.array_equal(getattr(self, f), getattr(other, f))
                for f in ("subject_id", "sex", "birth_day", "split", "offsets", "day", "visit", "pos"))
     return same and np.array_equal(self.codes[self.code], other.codes[other.code])
+
+  def fingerprint(self) -> str:
+    """Short hash of the patients and events (codes as strings), for cache and run keys."""
+    h = hashlib.sha256()
+    for f in ("subject_id", "sex", "birth_day", "split", "offsets", "day", "visit", "pos"):
+      h.update(np.ascontiguousarray(getattr(self, f)).tobytes())
+    h.update("\n".join(self.codes).encode())
+    h.update(np.ascontiguousarray(self.code).tobytes())
+    return h.hexdigest()[:16]
 
   def save(self, path: str | Path) -> Path:
     """Writes the dataset as one compressed `.npz` (atomic)."""

@@ -86,8 +86,7 @@ def visit_attributes(dataset: PatientEvents) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- shared loop
 def _fingerprint(dataset: PatientEvents, vocab: Vocabulary, section: dict) -> str:
   h = hashlib.sha256()
-  for a in (dataset.subject_id, dataset.offsets, dataset.code, dataset.visit):
-    h.update(np.ascontiguousarray(a).tobytes())
+  h.update(dataset.fingerprint().encode())
   h.update(vocab.fingerprint.encode())
   # `epochs` is left out so that an interrupted run can be resumed with more epochs.
   h.update(json.dumps({k: v for k, v in section.items() if k != "epochs"}, sort_keys=True,

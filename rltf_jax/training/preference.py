@@ -126,16 +126,6 @@ class PreferenceData:
     return data
 
 
-def dataset_fingerprint(dataset: PatientEvents) -> str:
-  """Hash of a dataset's patients and events (codes compared as strings)."""
-  h = hashlib.sha256()
-  for f in ("subject_id", "sex", "birth_day", "split", "offsets", "day", "visit", "pos"):
-    h.update(np.ascontiguousarray(getattr(dataset, f)).tobytes())
-  h.update("\n".join(dataset.codes).encode())
-  h.update(np.ascontiguousarray(dataset.code).tobytes())
-  return h.hexdigest()[:16]
-
-
 def _build_params(cfg, cohort: Cohort) -> dict[str, Any]:
   """The config fields the pairs depend on, validated."""
   n, p = int(cfg.num_pairs), float(cfg.positive_fraction)
@@ -167,7 +157,7 @@ def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
   if train.num_patients == 0:
     raise DataError(f"cohort {cohort.name!r}: the dataset has no training patient with events "
                     "to draw preference pairs from")
-  params["source_fingerprint"] = dataset_fingerprint(train)
+  params["source_fingerprint"] = train.fingerprint()
   if out_path is not None and (Path(out_path) / PARAMS_FILE).exists():
     existing = PreferenceData.load(out_path)
     if existing.params.get("request") == params:
