@@ -132,16 +132,16 @@ def _paper(row: dict) -> dict:
   """The paper's numbers for the same cell, where it has them."""
   from rltf_jax.evaluation import paper_numbers as paper
   out = {}
-  col = paper.paper_column(row["method"])
-  if col and row["cohort"] in paper.TABLE5:
-    p, r, f = paper.TABLE5[row["cohort"]][col]
-    out.update(paper_prf=f"{p:.2f}/{r:.2f}/{f:.2f}", paper_auroc_synthetic=paper.TABLE6[row["cohort"]][col],
-               paper_auroc_augmented=paper.TABLE7[row["cohort"]][col])
+  cell = paper.prf(row["cohort"], row["method"])
+  if cell:
+    out.update(paper_prf="/".join(f"{v:.2f}" for v in cell),
+               paper_auroc_synthetic=paper.auroc(paper.TABLE6, row["cohort"], row["method"]),
+               paper_auroc_augmented=paper.auroc(paper.TABLE7, row["cohort"], row["method"]))
   if row["cohort"] == "scd" and row["method"] in ("rltf", "sft"):
-    training = "RL" if row["method"] == "rltf" else "SFT"
-    for t2 in paper.TABLE2_SCD:
-      if (t2["training"], t2["n"], t2["p"]) == (training, row["num_pairs"], row["positive_fraction"]):
-        out["paper_table2_f1_auroc_rouge1"] = f"{t2['f1']:.2f} / {t2['auroc']:.2f} / {t2['rouge1']:.3f}"
+    t2 = paper.table2_row("RL" if row["method"] == "rltf" else "SFT", row["num_pairs"],
+                          row["positive_fraction"])
+    if t2:
+      out["paper_table2_f1_auroc_rouge1"] = f"{t2['f1']:.2f} / {t2['auroc']:.2f} / {t2['rouge1']:.3f}"
   return out
 
 

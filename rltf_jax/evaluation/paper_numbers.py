@@ -108,3 +108,20 @@ TABLE7: dict[str, dict[str, float]] = _parse(_TABLE7, ("Real", "Halo", "LSTM", "
 def paper_column(method: str) -> str | None:
   """The paper's column for our method name (None for methods the paper's tables lack, e.g. sft)."""
   return "Real" if method == "real" else PAPER_METHOD.get(method)
+
+
+def prf(cohort: str, method: str) -> tuple[float, float, float] | None:
+  """Table 5's precision/recall/F1 for our cohort and method names, or None."""
+  col = paper_column(method)
+  return TABLE5.get(cohort, {}).get(col) if col else None
+
+
+def auroc(table: dict[str, dict[str, float]], cohort: str, method: str) -> float | None:
+  """AUROC from TABLE6 or TABLE7 for our cohort and method names ("real" too), or None."""
+  col = paper_column(method)
+  return table.get(cohort, {}).get(col) if col else None
+
+
+def table2_row(training: str, n: int, p: float) -> dict | None:
+  """Table 2's SCD row for training "RL" or "SFT" with N pairs and positive fraction P, or None."""
+  return next((r for r in TABLE2_SCD if (r["training"], r["n"], r["p"]) == (training, n, p)), None)

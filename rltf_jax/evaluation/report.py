@@ -100,14 +100,12 @@ def _label(method: str) -> str:
 
 
 def _paper_prf(cohort: str, method: str) -> str:
-  col = paper.paper_column(method)
-  cell = paper.TABLE5.get(cohort, {}).get(col) if col else None
+  cell = paper.prf(cohort, method)
   return "/".join(f"{v:.2f}" for v in cell) if cell else "-"
 
 
 def _paper_auroc(table: dict, cohort: str, method: str) -> str:
-  col = paper.paper_column(method)
-  v = table.get(cohort, {}).get(col) if col else None
+  v = paper.auroc(table, cohort, method)
   return f"{v:.3f}" if v is not None else "-"
 
 
@@ -281,8 +279,7 @@ def _ablation_section(results: dict) -> list[str]:
   for method, train in (("rltf", "RL"), ("sft", "SFT")):
     if method in ms:
       m = ms[method]
-      ref = next((r for r in paper.TABLE2_SCD if r["training"] == train and r["n"] == 10000
-                  and r["p"] == 0.5), None)
+      ref = paper.table2_row(train, 10000, 0.5)
       rows.append([_label(method), _num(_get(m, "fidelity", "target", "f1", "value"), 2),
                    _num(_get(m, "utility", "synthetic", "auroc", "value"), 2),
                    _num(_get(m, "fidelity", "rouge1", "value")),
