@@ -82,6 +82,7 @@ def tiny_decoder(vocab_size, seed=0):
   from rltf_jax.models.decoder import default_model_config, init_decoder
   cfg = default_model_config()
   cfg.width, cfg.num_layers, cfg.num_heads = 32, 2, 2
+  cfg.compute_dtype = "float32"  # packed = two plain passes, compared tightly
   return init_decoder(cfg, vocab_size, seed=seed)
 
 

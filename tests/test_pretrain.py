@@ -28,6 +28,7 @@ def tiny_config(**pretrain):
   cfg = ml_collections.ConfigDict()
   cfg.model = dec.default_model_config()
   cfg.model.width, cfg.model.num_layers, cfg.model.num_heads = 32, 1, 2
+  cfg.model.compute_dtype = "float32"  # golden values were recorded in float32
   cfg.pretrain = pt.default_pretrain_config()
   cfg.pretrain.update(dict(steps=20, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=2, eval_every=10,
                            ckpt_every=5, log_every=5, num_valid_patients=64))

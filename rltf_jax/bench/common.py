@@ -11,12 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """Best-of-`repeats` GFLOP/s of a jitted float32 n x n matmul on the default device: the
-  ceiling that model FLOP utilisation is quoted against."""
+def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+  """Best-of-`repeats` GFLOP/s of a jitted n x n matmul on the default device: the ceiling that
+  model FLOP utilisation is quoted against. `dtype` "bfloat16" measures what the model's bf16
+  compute runs (bf16 operands, float32 accumulation and result; see `rltf_jax.models.precision`)."""
+  from rltf_jax.models import precision
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
+  if dtype != "float32":
+    a, b = a.astype(precision.compute_dtype(dtype)), b.astype(precision.compute_dtype(dtype))
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   best = float("inf")
   for _ in range(repeats):

@@ -11,8 +11,8 @@ Like the peer, the first `--warmup` steps are not timed, and pair-tokens per ste
 B * (PL + 2 * CL).
 
 The last line printed is one JSON object with `steps_per_s`, `pair_tokens_per_s` and `mfu` (model
-FLOPs of one step from XLA's cost analysis, per second, over the measured float32 matmul ceiling
-of `rltf_jax.bench.common`).
+FLOPs of one step from XLA's cost analysis, per second, over the matmul ceiling of the compute
+dtype, `--dtype`, measured by `rltf_jax.bench.common`; the float32 ceiling is printed beside it).
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def main(argv=None) -> dict:
   p.add_argument("--warmup", type=int, default=5, help="untimed first steps (compilation)")
   p.add_argument("--mlp", default="swiglu", choices=["swiglu", "gelu"])
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default=default_model_config().compute_dtype, choices=("float32", "bfloat16"),
+                 help="model.compute_dtype: the matmul operands")
   args = p.parse_args(argv)
   if args.steps <= args.warmup:
     p.error("--steps must exceed --warmup")
@@ -88,6 +90,7 @@ def main(argv=None) -> dict:
   packed = pack_pairs(data, vocab)
   cfg = default_model_config()
   cfg.width, cfg.num_layers, cfg.mlp_activation, cfg.num_heads = args.D, args.L, args.mlp, 0
+  cfg.compute_dtype = args.dtype
   graphdef, params = init_decoder(cfg, len(vocab), seed=args.seed)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.0))
   # Precomputed reference log-probs, as the peer's precompute_ref_log_probs=True.
@@ -111,9 +114,10 @@ def main(argv=None) -> dict:
       jax.block_until_ready(metrics["loss"])
   jax.block_until_ready(metrics["loss"])
   dt = (time.perf_counter() - t0) / (args.steps - args.warmup)
-  ceiling = bench_common.matmul_ceiling_gflops()
+  ceiling = bench_common.matmul_ceiling_gflops(dtype=args.dtype)
   bench_common.print_result(dict(
       bench="dpo", device=jax.devices()[0].device_kind, V=args.V, D=args.D, L=args.L, B=args.B,
+      dtype=args.dtype, ceiling_f32_gflops=bench_common.matmul_ceiling_gflops(),
       PL=args.PL, CL=args.CL, mlp=args.mlp, packed_width=int(packed.tokens.shape[1]),
       scored_tokens=int(packed.target_token.shape[1]), steps_per_s=1.0 / dt,
       pair_tokens_per_s=args.B * (args.PL + 2 * args.CL) / dt, step_gflop=flops / 1e9,

@@ -3,7 +3,9 @@
   python -m rltf_jax.bench pretrain [--vocab 8000 --width 256 --layers 4 --batch 16 --seq 256] [--pack 0]
 
 FLOPs per step come from XLA's cost analysis of the compiled train step (forward, backward and
-optimizer); MFU = FLOPs / step time / the float32 matmul ceiling measured in the same run.
+optimizer); MFU = FLOPs / step time / the matmul ceiling of the compute dtype (`--dtype`, default the
+model's: bf16 operands with float32 accumulation), measured in the same run. The float32 ceiling is
+printed beside it (`ceiling_f32_gflops`).
 `--pack 1` (default, as the default pretraining) times packed rows of random patient-like
 sequences (segments, block-diagonal mask); `--pack 0` one full-length random sequence per row.
 `target_tokens_per_s` counts the tokens that carry a loss (not PAD, not a sequence's last token).
@@ -35,11 +37,14 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
   ap.add_argument("--pack", type=int, default=1, choices=(0, 1), help="packed rows (as pretrain.pack)")
   ap.add_argument("--mean-len", type=float, default=50.0, help="mean tokens per packed sequence")
+  ap.add_argument("--dtype", default=dec.default_model_config().compute_dtype, choices=("float32", "bfloat16"),
+                  help="model.compute_dtype: the matmul operands")
   args = ap.parse_args(argv)
 
   cfg = ml_collections.ConfigDict()
   cfg.model = dec.default_model_config()
-  cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp))
+  cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp,
+                        compute_dtype=args.dtype))
   cfg.pretrain = pt.default_pretrain_config()
   cfg.pretrain.update(dict(batch_size=args.batch, seq_len=args.seq, steps=args.steps + 1, pack=bool(args.pack)))
   cfg.mesh = ml_collections.ConfigDict(dict(data=1))
@@ -67,10 +72,10 @@ def main(argv=None) -> int:
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
-  ceiling = common.matmul_ceiling_gflops()
+  ceiling = common.matmul_ceiling_gflops(dtype=args.dtype)
   common.print_result(dict(
       bench="pretrain", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, seq=l,
-      mlp=args.mlp, backend=jax.default_backend(), devices=len(jax.devices()),
+      mlp=args.mlp, dtype=args.dtype, ceiling_f32_gflops=common.matmul_ceiling_gflops(), backend=jax.default_backend(), devices=len(jax.devices()),
       pack=args.pack, tokens_per_s=b * l / step_s, target_tokens_per_s=float(m["tokens"]) / step_s,
       fill=float(m["tokens"]) / (b * l), step_s=step_s, step_s_min=float(min(times)), compile_s=compile_s,
       flops_per_step=flops, ceiling_gflops=ceiling, mfu=flops / step_s / (ceiling * 1e9),

@@ -5,7 +5,8 @@
 Compare with `/work/shared/bench/hf_generate_peer.py` (transformers' generate, same shapes, heads =
 width/64, MLP 4*width SwiGLU) run back to back on the same machine. As the peer, every row
 generates exactly `--new` tokens (EOS is blocked until then) with temperature 1 and no top-k/top-p.
-FLOPs: XLA's cost analysis of the prefill plus `--new` times that of one loop body (decode + draw).
+FLOPs: XLA's cost analysis of the prefill plus `--new` times that of one loop body (decode + draw);
+MFU is quoted against the matmul ceiling of the compute dtype (`--dtype`, default the model's).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ def main(argv=None) -> int:
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"))
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--dtype", default=dec.default_model_config().compute_dtype, choices=("float32", "bfloat16"),
+                  help="model.compute_dtype: the matmul operands")
   args = ap.parse_args(argv)
 
   cfg = dec.default_model_config()
-  cfg.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp))
+  cfg.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp,
+                  compute_dtype=args.dtype))
   graphdef, params = dec.init_decoder(cfg, args.vocab, seed=0)
   rng = np.random.default_rng(0)
   b, lp = args.batch, args.prompt
@@ -75,10 +79,10 @@ def main(argv=None) -> int:
   tok = TokenBatch(*(jnp.asarray(a[:, -1]) for a in prompt))
   body_c = jax.jit(body).lower(params, cache, tok).compile()
   flops = common.compiled_flops(pre) + args.new * common.compiled_flops(body_c)
-  ceiling = common.matmul_ceiling_gflops()
+  ceiling = common.matmul_ceiling_gflops(dtype=args.dtype)
   common.print_result(dict(
       bench="sample", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, prompt=lp,
-      new=args.new, mlp=args.mlp, backend=jax.default_backend(),
+      new=args.new, mlp=args.mlp, dtype=args.dtype, ceiling_f32_gflops=common.matmul_ceiling_gflops(), backend=jax.default_backend(),
       new_tokens_per_s=b * args.new / batch_s, step_s=batch_s / args.new, batch_s=batch_s,
       first_call_s=first_s, flops_per_step=flops / args.new, ceiling_gflops=ceiling,
       mfu=flops / batch_s / (ceiling * 1e9), peak_rss_mb=common.peak_rss_mb()))

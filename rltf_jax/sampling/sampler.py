@@ -86,7 +86,15 @@ def decode(graphdef, params, token: TokenBatch, cache: Cache, step):
 def _pick(logits, u, temperature, top_k, top_p):
   """Draws one index per row of logits [B, K] with uniforms u [B] in (0, 1]."""
   k_all = logits.shape[-1]
-  greedy = jnp.argmax(logits, axis=-1)
+  # A cond, not a select between both: the argmax over the vocabulary costs about as much as the
+  # draw itself, and only one of the two is ever wanted.
+  return jax.lax.cond(temperature <= 0, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+                      lambda: _draw(logits, u, temperature, top_k, top_p))
+
+
+def _draw(logits, u, temperature, top_k, top_p):
+  """Ancestral draw from softmax(logits / temperature) after the top-k / top-p filters."""
+  k_all = logits.shape[-1]
   x = logits / jnp.maximum(temperature, 1e-6)
 
   def filtered(x):
@@ -102,8 +110,7 @@ def _pick(logits, u, temperature, top_k, top_p):
 
   need = ((top_k > 0) & (top_k < k_all)) | (top_p < 1.0)
   x = jax.lax.cond(need, filtered, lambda x: x, x)
-  idx = _inverse_cdf(jax.nn.softmax(x, axis=-1), u)
-  return jnp.where(temperature <= 0, greedy, idx).astype(jnp.int32)
+  return _inverse_cdf(jax.nn.softmax(x, axis=-1), u).astype(jnp.int32)
 
 
 def _inverse_cdf(p, u):

@@ -260,9 +260,11 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   rc, workdir, base_ckpt_dir = cfg.rltf, Path(workdir), Path(base_ckpt_dir)
   if rc.penalty_placement not in PLACEMENTS:
     raise ConfigError(f"rltf.penalty_placement must be one of {PLACEMENTS}, got {rc.penalty_placement!r}")
-  graphdef, base_params, vocab, _ = load_decoder(base_ckpt_dir)
+  graphdef, base_params, vocab, model_cfg = load_decoder(base_ckpt_dir)
   base_id = reference.params_fingerprint(base_params)
   prepare_run(workdir, cfg, "rltf", rc, base_ckpt_dir, pref_data, base_id)
+  # The cached reference values depend on the arithmetic as well as the parameters.
+  reference_id = f"{base_id}:{model_cfg.get('compute_dtype', 'float32')}"
   if (workdir / DONE_FILE).exists():
     if verbose:
       print(f"rltf: {workdir} is finished ({DONE_FILE}); reusing it", flush=True)
@@ -271,7 +273,7 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   cache_dir = pref_data.directory or workdir
   ref_chosen, ref_rejected = reference.reference_logps(
       graphdef, base_params, pref_data, packed, cache_dir, batch_size=rc.reference_batch_size,
-      reference_id=base_id)
+      reference_id=reference_id)
   mesh = common.make_mesh(cfg.get("mesh"))
   common.check_batch_divisible(rc.batch_size, mesh, "rltf.batch_size")
   total = rc.epochs * -(-pref_data.num_pairs // rc.batch_size)
