@@ -235,8 +235,11 @@ class Decoder(nnx.Module):
     causal = jnp.tril(jnp.ones((l, l), bool))
     return causal[None] & (tokens_BxL != PAD)[:, None, :]
 
-  def hidden_and_kv(self, batch: TokenBatch, *, positions=None, attention_mask=None):
-    """Final hidden states [B, L, D] and every layer's k, v ([layers, B, H, L, Dh])."""
+  def hidden_and_kv(self, batch: TokenBatch, *, positions=None, attention_mask=None, last_only=False):
+    """Final hidden states [B, L, D] and each layer's k, v (tuples of [B, H, L, Dh]).
+
+    `last_only`: the hidden state of the last column only ([B, 1, D]), as a prefill needs; the
+    last layer then runs its attention and MLP for that column alone (k, v are complete)."""
     tokens = jnp.asarray(batch.tokens)
     b, l = tokens.shape
     if positions is None:
@@ -245,12 +248,14 @@ class Decoder(nnx.Module):
     rope = _rope_tables(positions, self.head_dim, self.rope_base)
     x = self.embed(batch)
     ks, vs = [], []
-    for block in self.blocks:
+    for i, block in enumerate(self.blocks):
       q, k, v = block.qkv_heads(x, rope)
+      if last_only and i == len(self.blocks) - 1:
+        x, q, mask = x[:, -1:], q[:, :, -1:], mask[:, -1:]
       x = block.finish(x, q, k, v, mask)
       ks.append(k)
       vs.append(v)
-    return _rms_norm(self.final_norm, x), jnp.stack(ks), jnp.stack(vs)
+    return _rms_norm(self.final_norm, x), tuple(ks), tuple(vs)
 
   def hidden(self, batch: TokenBatch, *, positions=None, attention_mask=None):
     """f32 [B, L, D]. `attention_mask` bool [B, L, L] (True: query i may attend key j) replaces

@@ -62,7 +62,7 @@ def prefill(graphdef, params, prompt: TokenBatch, prompt_len, max_new: int):
   """Runs the prompts once; returns (last hidden [B, D], cache with room for `max_new` tokens)."""
   model = nnx.merge(graphdef, params)
   left, positions, valid = left_align(prompt, prompt_len)
-  h, ks, vs = model.hidden_and_kv(left, positions=positions)
+  h, ks, vs = model.hidden_and_kv(left, positions=positions, last_only=True)
   pad = lambda a: tuple(jnp.pad(layer, ((0, 0), (0, 0), (0, max_new), (0, 0))) for layer in a)
   return h[:, -1], Cache(pad(ks), pad(vs), valid, prompt_len.astype(jnp.int32))
 
