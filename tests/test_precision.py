@@ -59,10 +59,17 @@ def test_bf16_product_and_gradients_match_rounded_reference(name, a_shape, b_sha
     assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < 1e-2
 
 
-def test_float32_path_is_plain_matmul():
-  a, b = jax.random.normal(jax.random.key(1), (5, 7)), jax.random.normal(jax.random.key(2), (7, 3))
-  np.testing.assert_array_equal(precision.matmul(a, b, jnp.float32), jnp.matmul(a, b))
-  np.testing.assert_array_equal(precision.matmul_nt(a, b.T, jnp.float32), jnp.matmul(a, b))
+@pytest.mark.parametrize("name,a_shape,b_shape,transposed,subscripts", CASES, ids=[c[0] for c in CASES])
+def test_float32_products_and_gradients_are_plain_autodiff(name, a_shape, b_shape, transposed, subscripts):
+  ka, kb, kg = jax.random.split(jax.random.key(1), 3)
+  a, b = jax.random.normal(ka, a_shape), jax.random.normal(kb, b_shape)
+  out = product(a, b, transposed, jnp.float32)
+  np.testing.assert_allclose(out, jnp.einsum(subscripts, a, b), rtol=1e-6, atol=1e-6)
+  g = jax.random.normal(kg, out.shape)
+  got = jax.grad(lambda a, b: jnp.sum(product(a, b, transposed, jnp.float32) * g), argnums=(0, 1))(a, b)
+  want = jax.grad(lambda a, b: jnp.sum(jnp.einsum(subscripts, a, b) * g), argnums=(0, 1))(a, b)
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_compute_dtype_is_a_config_error():
