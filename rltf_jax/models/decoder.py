@@ -47,6 +47,7 @@ DAYS_PER_YEAR = 365.25
 GAP_EDGES = np.unique(np.concatenate([[0], np.round(2.0 ** (np.arange(0, 27) / 2)).astype(np.int64)]))
 NUM_GAP = len(GAP_EDGES)
 GAP_MAX_DAYS = int(2 ** 13.5)  # upper end of the last bucket
+DEFAULT_COMPUTE_DTYPE = "bfloat16"  # model.compute_dtype, also for configs written before the field
 
 
 def pos_rows(pos):
@@ -97,7 +98,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.norm_eps = 1e-6
   # Operands of the matmuls (see `precision`): "bfloat16" is ~4x faster on CPUs with AMX/AVX512-BF16
   # and on GPUs/TPUs; parameters, residual stream, norms and losses stay float32 either way.
-  c.compute_dtype = "bfloat16"
+  c.compute_dtype = DEFAULT_COMPUTE_DTYPE
   return c
 
 
@@ -129,7 +130,7 @@ class Block(nnx.Module):
     hidden = cfg.mlp_ratio * d
     init = _normal(0.02)
     out_init = _normal(0.02 / np.sqrt(2 * cfg.num_layers))  # GPT-2 style residual scaling
-    self.dtype = precision.compute_dtype(cfg.get("compute_dtype", "float32"))
+    self.dtype = precision.compute_dtype(cfg.get("compute_dtype", DEFAULT_COMPUTE_DTYPE))
     self.norm1 = nnx.RMSNorm(d, epsilon=cfg.norm_eps, rngs=rngs)
     self.qkv = nnx.Linear(d, 3 * d, use_bias=False, kernel_init=init, rngs=rngs)
     self.out = nnx.Linear(d, d, use_bias=False, kernel_init=out_init, rngs=rngs)
@@ -198,7 +199,7 @@ class Decoder(nnx.Module):
     self.max_visits, self.max_age_years = int(cfg.max_visits), int(cfg.max_age_years)
     self.rope_base = float(cfg.rope_base)
     self.vocab_size = vocab_size
-    self.dtype = precision.compute_dtype(cfg.get("compute_dtype", "float32"))
+    self.dtype = precision.compute_dtype(cfg.get("compute_dtype", DEFAULT_COMPUTE_DTYPE))
     self.heads = num_heads(cfg)
     self.head_dim = d // self.heads
     if self.head_dim % 2:

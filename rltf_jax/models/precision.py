@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rltf_jax.errors import ConfigError
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str):
-  from rltf_jax.errors import ConfigError
+  """The jnp dtype of a `model.compute_dtype` name."""
   if name not in COMPUTE_DTYPES:
     raise ConfigError(f"model.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}")
   return COMPUTE_DTYPES[name]

@@ -255,7 +255,7 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   """DPO-Positive fine-tune of the base decoder in `base_ckpt_dir` on `pref_data`; returns the run
   directory (a checkpoint `load_decoder` reads). Resumes an interrupted run and returns at once
   when the run is finished. `stop_after` ends this call after that many steps (tests)."""
-  from rltf_jax.models.decoder import load_decoder
+  from rltf_jax.models.decoder import DEFAULT_COMPUTE_DTYPE, load_decoder
   from rltf_jax.training import reference
   rc, workdir, base_ckpt_dir = cfg.rltf, Path(workdir), Path(base_ckpt_dir)
   if rc.penalty_placement not in PLACEMENTS:
@@ -264,7 +264,7 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   base_id = reference.params_fingerprint(base_params)
   prepare_run(workdir, cfg, "rltf", rc, base_ckpt_dir, pref_data, base_id)
   # The cached reference values depend on the arithmetic as well as the parameters.
-  reference_id = f"{base_id}:{model_cfg.get('compute_dtype', 'float32')}"
+  reference_id = f"{base_id}:{model_cfg.get('compute_dtype', DEFAULT_COMPUTE_DTYPE)}"
   if (workdir / DONE_FILE).exists():
     if verbose:
       print(f"rltf: {workdir} is finished ({DONE_FILE}); reusing it", flush=True)
