@@ -153,6 +153,7 @@ class Block(nnx.Module):
     return _rope(qkv[0], rope), _rope(qkv[1], rope), qkv[2]
 
   def linear(self, layer: nnx.Linear, x):
+    """`layer(x)` (bias-free) in the block's compute dtype, with `precision`'s gradient."""
     return precision.matmul(x, layer.kernel[...], self.dtype)
 
   def finish(self, x_BxTxD, q, k, v, mask_BxTxS):

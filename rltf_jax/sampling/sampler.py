@@ -85,7 +85,6 @@ def decode(graphdef, params, token: TokenBatch, cache: Cache, step):
 
 def _pick(logits, u, temperature, top_k, top_p):
   """Draws one index per row of logits [B, K] with uniforms u [B] in (0, 1]."""
-  k_all = logits.shape[-1]
   # A cond, not a select between both: the argmax over the vocabulary costs about as much as the
   # draw itself, and only one of the two is ever wanted.
   return jax.lax.cond(temperature <= 0, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
