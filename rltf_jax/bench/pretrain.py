@@ -4,7 +4,7 @@
 
 FLOPs per step come from XLA's cost analysis of the compiled train step (forward, backward and
 optimizer); MFU = FLOPs / step time / the matmul ceiling of the compute dtype (`--dtype`, default the
-model's: bf16 operands with float32 accumulation), measured in the same run. The float32 ceiling is
+model's, float32; "bfloat16" = bf16 operands with float32 accumulation), measured in the same run. The float32 ceiling is
 printed beside it (`ceiling_f32_gflops`).
 `--pack 1` (default, as the default pretraining) times packed rows of random patient-like
 sequences (segments, block-diagonal mask); `--pack 0` one full-length random sequence per row.
