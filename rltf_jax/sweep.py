@@ -134,7 +134,7 @@ def _paper(row: dict) -> dict:
   out = {}
   cell = paper.prf(row["cohort"], row["method"])
   if cell:
-    out.update(paper_prf="/".join(f"{v:.2f}" for v in cell),
+    out.update(paper_prf=paper.format_prf(cell),
                paper_auroc_synthetic=paper.auroc(paper.TABLE6, row["cohort"], row["method"]),
                paper_auroc_augmented=paper.auroc(paper.TABLE7, row["cohort"], row["method"]))
   if row["cohort"] == "scd" and row["method"] in ("rltf", "sft"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +18,8 @@ from rltf_jax.generator import Generator
 from rltf_jax.models.halo import HALO, HALOLayout
 from rltf_jax.sampling.baseline_generators import HALOGenerator, sample_visit
 from rltf_jax.training import baselines
+
+from fit import fit
 
 
 def test_layout_of_the_tiny_dataset(tiny_dataset):
@@ -130,21 +131,8 @@ def test_tiny_halo_overfits_and_completes_its_patients():
   x, mask = (jnp.asarray(a) for a in lay.dense(lay.encode(ds, vocab), np.arange(3)))
   model = HALO(lay.total, 32, 1, 2, 6, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  tx = optax.adam(1e-2)
-  opt = tx.init(params)
-
-  def step(params, opt):
-    loss, g = jax.value_and_grad(lambda p: baselines.halo_loss(nnx.merge(graphdef, p), (x, mask))[0])(params)
-    u, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, u), opt, loss
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def train(n, params, opt):  # all steps in one program: no per-step dispatch
-    def body(_, carry):
-      return step(*carry[:2])
-    return jax.lax.fori_loop(0, n, body, (params, opt, jnp.float32(0)))
-
-  params, opt, loss = train(300, params, opt)
+  params, _, loss = fit(lambda p: baselines.halo_loss(nnx.merge(graphdef, p), (x, mask))[0], params,
+                       optax.adam(1e-2), 300)
   # Left: which of the 3 first visits comes (ln 3 nats per patient) over 3 x 4 visit rows x V bits.
   floor = 3 * np.log(3) / (12 * lay.total)
   assert float(loss) < floor + 0.004

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import jax
@@ -21,6 +20,8 @@ from rltf_jax.models.lstm import LSTMLM
 from rltf_jax.sampling.baseline_generators import LSTMGenerator
 from rltf_jax.sampling.beam import beam_search, greedy_search
 from rltf_jax.training import baselines
+
+from fit import fit
 
 
 def _cfg(**kw):
@@ -108,21 +109,8 @@ def test_tiny_model_overfits_and_completes_its_patients():
   tokens = jnp.asarray(sequences.encode_patients(ds, vocab, np.arange(len(SEQS)), 10).tokens)
   model = LSTMLM(len(vocab), 16, 64, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  tx = optax.adam(2e-2)
-  opt = tx.init(params)
-
-  def step(params, opt):
-    loss, g = jax.value_and_grad(lambda p: baselines.lstm_loss(nnx.merge(graphdef, p), tokens)[0])(params)
-    u, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, u), opt, loss
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def train(n, params, opt):  # all steps in one program: no per-step dispatch
-    def body(_, carry):
-      return step(*carry[:2])
-    return jax.lax.fori_loop(0, n, body, (params, opt, jnp.float32(0)))
-
-  params, opt, loss = train(150, params, opt)
+  params, _, loss = fit(lambda p: baselines.lstm_loss(nnx.merge(graphdef, p), tokens)[0], params,
+                       optax.adam(2e-2), 150)
   # The only uncertainty left is the first code after BOS (4 equally likely): the floor is
   # 4 * ln 4 nats over the 26 targets.
   floor = 4 * np.log(4) / sum(len(s) + 1 for s in SEQS)

@@ -30,6 +30,22 @@ def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32
   return 2.0 * n ** 3 / best / 1e9
 
 
+def add_dtype_flag(parser) -> None:
+  """`--dtype`: the model's compute dtype (`model.compute_dtype`, default the model's default)."""
+  from rltf_jax.models.decoder import DEFAULT_COMPUTE_DTYPE
+  from rltf_jax.models.precision import COMPUTE_DTYPES
+  parser.add_argument("--dtype", default=DEFAULT_COMPUTE_DTYPE, choices=sorted(COMPUTE_DTYPES),
+                      help="model.compute_dtype: the matmul operands")
+
+
+def ceilings(dtype: str) -> dict[str, float]:
+  """The matmul ceiling MFU is quoted against (that of `dtype`) and the float32 one beside it,
+  each measured once."""
+  ceiling = matmul_ceiling_gflops(dtype=dtype)
+  f32 = ceiling if dtype == "float32" else matmul_ceiling_gflops()
+  return dict(ceiling_gflops=ceiling, ceiling_f32_gflops=f32)
+
+
 def compiled_flops(compiled) -> float:
   """FLOPs of a compiled XLA program from its cost analysis (0 when the backend gives none)."""
   cost = compiled.cost_analysis()

@@ -80,8 +80,7 @@ def main(argv=None) -> dict:
   p.add_argument("--warmup", type=int, default=5, help="untimed first steps (compilation)")
   p.add_argument("--mlp", default="swiglu", choices=["swiglu", "gelu"])
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--dtype", default=default_model_config().compute_dtype, choices=("float32", "bfloat16"),
-                 help="model.compute_dtype: the matmul operands")
+  bench_common.add_dtype_flag(p)
   args = p.parse_args(argv)
   if args.steps <= args.warmup:
     p.error("--steps must exceed --warmup")
@@ -114,14 +113,14 @@ def main(argv=None) -> dict:
       jax.block_until_ready(metrics["loss"])
   jax.block_until_ready(metrics["loss"])
   dt = (time.perf_counter() - t0) / (args.steps - args.warmup)
-  ceiling = bench_common.matmul_ceiling_gflops(dtype=args.dtype)
+  ceil = bench_common.ceilings(args.dtype)
   bench_common.print_result(dict(
       bench="dpo", device=jax.devices()[0].device_kind, V=args.V, D=args.D, L=args.L, B=args.B,
-      dtype=args.dtype, ceiling_f32_gflops=bench_common.matmul_ceiling_gflops(),
+      dtype=args.dtype, **ceil,
       PL=args.PL, CL=args.CL, mlp=args.mlp, packed_width=int(packed.tokens.shape[1]),
       scored_tokens=int(packed.target_token.shape[1]), steps_per_s=1.0 / dt,
       pair_tokens_per_s=args.B * (args.PL + 2 * args.CL) / dt, step_gflop=flops / 1e9,
-      matmul_ceiling_gflops=ceiling, mfu=(flops / dt / 1e9 / ceiling) if flops else None,
+      mfu=(flops / dt / 1e9 / ceil["ceiling_gflops"]) if flops else None,
       final_loss=float(metrics["loss"]), peak_rss_mb=bench_common.peak_rss_mb()))
   return 0
 

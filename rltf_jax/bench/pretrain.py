@@ -4,8 +4,8 @@
 
 FLOPs per step come from XLA's cost analysis of the compiled train step (forward, backward and
 optimizer); MFU = FLOPs / step time / the matmul ceiling of the compute dtype (`--dtype`, default the
-model's, float32; "bfloat16" = bf16 operands with float32 accumulation), measured in the same run. The float32 ceiling is
-printed beside it (`ceiling_f32_gflops`).
+model's, float32; "bfloat16" = bf16 operands with float32 accumulation), measured in the same
+run. The float32 ceiling is printed beside it (`ceiling_f32_gflops`).
 `--pack 1` (default, as the default pretraining) times packed rows of random patient-like
 sequences (segments, block-diagonal mask); `--pack 0` one full-length random sequence per row.
 `target_tokens_per_s` counts the tokens that carry a loss (not PAD, not a sequence's last token).
@@ -37,8 +37,7 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
   ap.add_argument("--pack", type=int, default=1, choices=(0, 1), help="packed rows (as pretrain.pack)")
   ap.add_argument("--mean-len", type=float, default=50.0, help="mean tokens per packed sequence")
-  ap.add_argument("--dtype", default=dec.default_model_config().compute_dtype, choices=("float32", "bfloat16"),
-                  help="model.compute_dtype: the matmul operands")
+  common.add_dtype_flag(ap)
   args = ap.parse_args(argv)
 
   cfg = ml_collections.ConfigDict()
@@ -72,13 +71,13 @@ def main(argv=None) -> int:
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
-  ceiling = common.matmul_ceiling_gflops(dtype=args.dtype)
+  ceil = common.ceilings(args.dtype)
   common.print_result(dict(
       bench="pretrain", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, seq=l,
-      mlp=args.mlp, dtype=args.dtype, ceiling_f32_gflops=common.matmul_ceiling_gflops(), backend=jax.default_backend(), devices=len(jax.devices()),
+      mlp=args.mlp, dtype=args.dtype, backend=jax.default_backend(), devices=len(jax.devices()),
       pack=args.pack, tokens_per_s=b * l / step_s, target_tokens_per_s=float(m["tokens"]) / step_s,
       fill=float(m["tokens"]) / (b * l), step_s=step_s, step_s_min=float(min(times)), compile_s=compile_s,
-      flops_per_step=flops, ceiling_gflops=ceiling, mfu=flops / step_s / (ceiling * 1e9),
+      flops_per_step=flops, **ceil, mfu=flops / step_s / (ceil["ceiling_gflops"] * 1e9),
       peak_rss_mb=common.peak_rss_mb(), loss=float(m["loss"])))
   return 0
 

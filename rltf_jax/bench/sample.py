@@ -36,8 +36,7 @@ def main(argv=None) -> int:
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"))
   ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--dtype", default=dec.default_model_config().compute_dtype, choices=("float32", "bfloat16"),
-                  help="model.compute_dtype: the matmul operands")
+  common.add_dtype_flag(ap)
   args = ap.parse_args(argv)
 
   cfg = dec.default_model_config()
@@ -79,11 +78,11 @@ def main(argv=None) -> int:
   tok = TokenBatch(*(jnp.asarray(a[:, -1]) for a in prompt))
   body_c = jax.jit(body).lower(params, cache, tok).compile()
   flops = common.compiled_flops(pre) + args.new * common.compiled_flops(body_c)
-  ceiling = common.matmul_ceiling_gflops(dtype=args.dtype)
+  ceil = common.ceilings(args.dtype)
   common.print_result(dict(
       bench="sample", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, prompt=lp,
-      new=args.new, mlp=args.mlp, dtype=args.dtype, ceiling_f32_gflops=common.matmul_ceiling_gflops(), backend=jax.default_backend(),
+      new=args.new, mlp=args.mlp, dtype=args.dtype, backend=jax.default_backend(),
       new_tokens_per_s=b * args.new / batch_s, step_s=batch_s / args.new, batch_s=batch_s,
-      first_call_s=first_s, flops_per_step=flops / args.new, ceiling_gflops=ceiling,
-      mfu=flops / batch_s / (ceiling * 1e9), peak_rss_mb=common.peak_rss_mb()))
+      first_call_s=first_s, flops_per_step=flops / args.new, **ceil,
+      mfu=flops / batch_s / (ceil["ceiling_gflops"] * 1e9), peak_rss_mb=common.peak_rss_mb()))
   return 0

@@ -101,6 +101,15 @@ def pad_to(batch: TokenBatch, length: int) -> TokenBatch:
   return TokenBatch(*(np.pad(np.asarray(a), ((0, 0), (0, length - cur))) for a in batch))
 
 
+def pow2_length(n: int, smallest: int = 16, limit: int | None = None) -> int:
+  """The smallest power of two times `smallest` that holds n (capped at `limit`): batch widths
+  from a handful of shapes, so a jitted function compiles once per shape."""
+  b = smallest
+  while b < n:
+    b *= 2
+  return b if limit is None else min(b, limit)
+
+
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
   """The smallest bucket >= n (the largest bucket if none is)."""
   for b in sorted(buckets):

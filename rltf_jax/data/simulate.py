@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import math
 import sys
 import time
@@ -534,7 +533,7 @@ class _Simulation:
 
   # ---------------------------------------------------------------- 3. visits
   def visits(self):
-    cfg, vc, P, M = self.cfg, self.cfg.visits, self.P, self.M
+    vc, P, M = self.cfg.visits, self.P, self.M
     rng = self.rng("visits")
     curve = np.interp(np.arange(_MAX_AGE + 1) + 0.5, _AGES, vc.age_curve).astype(np.float32)
     s = vc.frailty_sigma

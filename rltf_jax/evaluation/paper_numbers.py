@@ -116,6 +116,11 @@ def prf(cohort: str, method: str) -> tuple[float, float, float] | None:
   return TABLE5.get(cohort, {}).get(col) if col else None
 
 
+def format_prf(cell: tuple[float, float, float]) -> str:
+  """"P/R/F1" with two decimals, as the paper prints them."""
+  return "/".join(f"{v:.2f}" for v in cell)
+
+
 def auroc(table: dict[str, dict[str, float]], cohort: str, method: str) -> float | None:
   """AUROC from TABLE6 or TABLE7 for our cohort and method names ("real" too), or None."""
   col = paper_column(method)

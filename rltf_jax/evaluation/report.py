@@ -101,7 +101,7 @@ def _label(method: str) -> str:
 
 def _paper_prf(cohort: str, method: str) -> str:
   cell = paper.prf(cohort, method)
-  return "/".join(f"{v:.2f}" for v in cell) if cell else "-"
+  return paper.format_prf(cell) if cell else "-"
 
 
 def _paper_auroc(table: dict, cohort: str, method: str) -> str:

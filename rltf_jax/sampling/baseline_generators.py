@@ -40,7 +40,7 @@ from flax import nnx
 
 from rltf_jax import io
 from rltf_jax.data import sequences
-from rltf_jax.data.events import DAYS_PER_YEAR, PatientEvents
+from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import BOS, NUM_SPECIAL, PAD, UNK, Vocabulary
 from rltf_jax.errors import ConfigError, DataError
 from rltf_jax.models.halo import HALO, HALOLayout
@@ -180,20 +180,13 @@ class LSTMGenerator:
     out = np.zeros(dataset.num_patients, np.float64)
     for chunk in _chunks(dataset.num_patients, self.batch_size):
       rows = order[chunk]
-      width = _pow2_at_least(int(dataset.lengths[rows].max()) + 2)
+      width = sequences.pow2_length(int(dataset.lengths[rows].max()) + 2)
       tb = sequences.encode_patients(dataset, self.vocab, _pad_rows(rows, self.batch_size), width)
       out[rows] = np.asarray(self._ll(self.params, jnp.asarray(tb.tokens)))[:len(rows)]
     return out
 
   # The jitted methods take `self` as a static argument: hash by identity.
   __hash__ = object.__hash__
-
-
-def _pow2_at_least(n: int) -> int:
-  b = 16
-  while b < n:
-    b *= 2
-  return b
 
 
 # ---------------------------------------------------------------- HALO

@@ -77,7 +77,6 @@ class TransformerGenerator:
 
   def _to_events(self, base: PatientEvents, out, last_day) -> PatientEvents:
     """Generated columns -> a PatientEvents with `base`'s patients and the new events only."""
-    n = base.num_patients
     k = out["num_new"].astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(k)])
     keep = np.arange(out["tokens"].shape[1])[None, :] < k[:, None]

@@ -24,7 +24,6 @@ PAD, BOS and UNK are never sampled; EOS is blocked for the first `min_new` steps
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Sequence
 
 import jax

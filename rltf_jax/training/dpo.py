@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from rltf_jax import io
-from rltf_jax.data.sequences import TokenBatch
+from rltf_jax.data.sequences import TokenBatch, pow2_length
 from rltf_jax.errors import ConfigError
 from rltf_jax.training import common
 from rltf_jax.training.checkpoint import Checkpointer
@@ -285,8 +285,8 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
 
   def make_batch(i):
     rows = batch_rows(i, pref_data.num_pairs, rc.batch_size, rc.seed)
-    w = reference.bucket(width[rows].max(), packed.tokens.shape[1])
-    t = reference.bucket(targets[rows].max(), packed.target_token.shape[1])
+    w = pow2_length(width[rows].max(), 64, packed.tokens.shape[1])
+    t = pow2_length(targets[rows].max(), 64, packed.target_token.shape[1])
     return reference.slice_batch(packed, rows, w, t), ref_chosen[rows], ref_rejected[rows]
 
   if verbose:

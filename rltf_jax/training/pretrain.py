@@ -88,7 +88,7 @@ class Batches:
     self._epoch, self._perm = -1, None
     # Packing: tokens each patient takes (BOS + events + EOS, at most a window of seq_len), the
     # number of steps of each epoch planned so far, and the plan of the last epoch asked for.
-    self._n_tokens = np.minimum(ds.lengths[self.patients] + 2, seq_len)
+    self._n_tokens = _row_tokens(ds, self.patients, seq_len)
     self._epoch_steps: list[int] = []
     self._plan = (-1, None)
 
@@ -137,6 +137,11 @@ class Batches:
                          self.batch_size, self.seq_len, window="random", rng=rng)
 
 
+def _row_tokens(ds: PatientEvents, patients: np.ndarray, seq_len: int) -> np.ndarray:
+  """Tokens each patient takes in a row: BOS + events + EOS, at most a window of seq_len."""
+  return np.minimum(ds.lengths[patients] + 2, seq_len)
+
+
 def validation_batches(ds: PatientEvents, vocab: Vocabulary, patients: np.ndarray, batch_size: int,
                        seq_len: int, pack: bool = False) -> list[TokenBatch] | list[PackedBatch]:
   """Fixed validation batches (most recent `seq_len` tokens of each patient); the last batch is
@@ -145,7 +150,7 @@ def validation_batches(ds: PatientEvents, vocab: Vocabulary, patients: np.ndarra
   out = []
   if pack and len(patients):
     patients = np.asarray(patients)
-    row, offset, num_rows = plan_packing(np.minimum(ds.lengths[patients] + 2, seq_len), seq_len)
+    row, offset, num_rows = plan_packing(_row_tokens(ds, patients, seq_len), seq_len)
     for first in range(0, num_rows, batch_size):
       mine = (row >= first) & (row < first + batch_size)
       out.append(encode_packed(ds, vocab, patients[mine], row[mine] - first, offset[mine], batch_size,

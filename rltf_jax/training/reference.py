@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from rltf_jax import io
+from rltf_jax.data.sequences import pow2_length
 from rltf_jax.errors import DataError
 from rltf_jax.training.preference import PackedPairs, PreferenceData
 
@@ -49,14 +50,6 @@ def row_shapes(packed: PackedPairs) -> tuple[np.ndarray, np.ndarray]:
   return width, targets
 
 
-def bucket(n: int, limit: int, smallest: int = 64) -> int:
-  """The smallest power of two times `smallest` that holds n, capped at `limit`."""
-  b = smallest
-  while b < n:
-    b *= 2
-  return min(b, limit)
-
-
 def slice_batch(packed: PackedPairs, idx: np.ndarray, width: int, targets: int) -> PackedPairs:
   """Rows `idx`, cut to `width` columns and `targets` targets (rows are left-aligned)."""
   cols = ("tokens", "visit", "age", "pos", "positions", "segment")
@@ -81,8 +74,8 @@ def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: i
   for start in range(0, n, batch_size):
     idx = order[start:start + batch_size]
     rows = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])  # pad the last batch
-    w = bucket(width[idx].max(), packed.tokens.shape[1])
-    t = bucket(targets[idx].max(), packed.target_token.shape[1])
+    w = pow2_length(width[idx].max(), 64, packed.tokens.shape[1])
+    t = pow2_length(targets[idx].max(), 64, packed.target_token.shape[1])
     pending.append((idx, fn(graphdef, params, slice_batch(packed, rows, w, t))))
   for idx, (c, r) in pending:  # all batches were dispatched before the first read-back
     chosen[idx] = np.asarray(c)[:len(idx)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rltf_jax.data.sequences import TokenBatch
+from rltf_jax.data.sequences import TokenBatch, pow2_length
 from rltf_jax.data.vocab import PAD
 from rltf_jax.training import common, dpo, reference
 from rltf_jax.training.preference import SEG_CHOSEN, SEG_SHARED, PackedPairs, PreferenceData, pack_pairs
@@ -55,7 +55,7 @@ def finetune_sft(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
 
   def make_batch(i):
     rows = dpo.batch_rows(i, pref_data.num_pairs, sc.batch_size, sc.seed)
-    w = reference.bucket(lengths[rows].max(), seqs.tokens.shape[1])
+    w = pow2_length(lengths[rows].max(), 64, seqs.tokens.shape[1])
     return (TokenBatch(*(a[rows][:, :w] for a in seqs)),)
 
   if verbose:
