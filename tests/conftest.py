@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# On a GPU, XLA's scatter-adds (embedding gradients) are atomic and their order varies between runs;
+# Adam turns such last-bit differences on near-zero gradients into visible ones, so the exact-resume
+# tests need deterministic ops there. The CPU backend ignores the flag.
+os.environ["XLA_FLAGS"] = " ".join(
+    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true") if f)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RLTF_SHARED", REPO.parent / "shared"))
 
