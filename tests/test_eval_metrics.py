@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from rltf_jax.evaluation import conditional, metrics
+from rltf_jax.data.events import PatientEvents
+from rltf_jax.evaluation import conditional, metrics, prevalence
 
 
 # ---------------------------------------------------------------- precision / recall / F1
@@ -123,6 +124,55 @@ def test_agreement_identity_and_offset():
   assert shifted["pearson_r"] == pytest.approx(1.0)
   # R^2 on the identity line: 1 - 4 * 0.01 / 0.05 = 0.2 (an offset is penalised, r is not)
   assert shifted["r2_identity"] == pytest.approx(0.2)
+
+
+def test_weighted_agreement_equals_repeating_the_items():
+  rng = np.random.default_rng(3)
+  real, syn = rng.random(12), rng.random(12)
+  w = rng.integers(0, 4, (5, 12))
+  got = metrics.agreement_rows(real, syn, w)
+  for row, weights in zip(got, w):
+    want = metrics.agreement_rows(np.repeat(real, weights), np.repeat(syn, weights))[0]
+    np.testing.assert_allclose(row, want, rtol=1e-12)
+  # hand check of one weighting: items (0.1, 0.2) twice and (0.3, 0.2) once
+  r, r2 = metrics.agreement_rows(np.array([0.1, 0.3]), np.array([0.2, 0.2]), np.array([[2, 1]]))[0]
+  assert np.isnan(r)  # synthetic constant
+  # weighted mean of real 1/6; SS(real) = 2 (1/15)^2 + (2/15)^2 = 6/225; SS(real - syn) = 3 * 0.01
+  assert r2 == pytest.approx(1 - 0.03 / (6 / 225))  # = -0.125
+
+
+def test_prevalence_interval_contains_its_estimate_on_rare_noisy_codes():
+  """Real and synthetic records drawn independently from the same per-code rates. Resampling
+  patients would add noise to every code's two prevalences and push every resampled r below the
+  estimate; resampling codes brackets it."""
+  rng = np.random.default_rng(0)
+  n, c = 100, 400
+  rate = rng.beta(0.5, 30.0, c)
+  codes = [f"ICD10CM/Z{i:03d}" for i in range(c)]
+
+  def records():
+    has = rng.random((n, c)) < rate
+    offsets = np.concatenate([[0], np.cumsum(has.sum(axis=1))])
+    e = int(offsets[-1])
+    return PatientEvents.build(subject_id=np.arange(n), sex=np.zeros(n), birth_day=np.zeros(n),
+                               offsets=offsets, code=np.nonzero(has)[1], day=np.full(e, 10000),
+                               visit=np.zeros(e), pos=np.full(e, 11), codes=codes), has
+  (real, x_real), (syn, x_syn) = records(), records()
+  seen = x_real.any(axis=0) | x_syn.any(axis=0)  # the codes the agreement is over
+  x_real, x_syn = x_real[:, seen], x_syn[:, seen]
+  out, arrays = prevalence.prevalence_agreement(real, syn, num_samples=400, seed=0)
+  r = out["pearson_r"]
+  assert 0.5 < r["value"] < 0.9
+  assert r["ci95"][0] < r["value"] < r["ci95"][1]
+  np.testing.assert_allclose(metrics.agreement_rows(arrays["real"], arrays["synthetic"])[0, 0], r["value"])
+
+  def over_patients(w):
+    w = w.astype(np.float64)
+    total = w.sum(axis=1, keepdims=True)
+    return metrics.agreement_rows(w @ x_real / total, w @ x_syn / total)
+  attenuated = metrics.bootstrap(over_patients, n, 400, 0)
+  assert attenuated["value"][0] == pytest.approx(r["value"])
+  assert attenuated["ci95"][1][0] < r["value"]  # the interval this replaced missed its estimate
 
 
 # ---------------------------------------------------------------- truncation

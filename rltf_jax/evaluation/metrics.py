@@ -197,18 +197,32 @@ def rouge1(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[s
 
 
 # ---------------------------------------------------------------- prevalence agreement
-def agreement_rows(real_bxc: np.ndarray, synthetic_bxc: np.ndarray) -> np.ndarray:
+def agreement_rows(real: np.ndarray, synthetic: np.ndarray, weights_bxc: np.ndarray | None = None
+                   ) -> np.ndarray:
   """float [b, 2]: per row, Pearson r between real and synthetic values and R^2 of synthetic as a
   prediction of real on the identity line (1 - SS(real - synthetic) / SS(real - mean real));
-  NaN where undefined (a constant row)."""
-  real, syn = np.atleast_2d(np.asarray(real_bxc, np.float64)), np.atleast_2d(np.asarray(synthetic_bxc, np.float64))
-  rc = real - real.mean(axis=1, keepdims=True)
-  sc = syn - syn.mean(axis=1, keepdims=True)
-  ss_real, ss_syn = (rc ** 2).sum(axis=1), (sc ** 2).sum(axis=1)
+  NaN where undefined (a constant row). `real` and `synthetic` are [b, C] rows or [C] vectors;
+  `weights_bxc` (resample counts of the C items, as `bootstrap_weights` draws them) weights each
+  item, so a count of k is the item repeated k times."""
+  real, syn = np.atleast_2d(np.asarray(real, np.float64)), np.atleast_2d(np.asarray(synthetic, np.float64))
+  w = np.ones(np.broadcast_shapes(real.shape, syn.shape)) if weights_bxc is None \
+      else np.asarray(weights_bxc, np.float64)
+  total = w.sum(axis=1, keepdims=True)
   with np.errstate(invalid="ignore", divide="ignore"):
-    r = np.where((ss_real > 0) & (ss_syn > 0), (rc * sc).sum(axis=1) / np.sqrt(ss_real * ss_syn), np.nan)
-    r2 = np.where(ss_real > 0, 1.0 - ((real - syn) ** 2).sum(axis=1) / ss_real, np.nan)
+    rc = real - (w * real).sum(axis=1, keepdims=True) / total
+    sc = syn - (w * syn).sum(axis=1, keepdims=True) / total
+    ss_real, ss_syn = (w * rc ** 2).sum(axis=1), (w * sc ** 2).sum(axis=1)
+    varies_real, varies_syn = _varies(real, w), _varies(syn, w)
+    r = np.where(varies_real & varies_syn, (w * rc * sc).sum(axis=1) / np.sqrt(ss_real * ss_syn), np.nan)
+    r2 = np.where(varies_real, 1.0 - (w * (real - syn) ** 2).sum(axis=1) / ss_real, np.nan)
   return np.stack([r, r2], axis=1)
+
+
+def _varies(x_bxc: np.ndarray, w_bxc: np.ndarray) -> np.ndarray:
+  """bool [b]: the row takes two or more values over its items of positive weight (exactly, not
+  up to the rounding of a weighted mean)."""
+  drawn = w_bxc > 0
+  return (np.where(drawn, x_bxc, -np.inf).max(axis=1) > np.where(drawn, x_bxc, np.inf).min(axis=1))
 
 
 def agreement(real: np.ndarray, synthetic: np.ndarray) -> dict:

@@ -5,8 +5,13 @@ data here hold the same patients (synthetic = each patient's prompt completed by
 they are compared over the codes seen in either, twice: on whole records (prompt + continuation;
 what a user of the synthetic data gets, but the shared prompts inflate agreement) and on
 continuations only (the part the model wrote). Agreement is Pearson r and R^2 of synthetic as a
-prediction of real on the identity line (`metrics.agreement_rows`). Intervals resample patients,
-keeping each patient's real and synthetic record together.
+prediction of real on the identity line (`metrics.agreement_rows`).
+
+Their intervals resample codes, the units the agreement is computed over, keeping each code's real
+and synthetic prevalence together. Resampling patients instead would add sampling noise to every
+code's two prevalences and so attenuate r and R^2 in every resample: on the smoke run the
+resampled interval of r, [0.14, 0.35], lay wholly below r = 0.405 itself. The cohort prevalences
+(`cohort_real`, `cohort_synthetic`) are means over patients and resample patients.
 """
 
 from __future__ import annotations
@@ -39,20 +44,14 @@ def prevalence_agreement(real: PatientEvents, synthetic: PatientEvents, num_samp
   n = real.num_patients
   p_real = np.asarray(x_real.sum(axis=0)).ravel() / max(n, 1)
   p_syn = np.asarray(x_syn.sum(axis=0)).ravel() / max(n, 1)
-  present = (p_real > 0) | (p_syn > 0)  # codes seen in the full data; fixed across resamples
-  x_real, x_syn = x_real[:, present], x_syn[:, present]
-
-  def stat(w_bxn):
-    total = w_bxn.sum(axis=1, keepdims=True).astype(np.float64)
-    pr = np.asarray((x_real.T @ w_bxn.T.astype(np.float64))).T / total
-    ps = np.asarray((x_syn.T @ w_bxn.T.astype(np.float64))).T / total
-    return metrics.agreement_rows(pr, ps)
-
-  boot = metrics.bootstrap(stat, n, num_samples, seed)
+  present = (p_real > 0) | (p_syn > 0)
+  p_real, p_syn = p_real[present], p_syn[present]
+  boot = metrics.bootstrap(lambda w_bxc: metrics.agreement_rows(p_real, p_syn, w_bxc),
+                           len(p_real), num_samples, seed)
   out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
          for i, name in enumerate(("pearson_r", "r2_identity"))}
   out["num_codes"] = int(present.sum())
-  return out, dict(codes=codes[present], real=p_real[present], synthetic=p_syn[present])
+  return out, dict(codes=codes[present], real=p_real, synthetic=p_syn)
 
 
 def prevalence_fidelity(real_records: PatientEvents, synthetic_records: PatientEvents,

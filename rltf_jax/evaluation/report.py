@@ -441,8 +441,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "the method continues the remaining prompt (at most "
       f"{s.get('max_new_events')} new events, temperature {s.get('temperature')}, top-k "
       f"{s.get('top_k')}, top-p {s.get('top_p')}); the continuation is compared with the truth. "
-      "Intervals are 95% percentile bootstrap intervals over patients "
-      f"({s.get('bootstrap_samples')} resamples). The paper's numbers come from a private claims "
+      "Intervals are 95% percentile bootstrap intervals over patients (over codes for the "
+      f"prevalence r and R^2; {s.get('bootstrap_samples')} resamples). The paper's numbers come from a private claims "
       "database and a much larger base model, so only the *shape* should carry over: fine-tuning "
       "should raise the target's recall far above the base model's, leave ROUGE-1 about where it was, "
       "and bring synthetic-data AUROC closer to the real-data AUROC.", "",
