@@ -19,7 +19,6 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg = ml_collections.ConfigDict()
   cfg.size = size
   cfg.cohort = cohort
-  cfg.seed = 0
   cfg.workdir = ""  # empty: runs/<data source>-<size>, shared by all cohorts (--workdir overrides)
   cfg.run_name = ""  # sub-directory suffix of this cohort's outputs; sweeps set one per run
   cfg.methods = ("base", "rltf", "sft")  # also "lstm", "halo"

@@ -1,6 +1,7 @@
 """Sweeps: many pipeline runs from one config, then one combined table beside the paper's.
 
   python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py[:smoke|:paper] [--workdir=DIR]
+      [--seeds=0,1,2]
 
 A sweep config module defines `get_config(arg)` (the settings every run shares, as a cohort
 config does) and `get_sweep(arg)`, a list of runs: `dict(name=..., overrides={"dotted.field": v})`
@@ -9,8 +10,17 @@ the base model are built once; each run's outputs go to `<workdir>/<cohort>[-<na
 stages are skipped, so rerunning a sweep only does what is missing. A run that fails is reported
 and the others go on; the command exits non-zero if any failed.
 
-The combined table is written to `<workdir>/sweeps/<sweep>/table.md` and `table.json`; the last
-line printed is the path of `table.md`.
+Seeds. At laptop size the base model's training seed moves the results more than most settings
+do, so every run can be repeated over training seeds: `--seeds` (or the sweep module's optional
+`get_seeds(arg)`; default one seed, 0). Seed s adds s to the seeds of model training
+(`TRAINING_SEEDS`: pretraining's initialisation and order, the fine-tunes' and baselines' batch
+order and initialisation); the data, the preference pairs and the evaluation's patients keep theirs,
+so every seed is scored on the same test patients. Seed 0 is the run itself (same directory); seed
+s > 0 goes to `<cohort>[-<name>]-s<s>/` with its own base model.
+
+The combined table is written to `<workdir>/sweeps/<sweep>/table.md` and `table.json` (one row per
+run, seed and method, then the mean and standard deviation over seeds where there are several);
+the last line printed is the path of `table.md`.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import copy
 import importlib.util
 import json
 import sys
+import statistics
 import time
 import traceback
 from pathlib import Path
@@ -28,10 +39,14 @@ from rltf_jax import io
 from rltf_jax.errors import ConfigError, RLTFError, cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The config fields a training seed offsets (see the module docstring).
+TRAINING_SEEDS = ("pretrain.seed", "rltf.seed", "sft.seed", "lstm.seed", "halo.seed")
+# The per-row numbers averaged over seeds.
+SUMMARISED = ("precision", "recall", "f1", "rouge1", "auroc_synthetic", "auroc_augmented")
 
 
 def load_sweep(spec: str):
-  """Imports `path[:arg]`; returns (base config, runs, sweep name)."""
+  """Imports `path[:arg]`; returns (base config, runs, sweep name, seeds)."""
   path, _, arg = spec.partition(":")
   if not Path(path).is_file():
     raise ConfigError(f"sweep config {path} does not exist")
@@ -43,7 +58,46 @@ def load_sweep(spec: str):
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"{path} has no get_sweep(arg): it is a single-run config; use launch.py")
   arg = arg or None
-  return module.get_config(arg), module.get_sweep(arg), Path(path).stem
+  seeds = parse_seeds(module.get_seeds(arg)) if hasattr(module, "get_seeds") else (0,)
+  return module.get_config(arg), module.get_sweep(arg), Path(path).stem, seeds
+
+
+def parse_seeds(seeds) -> tuple[int, ...]:
+  """`"0,1,2"` or a sequence of ints -> distinct non-negative ints, in order."""
+  items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
+  try:
+    out = tuple(int(str(x).strip()) for x in items)
+  except ValueError:
+    raise ConfigError(f"seeds must be non-negative integers separated by commas, got {seeds!r}") from None
+  if not out or min(out) < 0 or len(set(out)) != len(out):
+    raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds!r}")
+  return out
+
+
+def with_seeds(base_cfg, runs: list[dict], seeds: tuple[int, ...]) -> list[dict]:
+  """Each run once per seed: seed 0 as written, seed s > 0 with `TRAINING_SEEDS` offset by s and
+  "-s<s>" appended to its directory suffix. Every run gains its `seed`."""
+  out = []
+  for run in runs:
+    for seed in seeds:
+      if seed == 0:
+        out.append(dict(run, seed=0))
+        continue
+      overrides = dict(run.get("overrides", {}))
+      for field in TRAINING_SEEDS:
+        start = overrides.get(field, _get(base_cfg, field))
+        overrides[field] = int(start) + seed
+      suffix = run.get("run_name", run["name"])
+      out.append(dict(run, overrides=overrides, seed=seed,
+                      run_name=f"{suffix}-s{seed}" if suffix else f"s{seed}"))
+  return out
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    node = node[part]
+  return node
 
 
 def apply_overrides(cfg, overrides: dict[str, Any]):
@@ -60,31 +114,33 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
   return cfg
 
 
-def run_sweep(spec: str, workdir: str | None = None) -> int:
+def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None) -> int:
   from rltf_jax import pipeline
-  base_cfg, runs, sweep_name = load_sweep(spec)
+  base_cfg, runs, sweep_name, default_seeds = load_sweep(spec)
   root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
   names = [r["name"] for r in runs]
   if len(set(names)) != len(names):
     raise ConfigError(f"sweep {sweep_name}: run names must be unique, got {names}")
+  runs = with_seeds(base_cfg, runs, parse_seeds(seeds) if seeds is not None else default_seeds)
   failures, rows = [], []
   for i, run in enumerate(runs, 1):
     cfg = apply_overrides(base_cfg, run.get("overrides", {}))
     cfg.run_name = run.get("run_name", run["name"])
-    print(f"=== [{sweep_name} {i}/{len(runs)}] {run['name']}: cohort {cfg.cohort}, "
+    label = run["name"] + (f" seed {run['seed']}" if run["seed"] else "")
+    print(f"=== [{sweep_name} {i}/{len(runs)}] {label}: cohort {cfg.cohort}, "
           f"methods {', '.join(cfg.methods)}", flush=True)
     t0 = time.time()
     try:
       pipeline.run(cfg, str(root))
     except RLTFError as e:
-      failures.append((run["name"], str(e)))
-      print(f"=== {run['name']} failed: {e}", flush=True)
+      failures.append((label, str(e)))
+      print(f"=== {label} failed: {e}", flush=True)
       continue
     except Exception as e:  # keep the other runs going; the traceback is printed for debugging
       traceback.print_exc()
-      failures.append((run["name"], f"{type(e).__name__}: {e}"))
+      failures.append((label, f"{type(e).__name__}: {e}"))
       continue
-    print(f"=== {run['name']} finished in {time.time() - t0:.0f}s", flush=True)
+    print(f"=== {label} finished in {time.time() - t0:.0f}s", flush=True)
     rows.extend(collect_rows(root, cfg, run))
   out = root / "sweeps" / sweep_name
   table = write_table(out, sweep_name, rows, failures)
@@ -114,7 +170,8 @@ def collect_rows(root: Path, cfg, run: dict) -> list[dict]:
       continue
     m = json.loads(path.read_text())
     rows.append(dict(
-        run=run["name"], cohort=cohort.name, abbrev=cohort.abbrev, method=method,
+        run=run["name"], seed=int(run.get("seed", 0)), cohort=cohort.name, abbrev=cohort.abbrev,
+        method=method,
         num_pairs=int(cfg.rltf.num_pairs), positive_fraction=float(cfg.rltf.positive_fraction),
         precision=_value(m, "fidelity", "target", "precision"),
         recall=_value(m, "fidelity", "target", "recall"),
@@ -149,11 +206,38 @@ def _fmt(x, digits=3) -> str:
   return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
+def summarise_over_seeds(rows: list[dict]) -> list[dict]:
+  """Mean, sample standard deviation and count over seeds of each run and method that has more
+  than one seed (`SUMMARISED` numbers; undefined values are left out of their own statistic)."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["run"], r["cohort"], r["method"]), []).append(r)
+  out = []
+  for (run, cohort, method), group in groups.items():
+    if len(group) < 2:
+      continue
+    summary = dict(run=run, cohort=cohort, abbrev=group[0]["abbrev"], method=method,
+                   seeds=sorted(r["seed"] for r in group))
+    for key in SUMMARISED:
+      values = [r[key] for r in group if r[key] is not None]
+      summary[key] = dict(mean=statistics.fmean(values) if values else None,
+                          sd=statistics.stdev(values) if len(values) > 1 else None, n=len(values))
+    out.append(summary)
+  return out
+
+
+def _mean_sd(stat: dict, digits: int) -> str:
+  if stat["mean"] is None:
+    return "-"
+  return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["sd"] is not None else "")
+
+
 def write_table(out: Path, sweep_name: str, rows: list[dict], failures: list) -> Path:
   rows = [dict(r, **_paper(r)) for r in rows]
-  io.atomic_write_json(out / "table.json", dict(sweep=sweep_name, rows=rows,
+  summary = summarise_over_seeds(rows)
+  io.atomic_write_json(out / "table.json", dict(sweep=sweep_name, rows=rows, over_seeds=summary,
                                                 failures=[dict(run=n, error=e) for n, e in failures]))
-  header = ["Run", "Cohort", "Method", "N", "P", "Precision", "Recall", "F1", "ROUGE-1",
+  header = ["Run", "Seed", "Cohort", "Method", "N", "P", "Precision", "Recall", "F1", "ROUGE-1",
             "AUROC real", "AUROC synthetic", "AUROC augmented", "P/R/F1 (paper)",
             "AUROC syn./aug. (paper)", "Table 2 F1/AUROC/ROUGE-1 (paper)"]
   lines = [f"# Sweep `{sweep_name}`", "",
@@ -164,11 +248,22 @@ def write_table(out: Path, sweep_name: str, rows: list[dict], failures: list) ->
   for r in rows:
     paper_auroc = ("-" if "paper_auroc_synthetic" not in r else
                    f"{r['paper_auroc_synthetic']:.3f} / {r['paper_auroc_augmented']:.3f}")
-    cells = [r["run"], r["abbrev"], r["method"], r["num_pairs"], r["positive_fraction"],
+    cells = [r["run"], r.get("seed", 0), r["abbrev"], r["method"], r["num_pairs"], r["positive_fraction"],
              _fmt(r["precision"], 2), _fmt(r["recall"], 2), _fmt(r["f1"], 2), _fmt(r["rouge1"]),
              _fmt(r["auroc_real"]), _fmt(r["auroc_synthetic"]), _fmt(r["auroc_augmented"]),
              r.get("paper_prf", "-"), paper_auroc, r.get("paper_table2_f1_auroc_rouge1", "-")]
     lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+  if summary:
+    header = ["Run", "Cohort", "Method", "Seeds", "Precision", "Recall", "F1", "ROUGE-1",
+              "AUROC synthetic", "AUROC augmented"]
+    lines += ["", "## Over seeds", "",
+              "Mean ± sample standard deviation over the training seeds of each run (same data, "
+              "preference pairs and test patients).", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in summary:
+      cells = [r["run"], r["abbrev"], r["method"], ",".join(map(str, r["seeds"]))]
+      cells += [_mean_sd(r[key], 2 if key in ("precision", "recall", "f1") else 3) for key in SUMMARISED]
+      lines.append("| " + " | ".join(cells) + " |")
   if failures:
     lines += ["", "## Failed runs", ""] + [f"- `{n}`: {e}" for n, e in failures]
   return io.atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
@@ -179,8 +274,10 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", required=True, help="sweep config, e.g. configs/sweeps/table2_ablation.py:smoke")
   parser.add_argument("--workdir", default=None, help="work directory shared by the runs")
+  parser.add_argument("--seeds", default=None,
+                      help="training seeds, e.g. 0,1,2 (default: the sweep's get_seeds, else 0)")
   args = parser.parse_args(argv)
-  cli_main(lambda: run_sweep(args.config, args.workdir))
+  cli_main(lambda: run_sweep(args.config, args.workdir, args.seeds))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from rltf_jax.errors import ConfigError
 
 
 def test_table2_ablation_sweep_has_the_papers_grid():
-  cfg, runs, name = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py") + ":smoke")
+  cfg, runs, name, seeds = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py") + ":smoke")
+  assert seeds == (0,)
   assert name == "table2_ablation" and cfg.cohort == "scd" and cfg.size == "smoke"
   grid = {(r["overrides"].get("rltf.num_pairs"), r["overrides"].get("rltf.positive_fraction"),
            r["overrides"]["methods"]) for r in runs}
@@ -24,13 +25,13 @@ def test_table2_ablation_sweep_has_the_papers_grid():
 
 def test_all_cohorts_sweep_covers_every_cohort():
   from rltf_jax.data.cohorts import COHORTS
-  cfg, runs, _ = sweep.load_sweep(str(REPO / "configs/sweeps/all_cohorts.py"))
+  cfg, runs, _, _ = sweep.load_sweep(str(REPO / "configs/sweeps/all_cohorts.py"))
   assert [r["overrides"]["cohort"] for r in runs] == list(COHORTS)
   assert set(cfg.methods) == {"base", "rltf", "sft", "lstm", "halo"}
 
 
 def test_combined_table_sets_the_papers_numbers_beside_ours(tmp_path):
-  rows = [dict(run="rl-n10000-p0.5", cohort="scd", abbrev="SCD", method="rltf", num_pairs=10000,
+  rows = [dict(run="rl-n10000-p0.5", seed=0, cohort="scd", abbrev="SCD", method="rltf", num_pairs=10000,
                positive_fraction=0.5, precision=0.5, recall=0.25, f1=0.3333, rouge1=0.2,
                auroc_real=0.9, auroc_synthetic=0.8, auroc_augmented=0.85,
                true_continuations_with_target=4, metrics="m.json")]
@@ -41,3 +42,46 @@ def test_combined_table_sets_the_papers_numbers_beside_ours(tmp_path):
   assert "`sft`: boom" in text
   table = json.loads((tmp_path / "table.json").read_text())
   assert table["rows"][0]["paper_auroc_synthetic"] == pytest.approx(0.523485)
+
+
+def test_seeds_offset_only_the_training_seeds_and_keep_seed_zero_as_the_run_itself():
+  cfg, runs, name, seeds = sweep.load_sweep(str(REPO / "configs/sweeps/seeds.py") + ":ami,smoke")
+  assert (name, cfg.cohort, cfg.size, seeds) == ("seeds", "ami", "smoke", (0, 1, 2, 3, 4, 5))
+  expanded = sweep.with_seeds(cfg, runs, (0, 2))
+  assert [(r["seed"], r.get("run_name")) for r in expanded] == [(0, ""), (2, "s2")]
+  assert expanded[0].get("overrides", {}) == {}
+  seeded = sweep.apply_overrides(cfg, expanded[1]["overrides"])
+  for field in sweep.TRAINING_SEEDS:
+    section, leaf = field.split(".")
+    assert seeded[section][leaf] == cfg[section][leaf] + 2
+  # the data, the pairs and the evaluation's patients stay the same for every seed
+  for section, leaf in (("data", "seed"), ("data", "split_seed"), ("rltf", "split_seed"),
+                        ("rltf", "insert_seed"), ("eval", "seed")):
+    assert seeded[section][leaf] == cfg[section][leaf]
+  # a run with overrides of its own keeps them, and its directory suffix gains the seed
+  cfg2, runs2, _, _ = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py") + ":smoke")
+  run = sweep.with_seeds(cfg2, runs2[1:2], (1,))[0]
+  assert run["run_name"] == "rl-n100-p0.5-s1" and run["overrides"]["rltf.num_pairs"] == 100
+
+
+@pytest.mark.parametrize("bad", ["a,b", "-1", "1,1", ""])
+def test_bad_seeds_are_a_config_error(bad):
+  with pytest.raises(ConfigError, match="seeds must be"):
+    sweep.parse_seeds(bad)
+
+
+def test_table_summarises_over_seeds(tmp_path):
+  def row(seed, f1, auroc):
+    return dict(run="scd", seed=seed, cohort="scd", abbrev="SCD", method="rltf", num_pairs=10000,
+                positive_fraction=0.5, precision=0.5, recall=0.5, f1=f1, rouge1=0.2, auroc_real=0.9,
+                auroc_synthetic=auroc, auroc_augmented=0.8, true_continuations_with_target=20,
+                metrics="m.json")
+  rows = [row(0, 0.2, 0.7), row(1, 0.3, None), row(2, 0.4, 0.9), dict(row(0, 0.1, 0.5), method="base")]
+  text = sweep.write_table(tmp_path, "seeds", rows, []).read_text()
+  table = json.loads((tmp_path / "table.json").read_text())
+  (summary,) = table["over_seeds"]  # base has one seed: nothing to summarise
+  assert summary["method"] == "rltf" and summary["seeds"] == [0, 1, 2]
+  assert summary["f1"] == dict(mean=pytest.approx(0.3), sd=pytest.approx(0.1), n=3)
+  # an undefined AUROC is left out: mean of 0.7 and 0.9, sd sqrt(0.02)
+  assert summary["auroc_synthetic"] == dict(mean=pytest.approx(0.8), sd=pytest.approx(0.02 ** 0.5), n=2)
+  assert "| scd | SCD | rltf | 0,1,2 | 0.50 ± 0.00 | 0.50 ± 0.00 | 0.30 ± 0.10 |" in text
