@@ -85,7 +85,8 @@ def with_seeds(base_cfg, runs: list[dict], seeds: tuple[int, ...]) -> list[dict]
         continue
       overrides = dict(run.get("overrides", {}))
       for field in TRAINING_SEEDS:
-        start = overrides.get(field, _get(base_cfg, field))
+        *section, leaf = field.split(".")
+        start = overrides.get(field, _section(base_cfg, section)[leaf])
         overrides[field] = int(start) + seed
       suffix = run.get("run_name", run["name"])
       out.append(dict(run, overrides=overrides, seed=seed,
@@ -93,11 +94,11 @@ def with_seeds(base_cfg, runs: list[dict], seeds: tuple[int, ...]) -> list[dict]
   return out
 
 
-def _get(cfg, dotted: str):
-  node = cfg
-  for part in dotted.split("."):
-    node = node[part]
-  return node
+def _section(cfg, parts: list[str]):
+  """The nested ConfigDict at `parts` ([] = `cfg` itself)."""
+  for part in parts:
+    cfg = cfg[part]
+  return cfg
 
 
 def apply_overrides(cfg, overrides: dict[str, Any]):
@@ -105,9 +106,7 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
   cfg = copy.deepcopy(cfg)
   for dotted, value in overrides.items():
     *parents, leaf = dotted.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
+    node = _section(cfg, parents)
     if leaf not in node:
       raise ConfigError(f"sweep override {dotted!r}: the config has no field {leaf!r} there")
     node[leaf] = value
