@@ -151,10 +151,9 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.model.num_layers = 1 if smoke else (12 if paper else 2)
   cfg.model.num_heads = 0  # width // 64
   cfg.model.mlp_activation = "gelu"
-  # "float32", or "bfloat16": matmul operands in bf16, everything else float32 (rltf_jax/models/
-  # precision.py; 1.3x faster pretraining at this size, but worse RLTF target fidelity over six
-  # pretraining seeds at equal validation loss: see the README).
-  cfg.model.compute_dtype = "float32"
+  # cfg.model.compute_dtype stays the model's default, "float32". "bfloat16" rounds the matmul
+  # operands only (rltf_jax/models/precision.py): 1.3x faster pretraining at this size, but worse
+  # RLTF target fidelity over six pretraining seeds at equal validation loss (see the README).
 
   cfg.pretrain = default_pretrain_config()
   # Default: 700 packed steps of 16 x 128 tokens (~2,000 real targets each, ~1.4M in all, 0.7 of an

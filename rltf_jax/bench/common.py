@@ -16,10 +16,8 @@ def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32
   model FLOP utilisation is quoted against. `dtype` "bfloat16" measures what the model's bf16
   compute runs (bf16 operands, float32 accumulation and result; see `rltf_jax.models.precision`)."""
   from rltf_jax.models import precision
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  if dtype != "float32":
-    a, b = a.astype(precision.compute_dtype(dtype)), b.astype(precision.compute_dtype(dtype))
+  a = jax.random.normal(jax.random.key(0), (n, n), precision.compute_dtype(dtype))
+  b = jax.random.normal(jax.random.key(1), (n, n), precision.compute_dtype(dtype))
   f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   best = float("inf")

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from rltf_jax import io
-from rltf_jax.data.sequences import TokenBatch, pow2_length
+from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.errors import ConfigError
 from rltf_jax.training import common
 from rltf_jax.training.checkpoint import Checkpointer
@@ -281,13 +281,11 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   make_step = lambda: make_train_step(graphdef, optimizer, beta=float(rc.beta),
                                       lam=float(rc.positive_lambda), placement=rc.penalty_placement)
   step_key = ("rltf", graphdef, json.dumps(rc.to_dict(), sort_keys=True), total)
-  width, targets = reference.row_shapes(packed)
+  shapes = reference.row_shapes(packed)
 
   def make_batch(i):
     rows = batch_rows(i, pref_data.num_pairs, rc.batch_size, rc.seed)
-    w = pow2_length(width[rows].max(), 64, packed.tokens.shape[1])
-    t = pow2_length(targets[rows].max(), 64, packed.target_token.shape[1])
-    return reference.slice_batch(packed, rows, w, t), ref_chosen[rows], ref_rejected[rows]
+    return reference.bucketed_batch(packed, rows, shapes), ref_chosen[rows], ref_rejected[rows]
 
   if verbose:
     print(f"rltf: {pref_data.num_pairs} pairs, {total} steps of {rc.batch_size} "

@@ -57,6 +57,17 @@ def slice_batch(packed: PackedPairs, idx: np.ndarray, width: int, targets: int) 
                        for name, a in zip(PackedPairs._fields, packed)))
 
 
+def bucketed_batch(packed: PackedPairs, rows: np.ndarray, shapes, fit: np.ndarray | None = None
+                   ) -> PackedPairs:
+  """Rows `rows`, cut to the power-of-two width and target count (from 64) that hold the rows
+  `fit` (default `rows`), given `shapes` = `row_shapes(packed)`: few distinct shapes, so a jitted
+  step compiles once per bucket."""
+  width, targets = shapes
+  fit = rows if fit is None else fit
+  return slice_batch(packed, rows, pow2_length(width[fit].max(), 64, packed.tokens.shape[1]),
+                     pow2_length(targets[fit].max(), 64, packed.target_token.shape[1]))
+
+
 def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: int):
   """(chosen, rejected) float32 [N]: reference log-probabilities of every pair.
 
@@ -67,16 +78,14 @@ def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: i
   from rltf_jax.training.dpo import pair_logps
   fn = jax.jit(pair_logps, static_argnums=0)
   n = len(packed.tokens)
-  width, targets = row_shapes(packed)
-  order = np.argsort(width, kind="stable")
+  shapes = row_shapes(packed)
+  order = np.argsort(shapes[0], kind="stable")
   chosen, rejected = np.zeros(n, np.float32), np.zeros(n, np.float32)
   pending = []
   for start in range(0, n, batch_size):
     idx = order[start:start + batch_size]
     rows = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])  # pad the last batch
-    w = pow2_length(width[idx].max(), 64, packed.tokens.shape[1])
-    t = pow2_length(targets[idx].max(), 64, packed.target_token.shape[1])
-    pending.append((idx, fn(graphdef, params, slice_batch(packed, rows, w, t))))
+    pending.append((idx, fn(graphdef, params, bucketed_batch(packed, rows, shapes, fit=idx))))
   for idx, (c, r) in pending:  # all batches were dispatched before the first read-back
     chosen[idx] = np.asarray(c)[:len(idx)]
     rejected[idx] = np.asarray(r)[:len(idx)]
