@@ -17,8 +17,9 @@ import pytest
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
 from rltf_jax.errors import ConfigError
-from rltf_jax.training import dpo
-from rltf_jax.training.preference import build_preference_data, pack_pairs
+from rltf_jax.training import dpo, pairs as packed_pairs
+from rltf_jax.training.pairs import pack_pairs
+from rltf_jax.training.preference import build_preference_data
 from test_preference import COHORT, random_dataset, rltf_cfg
 
 # Fixed log-probabilities: (policy chosen, policy rejected, ref chosen, ref rejected).
@@ -128,7 +129,7 @@ def test_packed_logps_equal_two_plain_passes(pairs_and_vocab):
   data, vocab = pairs_and_vocab
   graphdef, params = tiny_decoder(len(vocab))
   packed = pack_pairs(data, vocab)
-  chosen, rejected = jax.jit(dpo.pair_logps, static_argnums=0)(graphdef, params, packed)
+  chosen, rejected = jax.jit(packed_pairs.pair_logps, static_argnums=0)(graphdef, params, packed)
   np.testing.assert_allclose(chosen, plain_logps(graphdef, params, data, vocab, "chosen"), rtol=2e-5, atol=2e-4)
   np.testing.assert_allclose(rejected, plain_logps(graphdef, params, data, vocab, "rejected"), rtol=2e-5, atol=2e-4)
   assert np.all(np.asarray(chosen) != np.asarray(rejected))  # every pair differs somewhere
@@ -142,7 +143,7 @@ def test_reference_logps_are_batched_exactly_and_cached(pairs_and_vocab, tmp_pat
   data, vocab = pairs_and_vocab
   graphdef, params = tiny_decoder(len(vocab))
   packed = pack_pairs(data, vocab)
-  whole = jax.jit(dpo.pair_logps, static_argnums=0)(graphdef, params, packed)
+  whole = jax.jit(packed_pairs.pair_logps, static_argnums=0)(graphdef, params, packed)
   # Sorted, bucketed batches of 5 (the last one padded) give the values of one whole pass.
   chosen, rejected = reference.reference_logps(graphdef, params, data, packed, tmp_path, batch_size=5)
   np.testing.assert_allclose(chosen, whole[0], rtol=1e-5, atol=1e-4)
@@ -211,13 +212,13 @@ def target_mass_per_token(graphdef, params, packed, target_ids):
   """(p(next code is a target) [N, T], bool [N, T] chosen-continuation targets)."""
   from flax import nnx
   from rltf_jax.models.decoder import next_attributes
-  from rltf_jax.training.preference import SEG_CHOSEN, SEG_SHARED
+  from rltf_jax.training.pairs import SEG_CHOSEN, SEG_SHARED
 
   @jax.jit
   def mass(params, packed):
     model = nnx.merge(graphdef, params)
     row = TokenBatch(packed.tokens, packed.visit, packed.age, packed.pos)
-    h = model.hidden(row, positions=packed.positions, attention_mask=dpo.packed_attention_mask(packed.segment))
+    h = model.hidden(row, positions=packed.positions, attention_mask=packed_pairs.attention_mask(packed.segment))
     take = lambda a, i: jnp.take_along_axis(a, i, axis=1)
     parent, col = packed.target_parent, packed.target_col
     attrs = next_attributes(TokenBatch(*(take(a, parent) for a in row)),

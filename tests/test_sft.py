@@ -7,7 +7,8 @@ import pytest
 from rltf_jax.data.vocab import PAD, Vocabulary
 from rltf_jax.errors import ConfigError
 from rltf_jax.training import sft
-from rltf_jax.training.preference import build_preference_data, pack_pairs
+from rltf_jax.training.pairs import pack_pairs
+from rltf_jax.training.preference import build_preference_data
 from test_dpo import plain_sequence, pretrained_base
 from test_preference import COHORT, random_dataset, rltf_cfg
 

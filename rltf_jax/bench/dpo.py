@@ -30,8 +30,8 @@ from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import NUM_SPECIAL, Vocabulary
 from rltf_jax.models.decoder import default_model_config, init_decoder
 from rltf_jax.training import dpo
-from rltf_jax.training.preference import PreferenceData, pack_pairs
-from rltf_jax.training.reference import slice_batch
+from rltf_jax.training.pairs import pack_pairs, pair_logps, slice_batch
+from rltf_jax.training.preference import PreferenceData
 
 
 def synthetic_pairs(num_pairs: int, vocab_size: int, prompt_len: int, cont_len: int, seed: int = 0):
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
   graphdef, params = init_decoder(cfg, len(vocab), seed=args.seed)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.0))
   # Precomputed reference log-probs, as the peer's precompute_ref_log_probs=True.
-  ref_fn = jax.jit(dpo.pair_logps, static_argnums=0)
+  ref_fn = jax.jit(pair_logps, static_argnums=0)
   batches = [jax.device_put(slice_batch(packed, np.arange(s * args.B, (s + 1) * args.B),
                                         packed.tokens.shape[1], packed.target_token.shape[1]))
              for s in range(args.steps)]

@@ -39,7 +39,7 @@ from flax import nnx
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import PAD
 from rltf_jax.errors import ConfigError
-from rltf_jax.models import precision
+from rltf_jax.models import masks, precision
 
 NUM_POS = 100  # place-of-service rows: CMS codes 1..99 keep their number, everything else is 0
 DAYS_PER_YEAR = 365.25
@@ -235,12 +235,6 @@ class Decoder(nnx.Module):
             + self.age_embed(age_row) + (age / 100.0)[..., None] * self.age_dir[...]
             + self.pos_embed(pos_rows(jnp.asarray(batch.pos))))
 
-  def default_mask(self, tokens_BxL):
-    """Causal and padding mask: query i sees key j <= i whose token is not PAD."""
-    l = tokens_BxL.shape[1]
-    causal = jnp.tril(jnp.ones((l, l), bool))
-    return causal[None] & (tokens_BxL != PAD)[:, None, :]
-
   def hidden_and_kv(self, batch: TokenBatch, *, positions=None, attention_mask=None, last_only=False):
     """Final hidden states [B, L, D] and each layer's k, v (tuples of [B, H, L, Dh]).
 
@@ -250,7 +244,7 @@ class Decoder(nnx.Module):
     b, l = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    mask = self.default_mask(tokens) if attention_mask is None else attention_mask
+    mask = masks.causal_padding(tokens, PAD) if attention_mask is None else attention_mask
     rope = _rope_tables(positions, self.head_dim, self.rope_base)
     x = self.embed(batch)
     ks, vs = [], []

@@ -12,7 +12,7 @@ over the continuation tokens only, EOS included when the continuation reaches th
 the attribute heads are not scored. The reference log-probabilities are computed once per pair
 set and cached (`rltf_jax.training.reference`); the reference model never runs during training.
 
-Speed: a pair is one packed row (layout in `preference.pack_pairs`): the prompt and the shared
+Speed: a pair is one packed row (layout in `rltf_jax.training.pairs`): the prompt and the shared
 part of the continuations run once, and code logits ([.., V], the largest activation) are computed
 only at the scored positions, gathered from the hidden states.
 """
@@ -34,8 +34,8 @@ from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.errors import ConfigError
 from rltf_jax.training import common
 from rltf_jax.training.checkpoint import Checkpointer
-from rltf_jax.training.preference import (SEG_CHOSEN, SEG_PAD, SEG_REJECTED, SEG_SHARED,
-                                          PackedPairs, PreferenceData, pack_pairs)
+from rltf_jax.training.pairs import SEG_PAD, bucketed_batch, pack_pairs, pair_logps, row_shapes
+from rltf_jax.training.preference import PreferenceData
 
 PLACEMENTS = ("outside", "inside")
 
@@ -68,38 +68,6 @@ def dpo_positive_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
       logp_rejected=policy_rejected.mean(),
       penalty=penalty.mean())
   return losses.mean(), metrics
-
-
-# ---------------------------------------------------------------------------- packed forward
-def packed_attention_mask(segment_BxW):
-  """bool [B, W, W]: query i sees key j <= i in the shared part or in its own tail."""
-  w = segment_BxW.shape[1]
-  causal = jnp.tril(jnp.ones((w, w), bool))[None]
-  seg_q, seg_k = segment_BxW[:, :, None], segment_BxW[:, None, :]
-  return causal & (seg_k != SEG_PAD) & ((seg_k == SEG_SHARED) | (seg_k == seg_q))
-
-
-def pair_logps(graphdef, params, packed: PackedPairs):
-  """(log pi(C|P), log pi(R|P)), each f32 [B], from one pass over packed rows."""
-  from rltf_jax.models.decoder import next_attributes
-  model = nnx.merge(graphdef, params)
-  row = TokenBatch(packed.tokens, packed.visit, packed.age, packed.pos)
-  hidden_BxWxD = model.hidden(row, positions=packed.positions,
-                              attention_mask=packed_attention_mask(packed.segment))
-  take = lambda a, idx: jnp.take_along_axis(a, idx, axis=1)
-  parent, col = packed.target_parent, packed.target_col
-  hidden_BxTxD = take(hidden_BxWxD, parent[..., None])
-  current = TokenBatch(*(take(a, parent) for a in row))
-  target = TokenBatch(packed.target_token, *(take(a, col) for a in row[1:]))
-  attrs = next_attributes(current, target)
-  logits_BxTxV = model.code_logits(hidden_BxTxD, attrs.new_visit, attrs.pos_row, attrs.gap)
-  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits_BxTxV, packed.target_token[..., None], axis=-1)[..., 0]
-  logp_BxT = picked - jax.nn.logsumexp(logits_BxTxV, axis=-1)
-  seg = packed.target_segment
-  chosen = jnp.where((seg == SEG_SHARED) | (seg == SEG_CHOSEN), logp_BxT, 0.0).sum(-1)
-  rejected = jnp.where((seg == SEG_SHARED) | (seg == SEG_REJECTED), logp_BxT, 0.0).sum(-1)
-  return chosen, rejected
 
 
 # ---------------------------------------------------------------------------- train step
@@ -281,11 +249,11 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   make_step = lambda: make_train_step(graphdef, optimizer, beta=float(rc.beta),
                                       lam=float(rc.positive_lambda), placement=rc.penalty_placement)
   step_key = ("rltf", graphdef, json.dumps(rc.to_dict(), sort_keys=True), total)
-  shapes = reference.row_shapes(packed)
+  shapes = row_shapes(packed)
 
   def make_batch(i):
     rows = batch_rows(i, pref_data.num_pairs, rc.batch_size, rc.seed)
-    return reference.bucketed_batch(packed, rows, shapes), ref_chosen[rows], ref_rejected[rows]
+    return bucketed_batch(packed, rows, shapes), ref_chosen[rows], ref_rejected[rows]
 
   if verbose:
     print(f"rltf: {pref_data.num_pairs} pairs, {total} steps of {rc.batch_size} "

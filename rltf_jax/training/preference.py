@@ -39,14 +39,13 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from rltf_jax import io
 from rltf_jax.data.cohorts import Cohort, require_positives
 from rltf_jax.data.events import TRAIN, PatientEvents, gather_ranges
-from rltf_jax.data.vocab import BOS, EOS
 from rltf_jax.errors import ConfigError, DataError
 
 log = logging.getLogger("rltf_jax")
@@ -278,116 +277,3 @@ def _pair_counts(n: int, p: float, pos_avail: int, neg_avail: int, keep_proporti
     raise DataError(f"cohort {cohort.name!r}: no preference pair can be drawn ({pos_avail} positive, "
                     f"{neg_avail} negative training patients with events)")
   return n_pos, n_neg
-
-
-# ---------------------------------------------------------------------------- packed layout
-# Chosen and rejected share the prompt and agree up to the edit index e, so one row holds a pair:
-# the shared part once, then the two tails, each tail attending only to the shared part and to
-# itself (`segment`), with positions restarting after the shared part for the rejected tail:
-#
-#   column    0    1 .. p      p+1 .. p+e  | p+e+1 .. p+e+a    | p+e+a+1 .. p+e+a+b  | pad
-#   token     BOS  prompt      chosen[:e]  | chosen[e:] (EOS)  | rejected[e:] (EOS)  | PAD
-#   segment   1    1           1           | 2                 | 3                   | 0
-#   position  0    1 .. p      p+1 .. p+e  | p+e+1 .. p+e+a    | p+e+1 .. p+e+b      | 0
-#
-# Query i may attend key j iff j <= i and (segment[j] == 1 or segment[j] == segment[i]), so row
-# columns compute exactly what two ordinary causal passes over [BOS prompt chosen (EOS)] and
-# [BOS prompt rejected (EOS)] compute, with the shared part computed once. Scored tokens are the
-# continuation's (chosen[:e] once, counted for both), each predicted from its `target_parent`
-# column: the previous column, except the first rejected-tail token, predicted from the last
-# shared column. BOS carries the attributes of the pair's first event (the prompt's first, or the
-# chosen continuation's when the prompt is empty), EOS those of its own sequence's last event, as
-# `rltf_jax.data.sequences` encodes sequences.
-SEG_PAD, SEG_SHARED, SEG_CHOSEN, SEG_REJECTED = 0, 1, 2, 3
-
-
-class PackedPairs(NamedTuple):
-  """Pairs packed one per row (numpy; rows are pairs). Widths are padded to multiples of 8."""
-  tokens: np.ndarray         # int32 [N, W]
-  visit: np.ndarray          # int32 [N, W]
-  age: np.ndarray            # float32 [N, W]
-  pos: np.ndarray            # int32 [N, W]
-  positions: np.ndarray      # int32 [N, W]: position ids for the positional encoding
-  segment: np.ndarray        # int32 [N, W]: SEG_* per column
-  target_parent: np.ndarray  # int32 [N, T]: column whose hidden state predicts the target
-  target_token: np.ndarray   # int32 [N, T]: the scored token (PAD where unused)
-  target_col: np.ndarray     # int32 [N, T]: the target's own column (its attributes)
-  target_segment: np.ndarray  # int32 [N, T]: SEG_* of the target (SEG_PAD where unused)
-
-
-def _round_up(n: int, m: int = 8) -> int:
-  return max(m, -(-int(n) // m) * m)
-
-
-def pack_pairs(data: PreferenceData, vocab, width: int | None = None,
-               num_targets: int | None = None) -> PackedPairs:
-  """Packs every pair into one row (layout above); `width`/`num_targets` fix the padded sizes."""
-  n = data.num_pairs
-  prompt, chosen, rejected = data.prompt, data.chosen, data.rejected
-  lp, lc, lr = prompt.lengths, chosen.lengths, rejected.lengths
-  e, eos = data.edit_index, data.ends.astype(np.int64)
-  n_shared = 1 + lp + e
-  n_ctail = lc - e + eos
-  n_rtail = lr - e + eos
-  row_len = n_shared + n_ctail + n_rtail
-  n_targets = row_len - 1 - lp
-  w = _round_up(row_len.max()) if width is None else width
-  t = _round_up(n_targets.max()) if num_targets is None else num_targets
-  if row_len.max() > w or n_targets.max() > t:
-    raise DataError(f"packed pairs need width {row_len.max()} and {n_targets.max()} targets; "
-                    f"got {w} and {t}")
-
-  out = dict(tokens=np.zeros((n, w), np.int32), visit=np.zeros((n, w), np.int32),
-             age=np.zeros((n, w), np.float32), pos=np.zeros((n, w), np.int32))
-
-  def put(ev: PatientEvents, rows, src, cols, token=None):
-    """Writes events `src` of `ev` (or `token` with their attributes) at (rows, cols)."""
-    out["tokens"][rows, cols] = vocab.encode(ev)[src] if token is None else token
-    out["visit"][rows, cols] = ev.visit[src]
-    out["age"][rows, cols] = ev.age[src]
-    out["pos"][rows, cols] = ev.pos[src]
-
-  def span(ev: PatientEvents, first, count, col0):
-    """Events first..first+count-1 of each row of `ev`, placed from column col0 on."""
-    rows = np.repeat(np.arange(n), count)
-    within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    return rows, ev.offsets[:-1][rows] + np.repeat(first, count) + within, np.repeat(col0, count) + within
-
-  put(prompt, *span(prompt, np.zeros(n, np.int64), lp, np.ones(n, np.int64)))
-  put(chosen, *span(chosen, np.zeros(n, np.int64), lc, 1 + lp))
-  put(rejected, *span(rejected, e, lr - e, n_shared + n_ctail))
-  rows = np.arange(n)
-  has_prompt = lp > 0
-  # BOS: the first event of prompt + chosen. Every pair has at least one event in one of them.
-  bos_src = np.where(has_prompt, prompt.offsets[:-1], chosen.offsets[:-1])
-  for ev, sel in ((prompt, has_prompt), (chosen, ~has_prompt)):
-    put(ev, rows[sel], bos_src[sel], 0, token=BOS)
-  # EOS: the last event of its own sequence (continuation, else prompt, else the chosen one's).
-  end = np.flatnonzero(data.ends)
-  for ev, tail_col, fallbacks in ((chosen, n_shared + n_ctail - 1, (prompt,)),
-                                  (rejected, row_len - 1, (prompt, chosen))):
-    done = np.zeros(n, bool)
-    for src_ev in (ev,) + fallbacks:
-      sel = end[~done[end] & (src_ev.lengths[end] > 0)]
-      put(src_ev, sel, src_ev.offsets[1:][sel] - 1, tail_col[sel], token=EOS)
-      done[sel] = True
-
-  col = np.arange(w)[None, :]
-  shared_end, chosen_end = n_shared[:, None], (n_shared + n_ctail)[:, None]
-  segment = np.select([col < shared_end, col < chosen_end, col < row_len[:, None]],
-                      [SEG_SHARED, SEG_CHOSEN, SEG_REJECTED], SEG_PAD).astype(np.int32)
-  positions = np.where(segment == SEG_REJECTED, col - n_ctail[:, None],
-                       np.where(segment == SEG_PAD, 0, col)).astype(np.int32)
-
-  k = np.arange(t)[None, :]
-  used = k < n_targets[:, None]
-  target_col = np.where(used, 1 + lp[:, None] + k, 0)
-  first_rejected = k == (e + n_ctail)[:, None]
-  target_parent = np.where(first_rejected, shared_end - 1, np.maximum(target_col - 1, 0))
-  target_segment = np.where(used, np.take_along_axis(segment, target_col, 1), SEG_PAD)
-  target_token = np.where(used, np.take_along_axis(out["tokens"], target_col, 1), 0)
-  return PackedPairs(**out, positions=positions, segment=segment,
-                     target_parent=target_parent.astype(np.int32),
-                     target_token=target_token.astype(np.int32),
-                     target_col=target_col.astype(np.int32),
-                     target_segment=target_segment.astype(np.int32))

@@ -41,6 +41,7 @@ from rltf_jax.data.sequences import PackedBatch, TokenBatch, encode_packed, enco
 from rltf_jax.data.vocab import PAD, Vocabulary
 from rltf_jax.errors import ConfigError, DataError
 from rltf_jax.models import decoder as dec
+from rltf_jax.models import masks
 from rltf_jax.training import common
 from rltf_jax.training.checkpoint import Checkpointer
 
@@ -184,14 +185,6 @@ def start_prior(ds: PatientEvents, patients: np.ndarray) -> dict[str, np.ndarray
 
 
 # ---------------------------------------------------------------------------- step
-def segment_attention_mask(segment_BxL):
-  """bool [B, L, L]: query i sees key j <= i of its own segment (PAD, segment 0, sees nothing)."""
-  l = segment_BxL.shape[1]
-  causal = jnp.tril(jnp.ones((l, l), bool))[None]
-  seg_q, seg_k = segment_BxL[:, :, None], segment_BxL[:, None, :]
-  return causal & (seg_k == seg_q) & (seg_k != 0)
-
-
 def packed_logprobs(graphdef, params, batch: PackedBatch):
   """`dec.event_logprobs` of packed rows: each segment scored as if it were alone in its row.
 
@@ -202,7 +195,7 @@ def packed_logprobs(graphdef, params, batch: PackedBatch):
   same_next = jnp.concatenate([seg[:, 1:] == seg[:, :-1], jnp.zeros_like(seg[:, :1], bool)], axis=1)
   targets = TokenBatch(*(jnp.where(same_next, a, jnp.zeros_like(a)) for a in dec.next_tokens(tokens)))
   return dec.event_logprobs(graphdef, params, tokens, positions=batch.positions,
-                            attention_mask=segment_attention_mask(seg), targets=targets)
+                            attention_mask=masks.segments(seg), targets=targets)
 
 
 def batch_logprobs(graphdef, params, batch: TokenBatch | PackedBatch):

@@ -19,9 +19,9 @@ import jax
 import numpy as np
 
 from rltf_jax import io
-from rltf_jax.data.sequences import pow2_length
 from rltf_jax.errors import DataError
-from rltf_jax.training.preference import PackedPairs, PreferenceData
+from rltf_jax.training.pairs import PackedPairs, bucketed_batch, pair_logps, row_shapes
+from rltf_jax.training.preference import PreferenceData
 
 log = logging.getLogger("rltf_jax")
 
@@ -43,31 +43,6 @@ def cache_key(reference_id: str, pairs_fingerprint: str) -> str:
   return hashlib.sha256(f"v{CACHE_VERSION}:{reference_id}:{pairs_fingerprint}".encode()).hexdigest()[:16]
 
 
-def row_shapes(packed: PackedPairs) -> tuple[np.ndarray, np.ndarray]:
-  """Columns and scored targets each row really uses (int64 [N] each)."""
-  width = (packed.segment != 0).sum(1)
-  targets = (packed.target_segment != 0).sum(1)
-  return width, targets
-
-
-def slice_batch(packed: PackedPairs, idx: np.ndarray, width: int, targets: int) -> PackedPairs:
-  """Rows `idx`, cut to `width` columns and `targets` targets (rows are left-aligned)."""
-  cols = ("tokens", "visit", "age", "pos", "positions", "segment")
-  return PackedPairs(*(a[idx][:, :width] if name in cols else a[idx][:, :targets]
-                       for name, a in zip(PackedPairs._fields, packed)))
-
-
-def bucketed_batch(packed: PackedPairs, rows: np.ndarray, shapes, fit: np.ndarray | None = None
-                   ) -> PackedPairs:
-  """Rows `rows`, cut to the power-of-two width and target count (from 64) that hold the rows
-  `fit` (default `rows`), given `shapes` = `row_shapes(packed)`: few distinct shapes, so a jitted
-  step compiles once per bucket."""
-  width, targets = shapes
-  fit = rows if fit is None else fit
-  return slice_batch(packed, rows, pow2_length(width[fit].max(), 64, packed.tokens.shape[1]),
-                     pow2_length(targets[fit].max(), 64, packed.target_token.shape[1]))
-
-
 def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: int):
   """(chosen, rejected) float32 [N]: reference log-probabilities of every pair.
 
@@ -75,7 +50,6 @@ def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: i
   longest one; each batch has `batch_size` rows (the last one padded), so there is one compile per
   width bucket.
   """
-  from rltf_jax.training.dpo import pair_logps
   fn = jax.jit(pair_logps, static_argnums=0)
   n = len(packed.tokens)
   shapes = row_shapes(packed)

@@ -17,7 +17,8 @@ import numpy as np
 from rltf_jax.data.sequences import TokenBatch, pow2_length
 from rltf_jax.data.vocab import PAD
 from rltf_jax.training import common, dpo, reference
-from rltf_jax.training.preference import SEG_CHOSEN, SEG_SHARED, PackedPairs, PreferenceData, pack_pairs
+from rltf_jax.training.pairs import SEG_CHOSEN, SEG_SHARED, PackedPairs, pack_pairs
+from rltf_jax.training.preference import PreferenceData
 
 
 def sft_sequences(packed: PackedPairs) -> TokenBatch:
