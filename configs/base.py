@@ -143,33 +143,49 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
 
   # ---------------------------------------------------------------- base model (rltf_jax/models/decoder.py)
   # CHIRon-style decoder; see the decoder docstring for the event heads. Default: a model whose
-  # pretraining on the 20k-patient simulator takes a few minutes on 2 CPU cores.
-  from rltf_jax.models.decoder import default_model_config
-  from rltf_jax.training.pretrain import default_pretrain_config
-  cfg.model = default_model_config()
+  # pretraining on the 50k-patient simulator takes a few minutes on 2 CPU cores.
+  cfg.model = ml_collections.ConfigDict()
   cfg.model.width = 32 if smoke else (768 if paper else 128)
   cfg.model.num_layers = 1 if smoke else (12 if paper else 2)
-  cfg.model.num_heads = 0  # width // 64
-  cfg.model.mlp_activation = "gelu"
-  # cfg.model.compute_dtype stays the model's default, "float32". "bfloat16" rounds the matmul
-  # operands only (rltf_jax/models/precision.py): 1.3x faster pretraining at this size, but worse
-  # RLTF target fidelity over six pretraining seeds at equal validation loss (see the README).
+  cfg.model.num_heads = 0          # 0: width // 64 (at least 1)
+  cfg.model.mlp_ratio = 4
+  cfg.model.mlp_activation = "gelu"  # "gelu" (2 matrices) or "swiglu" (3 matrices, Llama-style)
+  cfg.model.max_visits = 512       # visit indices beyond this share the last row
+  cfg.model.max_age_years = 120
+  cfg.model.rope_base = 10_000.0
+  cfg.model.norm_eps = 1e-6
+  # Operands of the matmuls (rltf_jax/models/precision.py); parameters, residual stream, norms and
+  # losses stay float32. float32 and not bfloat16, although bf16 matmuls are ~1.5-2x faster here:
+  # over six pretraining seeds on the default SCD run, bf16-pretrained base models reached the same
+  # validation loss but RLTF on them generated the rare target worse (F1 0.17 against 0.29, 118
+  # predicted positives against 73; see the README).
+  cfg.model.compute_dtype = "float32"
 
-  cfg.pretrain = default_pretrain_config()
-  # Default: 700 packed steps of 16 x 128 tokens (~2,000 real targets each, ~1.4M in all, 0.7 of an
-  # epoch of the 50k-patient simulator) at ~0.17 s/step take ~2 minutes on a 2-core CPU.
+  # Pretraining (rltf_jax/training/pretrain.py). Default: 700 packed steps of 16 x 128 tokens
+  # (~2,000 real targets each, ~1.4M in all, 0.7 of an epoch of the 50k-patient simulator) at
+  # ~0.17 s/step take ~2 minutes on a 2-core CPU.
+  cfg.pretrain = ml_collections.ConfigDict()
   cfg.pretrain.steps = 40 if smoke else (100_000 if paper else 700)
   cfg.pretrain.batch_size = 8 if smoke else (64 if paper else 16)
   cfg.pretrain.seq_len = 32 if smoke else (512 if paper else 128)
-  # Several patients per row: a patient takes ~50 of 128 tokens on average (median 36), so an
-  # unpacked row is ~60% PAD that the model computes all the same.
+  # Several patients per row (see the pretrain docstring): a patient takes ~50 of 128 tokens on
+  # average (median 36), so an unpacked row is ~60% PAD that the model computes all the same.
   cfg.pretrain.pack = True
+  # Optimiser (rltf_jax/training/optimizer.py): AdamW, warm-up then cosine decay to
+  # lr * min_lr_ratio, weight decay on matrices only, clipping at clip_norm (0 = off).
   cfg.pretrain.lr = 3e-4 if paper else 3e-3
   cfg.pretrain.warmup_steps = 5 if smoke else (2_000 if paper else 70)
+  cfg.pretrain.min_lr_ratio = 0.1
+  cfg.pretrain.weight_decay = 0.01
+  cfg.pretrain.b1 = 0.9
+  cfg.pretrain.b2 = 0.95
+  cfg.pretrain.clip_norm = 1.0
+  cfg.pretrain.aux_weight = 1.0  # weight of the visit-attribute loss beside the code loss
   cfg.pretrain.eval_every = 20 if smoke else (2_000 if paper else 175)
   cfg.pretrain.ckpt_every = cfg.pretrain.eval_every
   cfg.pretrain.log_every = 10 if smoke else (100 if paper else 20)
   cfg.pretrain.num_valid_patients = 100 if smoke else (5_000 if paper else 500)
+  cfg.pretrain.seed = 0
 
   # Sampling (rltf_jax/sampling): prompt buckets, batch and the longest prompt kept (most recent
   # events). temperature / top_k / top_p of the evaluation are in cfg.eval.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import base as base_config
 from rltf_jax.data.sequences import TokenBatch, encode_patients, lengths
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
 from rltf_jax.errors import DataError
@@ -14,7 +15,7 @@ from rltf_jax.sampling import sampler
 
 
 def tiny_model_config():
-  c = dec.default_model_config()
+  c = base_config.get_config().model
   c.width, c.num_layers, c.num_heads = 32, 2, 2
   c.compute_dtype = "float32"  # exact comparisons; bf16 has its own in test_precision
   return c

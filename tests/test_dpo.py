@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base as base_config
+from rltf_jax import runs
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
 from rltf_jax.errors import ConfigError
@@ -80,8 +82,8 @@ def test_unknown_placement_is_a_config_error():
 
 # ---------------------------------------------------------------------------- packed rows
 def tiny_decoder(vocab_size, seed=0):
-  from rltf_jax.models.decoder import default_model_config, init_decoder
-  cfg = default_model_config()
+  from rltf_jax.models.decoder import init_decoder
+  cfg = base_config.get_config().model
   cfg.width, cfg.num_layers, cfg.num_heads = 32, 2, 2
   cfg.compute_dtype = "float32"  # packed = two plain passes, compared tightly
   return init_decoder(cfg, vocab_size, seed=seed)
@@ -233,7 +235,7 @@ def target_mass_per_token(graphdef, params, packed, target_ids):
 
 def test_finetune_raises_target_after_positive_prompts_and_lowers_it_after_negatives():
   from rltf_jax.data.cohorts import get_cohort
-  from rltf_jax.models.decoder import load_decoder
+  from rltf_jax.checkpoints import load_decoder
   cfg, ds, base_dir, root = pretrained_base()
   cfg = cfg.copy_and_resolve_references()
   cfg.rltf.num_pairs, cfg.rltf.epochs, cfg.rltf.lr, cfg.rltf.warmup_steps = 48, 6, 1e-3, 0
@@ -261,7 +263,7 @@ def test_finetune_raises_target_after_positive_prompts_and_lowers_it_after_negat
 @pytest.mark.slow  # the shared loop's resume is also covered by test_sft
 def test_interrupted_finetune_resumes_to_the_same_parameters(caplog):
   from rltf_jax.data.cohorts import get_cohort
-  from rltf_jax.models.decoder import load_decoder
+  from rltf_jax.checkpoints import load_decoder
   cfg, ds, base_dir, root = pretrained_base()
   cfg = cfg.copy_and_resolve_references()
   cfg.rltf.num_pairs, cfg.rltf.epochs, cfg.rltf.ckpt_every = 24, 1, 100
@@ -269,7 +271,7 @@ def test_interrupted_finetune_resumes_to_the_same_parameters(caplog):
   straight = dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-straight", verbose=False)
   with caplog.at_level(logging.INFO, logger="rltf_jax"):
     dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-resumed", stop_after=2, verbose=False)
-    assert not (root / "rltf-resumed" / dpo.DONE_FILE).exists()
+    assert not runs.is_done(root / "rltf-resumed")
     resumed = dpo.finetune_dpo(cfg, base_dir, pairs, root / "rltf-resumed", verbose=False)
   assert "reusing" in caplog.text  # the reference log-probs came from the cache
   a, b = load_decoder(straight)[1], load_decoder(resumed)[1]

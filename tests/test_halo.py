@@ -10,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from rltf_jax import runs
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import Vocabulary
@@ -162,7 +163,7 @@ def test_train_generate_and_contract(tmp_path):
   ds = _patients(VISITS * 4, CODES)
   vocab = Vocabulary.build(ds)
   ck = baselines.train_halo(_cfg(label_mode="sample"), ds, vocab, get_cohort("scd"), tmp_path / "halo")
-  assert (ck / "done.json").exists() and (ck / "layout.npz").exists()
+  assert runs.is_done(ck) and (ck / "layout.npz").exists()
   with pytest.raises(ConfigError, match="other data or settings"):
     baselines.train_halo(_cfg(width=16), ds, vocab, get_cohort("scd"), ck)
   gen = HALOGenerator.load(ck, batch_size=8)

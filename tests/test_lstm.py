@@ -12,6 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
+from rltf_jax import runs
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import BOS, EOS, PAD, UNK, Vocabulary
 from rltf_jax.errors import ConfigError
@@ -142,9 +143,10 @@ def test_train_resume_skip_and_generator_contract(tmp_path):
   ds = _patients(SEQS * 3, CODES)
   vocab = Vocabulary.build(ds)
   full = baselines.train_lstm(_cfg(epochs=2), ds, vocab, tmp_path / "full")
-  # An interrupted run (epoch 1 checkpointed, no done.json) resumes to the same parameters.
-  part = baselines.train_lstm(_cfg(epochs=1), ds, vocab, tmp_path / "part")
-  (part / "done.json").unlink()
+  # An interrupted run (epoch 1 checkpointed, not finished) resumes to the same parameters.
+  per_epoch = -(-ds.num_patients // _cfg().lstm.batch_size)
+  part = baselines.train_lstm(_cfg(epochs=2), ds, vocab, tmp_path / "part", stop_after=per_epoch)
+  assert not runs.is_done(part)
   baselines.train_lstm(_cfg(epochs=2), ds, vocab, tmp_path / "part")
   rows = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [1, 2]
@@ -152,9 +154,9 @@ def test_train_resume_skip_and_generator_contract(tmp_path):
   b = nnx.state(LSTMGenerator.load(part).params)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
   # Finished: a rerun returns without training; other settings are refused.
-  mtime = (full / "done.json").stat().st_mtime
+  mtime = (full / runs.RUN_FILE).stat().st_mtime
   assert baselines.train_lstm(_cfg(epochs=2), ds, vocab, full) == full
-  assert (full / "done.json").stat().st_mtime == mtime
+  assert (full / runs.RUN_FILE).stat().st_mtime == mtime
   with pytest.raises(ConfigError, match="other data or settings"):
     baselines.train_lstm(_cfg(epochs=2, hidden_dim=8), ds, vocab, full)
 

@@ -11,6 +11,7 @@ from conftest import REPO, shared_path
 
 sys.path.insert(0, str(REPO))
 from configs import base as base_config  # noqa: E402
+from rltf_jax import runs
 from rltf_jax import pipeline  # noqa: E402
 from rltf_jax.errors import ConfigError  # noqa: E402
 
@@ -20,7 +21,8 @@ class Interrupted(Exception):
 
 
 def _markers(root: Path) -> dict[str, float]:
-  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("DONE.json")}
+  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("run.json")
+          if runs.is_done(p.parent)}
 
 
 def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monkeypatch, capsys):
@@ -29,14 +31,15 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
   from rltf_jax.training import dpo
   real_finetune = dpo.finetune_dpo
 
-  def killed(*args, **kwargs):  # the process dies after the data and base-model stages
+  def killed(*args, **kwargs):  # the process dies after the data, base-model and pairs stages
     raise Interrupted()
 
   monkeypatch.setattr(dpo, "finetune_dpo", killed)
   with pytest.raises(Interrupted):
     pipeline.run(cfg, str(tmp_path))
   first = _markers(tmp_path)
-  assert len(first) == 2 and not (tmp_path / "scd" / "report").exists()  # data + base model done
+  # data, base model and preference pairs done
+  assert len(first) == 3 and not (tmp_path / "scd" / "report").exists()
 
   monkeypatch.setattr(dpo, "finetune_dpo", real_finetune)
   capsys.readouterr()

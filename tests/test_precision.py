@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base as base_config
 from rltf_jax.errors import ConfigError
 from rltf_jax.models import precision
 
@@ -89,7 +90,7 @@ def test_bf16_decoder_trains_like_float32():
   batch = TokenBatch(tokens, visit, (40 + visit * 0.3).astype(np.float32), np.full((4, 24), 11, np.int32))
   losses = {}
   for dtype in ("float32", "bfloat16"):
-    cfg = dec.default_model_config()
+    cfg = base_config.get_config().model
     cfg.width, cfg.num_layers, cfg.num_heads, cfg.compute_dtype = 64, 2, 2, dtype
     graphdef, params = dec.init_decoder(cfg, 60, seed=0)
     loss = lambda p: -jnp.mean(dec.code_logprobs(graphdef, p, batch)[:, :-1])

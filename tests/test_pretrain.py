@@ -12,6 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import base as base_config
+from rltf_jax import runs
+from rltf_jax.checkpoints import load_decoder
 from rltf_jax.data import simulate
 from rltf_jax.data.events import assign_splits
 from rltf_jax.data.sequences import TokenBatch, encode_packed, encode_patients, plan_packing
@@ -26,10 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(**pretrain):
   cfg = ml_collections.ConfigDict()
-  cfg.model = dec.default_model_config()
+  cfg.model = base_config.get_config().model
   cfg.model.width, cfg.model.num_layers, cfg.model.num_heads = 32, 1, 2
   cfg.model.compute_dtype = "float32"  # golden values were recorded in float32
-  cfg.pretrain = pt.default_pretrain_config()
+  cfg.pretrain = base_config.get_config().pretrain
+  cfg.pretrain.pack = False
   cfg.pretrain.update(dict(steps=20, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=2, eval_every=10,
                            ckpt_every=5, log_every=5, num_valid_patients=64))
   cfg.pretrain.update(pretrain)
@@ -79,7 +83,7 @@ def test_pretraining_beats_unigram_and_generates(sim, tmp_path, capsys):
   ds, vocab = sim
   cfg = tiny_config(steps=200, eval_every=100, ckpt_every=100, log_every=50, seq_len=64, batch_size=16)
   run = pt.pretrain(cfg, ds, vocab, tmp_path / "run")
-  done = json.loads((run / pt.DONE_FILE).read_text())
+  done = runs.RunDir(run, "pretrain").info
   lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
   valid = [l["valid_code_loss"] for l in lines if "valid_code_loss" in l]
   assert len(valid) == 2 and valid[-1] < done["unigram_valid_loss"] - 0.2, (valid, done)
@@ -98,10 +102,10 @@ def test_resume_matches_uninterrupted_run(sim, tmp_path):
   full = pt.pretrain(cfg, ds, vocab, tmp_path / "full", verbose=False)
   part = tmp_path / "part"
   pt.pretrain(cfg, ds, vocab, part, stop_after=7, verbose=False)  # "interrupted" after step 7
-  assert not (part / pt.DONE_FILE).exists()
+  assert not runs.is_done(part)
   pt.pretrain(cfg, ds, vocab, part, verbose=False)
-  a = dec.load_decoder(full, "latest")[1]
-  b = dec.load_decoder(part, "latest")[1]
+  a = load_decoder(full, "latest")[1]
+  b = load_decoder(part, "latest")[1]
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
@@ -112,7 +116,7 @@ def test_nan_stops_with_message_and_keeps_checkpoint(sim, tmp_path):
   with pytest.raises(TrainingError, match="diverged at step") as e:
     pt.pretrain(cfg, ds, vocab, tmp_path / "nan", verbose=False)
   assert "last good checkpoint" in str(e.value) or "No checkpoint" in str(e.value)
-  assert not (tmp_path / "nan" / pt.DONE_FILE).exists()
+  assert not runs.is_done(tmp_path / "nan")
 
 
 @pytest.mark.slow  # a subprocess that compiles the step twice
@@ -213,8 +217,8 @@ def test_packed_resume_matches_uninterrupted_run(sim, tmp_path):
   part = tmp_path / "part"
   pt.pretrain(cfg, ds, vocab, part, stop_after=3, verbose=False)
   pt.pretrain(cfg, ds, vocab, part, verbose=False)
-  a = dec.load_decoder(full, "latest")[1]
-  b = dec.load_decoder(part, "latest")[1]
+  a = load_decoder(full, "latest")[1]
+  b = load_decoder(part, "latest")[1]
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base as base_config
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
@@ -14,7 +15,7 @@ from rltf_jax.sampling.generator import TransformerGenerator
 
 @pytest.fixture(scope="module")
 def model():
-  c = dec.default_model_config()
+  c = base_config.get_config().model
   c.width, c.num_layers, c.num_heads = 32, 1, 2
   c.compute_dtype = "float32"  # greedy-limit checks compare exact argmaxes
   return dec.init_decoder(c, 30, seed=3)

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from rltf_jax import runs
 from rltf_jax.data.vocab import PAD, Vocabulary
 from rltf_jax.errors import ConfigError
 from rltf_jax.training import sft
@@ -31,7 +32,7 @@ def test_sft_sequences_are_the_chosen_sequences():
 
 def test_sft_lowers_the_loss_of_its_sequences_and_resumes():
   from rltf_jax.data.cohorts import get_cohort
-  from rltf_jax.models.decoder import load_decoder
+  from rltf_jax.checkpoints import load_decoder
   from rltf_jax.training.pretrain import loss_fn
   cfg, ds, base_dir, root = pretrained_base()
   cfg = cfg.copy_and_resolve_references()
@@ -39,9 +40,9 @@ def test_sft_lowers_the_loss_of_its_sequences_and_resumes():
   cfg.sft.epochs, cfg.sft.lr, cfg.sft.warmup_steps, cfg.sft.ckpt_every = 3, 1e-3, 0, 100
   pairs = build_preference_data(ds, get_cohort("dm"), cfg.rltf, root / "pref-sft")
   sft.finetune_sft(cfg, base_dir, pairs, root / "sft", stop_after=3, verbose=False)
-  assert (root / "sft" / "latest").is_dir() and not (root / "sft" / "done.json").exists()
+  assert (root / "sft" / "latest").is_dir() and not runs.is_done(root / "sft")
   run = sft.finetune_sft(cfg, base_dir, pairs, root / "sft", verbose=False)
-  assert (run / "done.json").exists() and (run / "config.json").exists()
+  assert runs.is_done(run) and (run / "config.json").exists()
   graphdef, base_params, vocab, _ = load_decoder(base_dir)
   _, tuned_params, tuned_vocab, _ = load_decoder(run)
   assert tuned_vocab == vocab

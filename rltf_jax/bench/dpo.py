@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from configs import base as base_config
 from rltf_jax.bench import common as bench_common
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import NUM_SPECIAL, Vocabulary
-from rltf_jax.models.decoder import default_model_config, init_decoder
+from rltf_jax.models.decoder import init_decoder
 from rltf_jax.training import dpo
 from rltf_jax.training.pairs import pack_pairs, pair_logps, slice_batch
 from rltf_jax.training.preference import PreferenceData
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
 
   data, vocab = synthetic_pairs(args.B * args.steps, args.V, args.PL, args.CL, args.seed)
   packed = pack_pairs(data, vocab)
-  cfg = default_model_config()
+  cfg = base_config.get_config().model
   cfg.width, cfg.num_layers, cfg.mlp_activation, cfg.num_heads = args.D, args.L, args.mlp, 0
   cfg.compute_dtype = args.dtype
   graphdef, params = init_decoder(cfg, len(vocab), seed=args.seed)

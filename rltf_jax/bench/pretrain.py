@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import base as base_config
 from rltf_jax.bench import common
 from rltf_jax.data.sequences import PackedBatch, TokenBatch, plan_packing
 from rltf_jax.models import decoder as dec
@@ -41,10 +42,10 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
 
   cfg = ml_collections.ConfigDict()
-  cfg.model = dec.default_model_config()
+  cfg.model = base_config.get_config().model
   cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp,
                         compute_dtype=args.dtype))
-  cfg.pretrain = pt.default_pretrain_config()
+  cfg.pretrain = base_config.get_config().pretrain
   cfg.pretrain.update(dict(batch_size=args.batch, seq_len=args.seq, steps=args.steps + 1, pack=bool(args.pack)))
   cfg.mesh = ml_collections.ConfigDict(dict(data=1))
   _, _, step, init, shard, batch_shard = pt.build_step(cfg, args.vocab, args.steps + 1)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from configs import base as base_config
 from rltf_jax.bench import common
 from rltf_jax.data.sequences import TokenBatch, bucket_length
 from rltf_jax.data.vocab import BOS
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
   common.add_dtype_flag(ap)
   args = ap.parse_args(argv)
 
-  cfg = dec.default_model_config()
+  cfg = base_config.get_config().model
   cfg.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp,
                   compute_dtype=args.dtype))
   graphdef, params = dec.init_decoder(cfg, args.vocab, seed=0)

@@ -26,13 +26,10 @@ Parameters travel as plain nested dicts (`nnx.to_pure_dict`), which orbax and op
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -47,11 +44,6 @@ DAYS_PER_YEAR = 365.25
 GAP_EDGES = np.unique(np.concatenate([[0], np.round(2.0 ** (np.arange(0, 27) / 2)).astype(np.int64)]))
 NUM_GAP = len(GAP_EDGES)
 GAP_MAX_DAYS = int(2 ** 13.5)  # upper end of the last bucket
-# model.compute_dtype, also for configs written before the field. float32 and not bfloat16, although
-# bf16 matmuls are ~1.5-2x faster here: over six pretraining seeds on the default SCD run, bf16-
-# pretrained base models reached the same validation loss but RLTF on them generated the rare
-# target worse (F1 0.17 against 0.29, 118 predicted positives against 73; see the README).
-DEFAULT_COMPUTE_DTYPE = "float32"
 
 
 def pos_rows(pos):
@@ -89,23 +81,6 @@ def next_attributes(batch: TokenBatch, targets: TokenBatch) -> NextAttrs:
   return NextAttrs(new_visit.astype(jnp.int32), pos_row, gap_bucket(days), days)
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.width = 128
-  c.num_layers = 4
-  c.num_heads = 0          # 0: width // 64 (at least 1)
-  c.mlp_ratio = 4
-  c.mlp_activation = "gelu"  # "gelu" (2 matrices) or "swiglu" (3 matrices, Llama-style)
-  c.max_visits = 512       # visit indices beyond this share the last row
-  c.max_age_years = 120
-  c.rope_base = 10_000.0
-  c.norm_eps = 1e-6
-  # Operands of the matmuls (see `precision`): "bfloat16" makes the products ~5x faster on CPUs with
-  # AMX/AVX512-BF16 and on GPUs/TPUs; parameters, residual stream, norms and losses stay float32.
-  c.compute_dtype = DEFAULT_COMPUTE_DTYPE
-  return c
-
-
 def num_heads(cfg) -> int:
   h = cfg.num_heads or max(1, cfg.width // 64)
   if cfg.width % h:
@@ -134,7 +109,7 @@ class Block(nnx.Module):
     hidden = cfg.mlp_ratio * d
     init = _normal(0.02)
     out_init = _normal(0.02 / np.sqrt(2 * cfg.num_layers))  # GPT-2 style residual scaling
-    self.dtype = precision.compute_dtype(cfg.get("compute_dtype", DEFAULT_COMPUTE_DTYPE))
+    self.dtype = precision.compute_dtype(cfg.compute_dtype)
     self.norm1 = nnx.RMSNorm(d, epsilon=cfg.norm_eps, rngs=rngs)
     self.qkv = nnx.Linear(d, 3 * d, use_bias=False, kernel_init=init, rngs=rngs)
     self.out = nnx.Linear(d, d, use_bias=False, kernel_init=out_init, rngs=rngs)
@@ -204,7 +179,7 @@ class Decoder(nnx.Module):
     self.max_visits, self.max_age_years = int(cfg.max_visits), int(cfg.max_age_years)
     self.rope_base = float(cfg.rope_base)
     self.vocab_size = vocab_size
-    self.dtype = precision.compute_dtype(cfg.get("compute_dtype", DEFAULT_COMPUTE_DTYPE))
+    self.dtype = precision.compute_dtype(cfg.compute_dtype)
     self.heads = num_heads(cfg)
     self.head_dim = d // self.heads
     if self.head_dim % 2:
@@ -362,33 +337,3 @@ def code_logprobs(graphdef, params, batch: TokenBatch, *, positions=None, attent
   """f32 [B, L]: log p(next code) at each position (0 where the next token is PAD)."""
   return event_logprobs(graphdef, params, batch, positions=positions, attention_mask=attention_mask,
                         targets=targets)["code"]
-
-
-# ---------------------------------------------------------------------------- loading
-MODEL_CONFIG_FILE = "model_config.json"
-VOCAB_FILE = "vocab.json"
-
-
-def model_config_from_json(path: str | Path) -> ml_collections.ConfigDict:
-  c = default_model_config()
-  c.update(json.loads(Path(path).read_text()))
-  return c
-
-
-def load_decoder(ckpt_dir: str | Path, which: str = "best"):
-  """(graphdef, params, vocab, model_cfg) of a pretrained decoder written by `pretrain`.
-
-  `which` is "best" (lowest validation loss) or "latest".
-  """
-  from rltf_jax.data.vocab import Vocabulary
-  from rltf_jax.errors import DataError
-  from rltf_jax.training import checkpoint
-  ckpt_dir = Path(ckpt_dir)
-  for name in (MODEL_CONFIG_FILE, VOCAB_FILE):
-    if not (ckpt_dir / name).exists():
-      raise DataError(f"{ckpt_dir}: no {name}; is this a decoder checkpoint directory written by pretrain?")
-  vocab = Vocabulary.load(ckpt_dir / VOCAB_FILE)
-  model_cfg = model_config_from_json(ckpt_dir / MODEL_CONFIG_FILE)
-  graphdef, abstract = abstract_decoder(model_cfg, len(vocab))
-  params = checkpoint.restore_params(ckpt_dir, abstract, which=which)
-  return graphdef, params, vocab, model_cfg

@@ -256,3 +256,9 @@ class HALOVisits:
   num_visits: np.ndarray  # int32 [P]: visits kept
   truncated: np.ndarray   # bool [P]: more visits than slots (no end bit)
   labels: np.ndarray      # bool [P, Lb]
+
+
+def build_halo(meta: dict, seed: int = 0) -> HALO:
+  """The model described by a run's `model.json`."""
+  return HALO(meta["total_vocab"], meta["width"], meta["num_layers"], meta["num_heads"],
+              meta["max_visits"], rngs=nnx.Rngs(seed))

@@ -88,3 +88,18 @@ class LSTMLM(nnx.Module):
     init = (self.init_carry(batch), jnp.zeros((batch, self.vocab_size), jnp.float32))
     (carry, logits), _ = jax.lax.scan(body, init, (tokens_BxL.T, valid_BxL.T))
     return logits, carry
+
+
+def build_lstm(meta: dict, seed: int = 0) -> LSTMLM:
+  """The model described by a run's `model.json`."""
+  return LSTMLM(meta["vocab_size"], meta["embed_dim"], meta["hidden_dim"], meta["num_layers"],
+                rngs=nnx.Rngs(seed))
+
+
+def length_buckets(max_len: int) -> list[int]:
+  """Token widths a batch is padded to (16, 32, ... and `max_len`): few shapes, few compiles."""
+  out, b = [], 16
+  while b < max_len:
+    out.append(b)
+    b *= 2
+  return out + [max_len]

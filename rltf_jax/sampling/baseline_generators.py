@@ -30,7 +30,6 @@ A prompt's most recent `max_visits - 3` visits are its context (slot positions r
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import jax
@@ -38,24 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rltf_jax import io
 from rltf_jax.data import sequences
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import BOS, NUM_SPECIAL, PAD, UNK, Vocabulary
-from rltf_jax.errors import ConfigError, DataError
-from rltf_jax.models.halo import HALO, HALOLayout
+from rltf_jax.errors import ConfigError
+from rltf_jax.checkpoints import load_baseline_files, restore_module
+from rltf_jax.models.halo import HALO, HALOLayout, build_halo
+from rltf_jax.models.lstm import build_lstm, length_buckets
 from rltf_jax.sampling.beam import beam_search
-from rltf_jax.training import baselines
-
-
-def _load_common(ckpt_dir: str | Path, model: str):
-  ckpt_dir = Path(ckpt_dir)
-  if not (ckpt_dir / "done.json").exists():
-    raise DataError(f"{ckpt_dir}: no finished {model} checkpoint (done.json missing); train it first")
-  meta = json.loads((ckpt_dir / "meta.json").read_text())
-  if meta.get("model") != model:
-    raise DataError(f"{ckpt_dir}: holds a {meta.get('model')!r} checkpoint, not {model!r}")
-  return meta, Vocabulary.load(ckpt_dir / "vocab.json"), io.load_npz(ckpt_dir / "attributes.npz")
 
 
 def _chunks(n: int, size: int):
@@ -127,12 +116,12 @@ class LSTMGenerator:
   @classmethod
   def load(cls, ckpt_dir: str | Path, *, beam_width: int | None = None,
            batch_size: int = 64) -> "LSTMGenerator":
-    meta, vocab, attrs = _load_common(ckpt_dir, "lstm")
-    model = baselines.restore_params(ckpt_dir, baselines.build_lstm(meta))
+    meta, vocab, attrs = load_baseline_files(ckpt_dir, "lstm")
+    model = restore_module(ckpt_dir, build_lstm(meta))
     c = meta["config"]
     return cls(model, vocab, attrs, beam_width=beam_width or c["beam_width"],
                max_new_tokens=c["max_new_tokens"], max_len=c["max_len"],
-               length_penalty=c.get("length_penalty", 0.0), batch_size=batch_size)
+               length_penalty=c["length_penalty"], batch_size=batch_size)
 
   @functools.partial(jax.jit, static_argnames=("self", "max_new"))
   def _decode(self, params, tokens_BxL, max_new):
@@ -146,7 +135,7 @@ class LSTMGenerator:
     max_new = int(min(max_new_events, self.max_new_tokens))
     if max_new < 1:
       raise ConfigError(f"max_new_events must be >= 1, got {max_new_events}")
-    buckets = baselines._length_buckets(self.max_len)
+    buckets = length_buckets(self.max_len)
     # Prompts of similar length share a chunk (less padding in the prefill); the last
     # `max_len - 1` events of a longer prompt are its context, as in training.
     order = np.argsort(prompts.lengths, kind="stable")
@@ -236,11 +225,11 @@ class HALOGenerator:
   @classmethod
   def load(cls, ckpt_dir: str | Path, *, label_mode: str | None = None,
            batch_size: int = 128) -> "HALOGenerator":
-    meta, vocab, attrs = _load_common(ckpt_dir, "halo")
+    meta, vocab, attrs = load_baseline_files(ckpt_dir, "halo")
     layout = HALOLayout.load(Path(ckpt_dir) / "layout.npz")
-    model = baselines.restore_params(ckpt_dir, baselines.build_halo(meta))
+    model = restore_module(ckpt_dir, build_halo(meta))
     return cls(model, layout, vocab, attrs, batch_size=batch_size,
-               label_mode=label_mode or meta["config"].get("label_mode", "sample"))
+               label_mode=label_mode or meta["config"]["label_mode"])
 
   __hash__ = object.__hash__
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from rltf_jax.checkpoints import load_decoder, load_start_prior
 from rltf_jax.data.events import DAYS_PER_YEAR, PatientEvents
 from rltf_jax.data.sequences import TokenBatch, encode_patients, lengths, pad_to, bucket_length
 from rltf_jax.data.vocab import BOS, NUM_SPECIAL, Vocabulary
@@ -44,13 +45,9 @@ class TransformerGenerator:
 
   @classmethod
   def from_checkpoint(cls, ckpt_dir: str | Path, *, which: str = "best", **kwargs) -> "TransformerGenerator":
-    """A generator over a pretraining run directory (see `rltf_jax.training.pretrain`)."""
-    from rltf_jax.training.pretrain import START_PRIOR_FILE
-    from rltf_jax import io
-    graphdef, params, vocab, _ = dec.load_decoder(ckpt_dir, which)
-    prior_path = Path(ckpt_dir) / START_PRIOR_FILE
-    prior = io.load_npz(prior_path) if prior_path.exists() else None
-    return cls(graphdef, params, vocab, start_prior=prior, **kwargs)
+    """A generator over a decoder run directory (pretrained or fine-tuned; `rltf_jax.checkpoints`)."""
+    graphdef, params, vocab, _ = load_decoder(ckpt_dir, which)
+    return cls(graphdef, params, vocab, start_prior=load_start_prior(ckpt_dir), **kwargs)
 
   # ---------------------------------------------------------------- sampling
   def _sample_rows(self, prompt: TokenBatch, max_new: int, seed: int) -> dict[str, np.ndarray]:

@@ -47,6 +47,7 @@ from rltf_jax import io
 from rltf_jax.data.cohorts import Cohort, require_positives
 from rltf_jax.data.events import TRAIN, PatientEvents, gather_ranges
 from rltf_jax.errors import ConfigError, DataError
+from rltf_jax.runs import RunDir
 
 log = logging.getLogger("rltf_jax")
 
@@ -146,7 +147,8 @@ def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
                           out_path: str | Path | None = None) -> PreferenceData:
   """Draws the pairs of `cohort` from the training split of `dataset` (method.md).
 
-  `cfg` is `config.rltf`. With `out_path` (a directory) the pairs are saved there; when that
+  `cfg` is `config.rltf`. With `out_path` (a directory, a `rltf_jax.runs.RunDir` whose identity is
+  the build parameters and the training split's fingerprint) the pairs are saved there; when that
   directory already holds pairs built from the same parameters and data they are loaded instead,
   and when it holds pairs built differently a `ConfigError` says so (nothing is overwritten).
   Raises `DataError` when the training split has no positive patient.
@@ -157,19 +159,17 @@ def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
     raise DataError(f"cohort {cohort.name!r}: the dataset has no training patient with events "
                     "to draw preference pairs from")
   params["source_fingerprint"] = train.fingerprint()
-  if out_path is not None and (Path(out_path) / PARAMS_FILE).exists():
-    existing = PreferenceData.load(out_path)
-    if existing.params.get("request") == params:
-      log.info("preference pairs for %s: reusing %s", cohort.name, out_path)
-      return existing
-    raise ConfigError(f"{out_path} holds preference pairs built with other parameters or data "
-                      f"({existing.params.get('request')} vs {params}); delete it or choose another "
-                      "directory")
+  if out_path is None:
+    return _draw_pairs(train, cohort, params)
+  run = RunDir(out_path, "preference", params)
+  if run.done:
+    log.info("preference pairs for %s: reusing %s", cohort.name, out_path)
+    return PreferenceData.load(out_path)
   data = _draw_pairs(train, cohort, params)
-  if out_path is not None:
-    data.save(out_path)
-    data = dataclasses.replace(data, directory=Path(out_path))
-  return data
+  run.start()
+  data.save(out_path)
+  run.finish(positive=int(data.positive.sum()), negative=int((~data.positive).sum()))
+  return dataclasses.replace(data, directory=Path(out_path))
 
 
 def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any]) -> PreferenceData:

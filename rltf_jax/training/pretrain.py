@@ -1,6 +1,7 @@
 """Pretraining of the base decoder (next event: code + visit attributes) on training patients.
 
-Reads top to bottom: data, model and state, sharding, update step, checkpoints, evaluation, loop.
+Reads top to bottom: data, loss, step, the run. The loop itself (resume, metrics, NaN guard,
+checkpoints, progress) is `rltf_jax.training.loop`, shared with every other trainer.
 
 - Batches are a pure function of (seed, step): epoch permutations of the training patients and a
   random window of `seq_len` tokens per long patient. A resumed run therefore sees exactly the
@@ -12,63 +13,36 @@ Reads top to bottom: data, model and state, sharding, update step, checkpoints, 
   packed rows are nearly full. An epoch then has as many steps as its rows fill whole batches.
 - The step is one `jax.jit` over (state, batch) with the state donated; shardings come from the
   mesh in `cfg.mesh` (batch split over "data", state replicated), so data parallelism is a config
-  change. Metrics of step n are read after step n + 1 is dispatched, so the device never waits on
-  Python; a NaN/Inf loss or gradient norm stops training with a `TrainingError` and leaves the last
-  good checkpoint (checkpoints are only written after their step's metrics were checked).
+  change.
 - Loss per batch: mean over real target tokens of -log p(code | history, next attributes) plus
   `aux_weight` times the attribute negative log-likelihood (new visit, place of service, gap).
-- The run directory (= the returned `ckpt_dir`) holds vocab.json, model_config.json,
-  start_prior.npz (first-visit age/place/sex/birth day of training patients, for unconditional
-  generation), latest/ and best/ checkpoints, metrics.jsonl and, when finished, done.json.
+- The run directory (= the returned `ckpt_dir`) holds run.json (its identity, marked finished at
+  the end), vocab.json, model_config.json, start_prior.npz (first-visit age/place/sex/birth day of
+  training patients, for unconditional generation), latest/ and best/ checkpoints and
+  metrics.jsonl.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
-from rltf_jax import io
+from rltf_jax import runs
+from rltf_jax.checkpoints import save_decoder_files
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.sequences import PackedBatch, TokenBatch, encode_packed, encode_patients, plan_packing
 from rltf_jax.data.vocab import PAD, Vocabulary
-from rltf_jax.errors import ConfigError, DataError
+from rltf_jax.errors import DataError
 from rltf_jax.models import decoder as dec
 from rltf_jax.models import masks
-from rltf_jax.training import common
-from rltf_jax.training.checkpoint import Checkpointer
-
-DONE_FILE = "done.json"
-START_PRIOR_FILE = "start_prior.npz"
-
-
-def default_pretrain_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.steps = 1000
-  c.batch_size = 32
-  c.seq_len = 128
-  c.pack = False            # several patients per row (see the module docstring)
-  c.lr = 3e-3
-  c.warmup_steps = 100
-  c.min_lr_ratio = 0.1
-  c.weight_decay = 0.01
-  c.b1 = 0.9
-  c.b2 = 0.95
-  c.clip_norm = 1.0
-  c.aux_weight = 1.0        # weight of the visit-attribute loss beside the code loss
-  c.eval_every = 200
-  c.ckpt_every = 200
-  c.log_every = 20
-  c.num_valid_patients = 1000
-  c.seed = 0
-  return c
+from rltf_jax.runs import RunDir
+from rltf_jax.training import loop
+from rltf_jax.training.mesh import check_batch_divisible, make_mesh
+from rltf_jax.training.optimizer import make_optimizer
 
 
 # ---------------------------------------------------------------------------- data
@@ -219,21 +193,6 @@ def loss_fn(graphdef, params, batch: TokenBatch | PackedBatch, aux_weight: float
   return code + aux_weight * attr, dict(code_loss=code, attr_loss=attr, tokens=n)
 
 
-def make_train_step(graphdef, optimizer: optax.GradientTransformation, aux_weight: float):
-  """Pure `(state, batch) -> (state, metrics)`; state = dict(params, opt_state, step)."""
-
-  def train_step(state, batch):
-    grad_fn = jax.value_and_grad(lambda p: loss_fn(graphdef, p, batch, aux_weight), has_aux=True)
-    (loss, aux), grads = grad_fn(state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
-    return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
-
-  return train_step
-
-
 def make_eval_step(graphdef, aux_weight: float):
   """Pure `(params, batch) -> sums` for validation loss and perplexity."""
 
@@ -244,118 +203,62 @@ def make_eval_step(graphdef, aux_weight: float):
   return eval_step
 
 
-def init_state(model_cfg, vocab_size: int, optimizer, seed: int):
-  """A function creating the train state (for `jax.eval_shape` and a sharded `jax.jit`)."""
-  def init():
-    _, params = dec.init_decoder(model_cfg, vocab_size, seed)
-    return dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
-  return init
-
-
-_STEP_CACHE: dict = {}
-
-
 def build_step(cfg, vocab_size: int, total_steps: int):
-  """(graphdef, mesh, jitted step, init fn, state shardings, batch sharding) from config.
+  """(graphdef, mesh, jitted step, jitted init, state shardings, batch sharding) from config.
 
-  Shared by `pretrain` and the benchmark, so both time the same compiled step. Memoised on the
-  config, so a resumed run in the same process (tests, notebooks) does not compile again."""
-  key = (json.dumps(cfg.model.to_dict(), sort_keys=True), json.dumps(cfg.pretrain.to_dict(), sort_keys=True),
-         json.dumps(cfg.mesh.to_dict() if cfg.get("mesh") else None, sort_keys=True), vocab_size, total_steps,
-         tuple(jax.devices()))
-  if key not in _STEP_CACHE:
-    _STEP_CACHE[key] = _build_step(cfg, vocab_size, total_steps)
-  return _STEP_CACHE[key]
+  Shared by `pretrain` and the benchmark, so both time the same compiled step."""
+  graphdef, mesh, step = _compiled_step(cfg, vocab_size, total_steps)
+  return graphdef, mesh, step.step, step.init, step.state_sharding, step.batch_sharding
 
 
-def _build_step(cfg, vocab_size: int, total_steps: int):
-  mesh = common.make_mesh(cfg.get("mesh"))
-  common.check_batch_divisible(cfg.pretrain.batch_size, mesh, "pretrain.batch_size")
+def _compiled_step(cfg, vocab_size: int, total_steps: int):
+  mesh = make_mesh(cfg.mesh)
+  check_batch_divisible(cfg.pretrain.batch_size, mesh, "pretrain.batch_size")
   graphdef, _ = dec.abstract_decoder(cfg.model, vocab_size)
-  optimizer = common.make_optimizer(cfg.pretrain, total_steps)
-  init = init_state(cfg.model, vocab_size, optimizer, cfg.pretrain.seed)
-  state_sharding = jax.tree.map(lambda _: common.replicated(mesh), jax.eval_shape(init))
-  batch_sharding = common.data_sharding(mesh)
-  step = jax.jit(make_train_step(graphdef, optimizer, cfg.pretrain.aux_weight),
-                 in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, common.replicated(mesh)), donate_argnums=0)
-  return graphdef, mesh, step, init, state_sharding, batch_sharding
+  optimizer = make_optimizer(cfg.pretrain, total_steps)
+  aux_weight = float(cfg.pretrain.aux_weight)
+
+  def init():
+    _, params = dec.init_decoder(cfg.model, vocab_size, cfg.pretrain.seed)
+    return loop.initial_state(params, optimizer)
+
+  key = ("pretrain", runs.digest(cfg.model, cfg.pretrain), vocab_size, total_steps)
+  step = loop.compile_step(
+      key, lambda: loop.make_step(lambda p, b: loss_fn(graphdef, p, b, aux_weight), optimizer),
+      init, jax.eval_shape(init), mesh)
+  return graphdef, mesh, step
 
 
-_EVAL_CACHE: dict = {}
-
-
-def _jit_init(init, state_sharding):
-  """The state materialised directly in its sharded layout (one compile per `build_step`)."""
-  key = ("init", id(init))
-  if key not in _EVAL_CACHE:
-    _EVAL_CACHE[key] = jax.jit(init, out_shardings=state_sharding)
-  return _EVAL_CACHE[key]
-
-
-def _eval_step(graphdef, aux_weight, params_sharding, batch_sharding):
-  key = (graphdef, aux_weight, batch_sharding)
-  if key not in _EVAL_CACHE:
-    _EVAL_CACHE[key] = jax.jit(make_eval_step(graphdef, aux_weight),
-                               in_shardings=(params_sharding, batch_sharding))
-  return _EVAL_CACHE[key]
-
-
-# ---------------------------------------------------------------------------- run directory
-def _prepare_dir(workdir: Path, cfg, vocab: Vocabulary, ds: PatientEvents, train_idx) -> None:
-  """Writes vocab, model config and start prior; refuses a directory from a different run."""
-  model_json = cfg.model.to_dict()
-  if (workdir / dec.VOCAB_FILE).exists():
-    if Vocabulary.load(workdir / dec.VOCAB_FILE) != vocab:
-      raise DataError(f"{workdir}: holds a run with a different vocabulary; remove it or choose another workdir")
-    old = json.loads((workdir / dec.MODEL_CONFIG_FILE).read_text())
-    if old != json.loads(json.dumps(model_json)):
-      raise ConfigError(f"{workdir}: holds a run with model config {old}, not {model_json}; "
-                        "remove it or choose another workdir")
-    return
-  workdir.mkdir(parents=True, exist_ok=True)
-  io.atomic_savez(workdir / START_PRIOR_FILE, **start_prior(ds, train_idx))
-  io.atomic_write_json(workdir / dec.MODEL_CONFIG_FILE, model_json)
-  vocab.save(workdir / dec.VOCAB_FILE)  # last: its presence marks a prepared directory
-
-
-# ---------------------------------------------------------------------------- loop
+# ---------------------------------------------------------------------------- the run
 def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path, *,
              stop_after: int | None = None, verbose: bool = True) -> Path:
   """Pretrains the decoder on `dataset`'s training split; returns the run directory.
 
-  Resumes from `workdir/latest` when present and returns at once when `done.json` exists.
-  `stop_after` ends this call after that many steps (as an interruption would; tests use it).
+  The run's identity (`rltf_jax.runs`) is the model and pretraining config and the fingerprints of
+  the dataset and the vocabulary: a finished run with the same identity is reused, an unfinished
+  one resumes from `workdir/latest`, one with another identity is refused. `stop_after` ends this
+  call after that many steps (as an interruption would; tests use it).
   """
-  workdir = Path(workdir)
-  if (workdir / DONE_FILE).exists():
-    if verbose:
-      print(f"pretrain: {workdir} is finished ({DONE_FILE}); reusing it", flush=True)
-    return workdir
   pc = cfg.pretrain
+  run = RunDir(workdir, "pretrain", dict(model=cfg.model, pretrain=pc),
+               dict(dataset=dataset.fingerprint(), vocab=vocab.fingerprint))
+  if run.done:
+    if verbose:
+      print(f"pretrain: {run.path} is finished; reusing it", flush=True)
+    return run.path
   train_idx = dataset.split_indices("train")
   valid_idx = dataset.split_indices("valid")[:pc.num_valid_patients]
-  _prepare_dir(workdir, cfg, vocab, dataset, train_idx)
+  if not run.file.exists():
+    run.start()
+    save_decoder_files(run.path, cfg.model, vocab, start_prior(dataset, train_idx))
 
-  # Model, state and sharding.
-  graphdef, mesh, train_step, init, state_sharding, batch_sharding = build_step(cfg, len(vocab), pc.steps)
-  ckpt = Checkpointer(workdir)
-  restored = ckpt.restore_latest(jax.eval_shape(init))
-  if restored is None:
-    state = _jit_init(init, state_sharding)()
-    start, best = 0, math.inf
-  else:
-    state, meta = restored
-    state = jax.device_put(state, state_sharding)
-    start, best = int(meta["step"]), float(meta.get("best_valid_loss", math.inf))
-    if verbose:
-      print(f"pretrain: resuming from step {start}", flush=True)
-  eval_step = _eval_step(graphdef, pc.aux_weight, state_sharding["params"], batch_sharding)
-  pack = bool(pc.get("pack", False))
-  batches = Batches(dataset, vocab, train_idx, pc.batch_size, pc.seq_len, pc.seed, pack=pack)
-  valid = validation_batches(dataset, vocab, valid_idx, pc.batch_size, pc.seq_len, pack=pack)
-  writer = common.MetricsWriter(workdir / "metrics.jsonl")
-  progress = common.Progress(pc.steps, name="pretrain")
+  graphdef, _, step = _compiled_step(cfg, len(vocab), pc.steps)
+  state_sharding, batch_sharding = step.state_sharding, step.batch_sharding
+  eval_step = loop.compiled(("pretrain-eval", graphdef, pc.aux_weight, batch_sharding),
+                            lambda: jax.jit(make_eval_step(graphdef, pc.aux_weight),
+                                            in_shardings=(state_sharding["params"], batch_sharding)))
+  batches = Batches(dataset, vocab, train_idx, pc.batch_size, pc.seq_len, pc.seed, pack=pc.pack)
+  valid = validation_batches(dataset, vocab, valid_idx, pc.batch_size, pc.seq_len, pack=pc.pack)
 
   def evaluate(params) -> dict[str, float]:
     sums = None
@@ -364,62 +267,16 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
       sums = got if sums is None else jax.tree.map(jnp.add, sums, got)
     if sums is None:
       return {}
-    s = common.to_host(sums)
+    s = loop.to_host(sums)
     n = max(s["tokens"], 1.0)
     code, attr = s["code_nll"] / n, s["attr_nll"] / n
     return dict(valid_loss=code + pc.aux_weight * attr, valid_code_loss=code, valid_attr_loss=attr,
                 valid_perplexity=math.exp(min(code, 50.0)))
 
-  note = lambda: (f"The last good checkpoint (step {ckpt.latest_step()}) is kept in {workdir / 'latest'}. "
-                  if ckpt.latest_step() is not None else "No checkpoint was written yet. ")
-
-  def record(step: int, metrics) -> dict[str, float]:
-    m = common.to_host(metrics)
-    common.check_finite(m, step + 1, keys=("loss", "grad_norm", "param_norm"), checkpoint_note=note())
-    progress.count(step, m["tokens"])
-    if (step + 1) % pc.log_every == 0 or step + 1 == pc.steps:
-      rate, eta = progress.rates(step)
-      writer.write(dict(m, step=step + 1, tokens_per_s=rate, time=time.time()))
-      if verbose:
-        progress.line(step, m["loss"])
-    return m
-
-  end = pc.steps if stop_after is None else min(pc.steps, start + stop_after)
-  pending = None  # (step, device metrics) not yet read back
-  for step in range(start, end):
-    batch = jax.device_put(batches(step), batch_sharding)
-    state, metrics = train_step(state, batch)
-    if pending is not None:
-      record(*pending)
-    pending = (step, metrics)
-    last = step + 1 == pc.steps
-    do_eval = (step + 1) % pc.eval_every == 0 or last
-    do_ckpt = do_eval or (step + 1) % pc.ckpt_every == 0 or step + 1 == end
-    if do_ckpt:
-      # Read this step's metrics before saving, so that no checkpoint holds a diverged state.
-      record(*pending)
-      pending = None
-      meta = dict(best_valid_loss=best)
-      paused = time.perf_counter()
-      if do_eval and valid:
-        v = evaluate(state["params"])
-        writer.write(dict(v, step=step + 1, time=time.time()))
-        if verbose:
-          print(f"pretrain step {step + 1}: valid loss {v['valid_loss']:.4f} "
-                f"(code {v['valid_code_loss']:.4f}, perplexity {v['valid_perplexity']:.1f})", flush=True)
-        if v["valid_loss"] < best:
-          best = v["valid_loss"]
-          ckpt.save_best(step + 1, state["params"], v)
-        meta = dict(v, best_valid_loss=best)
-      ckpt.save_latest(step + 1, state, meta)
-      progress.pause(time.perf_counter() - paused)  # evaluation and saving are not training speed
-  if pending is not None:
-    record(*pending)
-  if end == pc.steps:
-    if ckpt.best_meta() is None:  # no validation patients: the final parameters are the best
-      ckpt.save_best(pc.steps, state["params"], {})
-    io.atomic_write_json(workdir / DONE_FILE, dict(steps=pc.steps, best_valid_loss=best,
-                                                   unigram_valid_loss=unigram_entropy(dataset, vocab, valid_idx)
-                                                   if len(valid_idx) else None))
-  ckpt.close()
-  return workdir
+  result = loop.train(run.path, step, (), batches, name="pretrain", total_steps=pc.steps,
+                      log_every=pc.log_every, ckpt_every=pc.ckpt_every, eval_every=pc.eval_every,
+                      evaluate=evaluate, stop_after=stop_after, verbose=verbose)
+  if result.finished:
+    run.finish(steps=pc.steps, best_valid_loss=result.best,
+               unigram_valid_loss=unigram_entropy(dataset, vocab, valid_idx) if len(valid_idx) else None)
+  return run.path

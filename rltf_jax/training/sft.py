@@ -4,19 +4,20 @@ The same N sequences as RLTF (the chosen sequences, BOS + prompt + chosen contin
 exactly as they appear in the packed DPO rows), the same optimiser budget (batch size, epochs,
 learning rate and schedule from `cfg.sft`, which the base config copies from `cfg.rltf`) and the
 pretraining loss (mean code NLL + `aux_weight` x attribute NLL over every token). The run directory
-has the layout of a DPO run (`rltf_jax.training.dpo`), so the sampler loads either alike.
+has the layout of a DPO run (`rltf_jax.training.finetune`), so the sampler loads either alike.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from rltf_jax.checkpoints import load_decoder
 from rltf_jax.data.sequences import TokenBatch, pow2_length
 from rltf_jax.data.vocab import PAD
-from rltf_jax.training import common, dpo, reference
+from rltf_jax.training import finetune
+from rltf_jax.training.pretrain import loss_fn
 from rltf_jax.training.pairs import SEG_CHOSEN, SEG_SHARED, PackedPairs, pack_pairs
 from rltf_jax.training.preference import PreferenceData
 
@@ -35,33 +36,25 @@ def finetune_sft(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   """SFT of the base decoder on the chosen sequences of `pref_data`; returns the run directory.
 
   Resumes an interrupted run; returns at once when the run is finished."""
-  from rltf_jax.models.decoder import load_decoder
-  from rltf_jax.training.pretrain import make_train_step
-  sc, workdir, base_ckpt_dir = cfg.sft, Path(workdir), Path(base_ckpt_dir)
-  graphdef, base_params, vocab, _ = load_decoder(base_ckpt_dir)
-  base_id = reference.params_fingerprint(base_params)
-  dpo.prepare_run(workdir, cfg, "sft", sc, base_ckpt_dir, pref_data, base_id)
-  if (workdir / dpo.DONE_FILE).exists():
+  sc, base_ckpt_dir = cfg.sft, Path(base_ckpt_dir)
+  run = finetune.prepare(cfg, "sft", sc, base_ckpt_dir, pref_data, Path(workdir))
+  if run.done:
     if verbose:
-      print(f"sft: {workdir} is finished ({dpo.DONE_FILE}); reusing it", flush=True)
-    return workdir
+      print(f"sft: {run.path} is finished; reusing it", flush=True)
+    return run.path
+  graphdef, base_params, vocab, _ = load_decoder(base_ckpt_dir)
   seqs = sft_sequences(pack_pairs(pref_data, vocab))
   lengths = (seqs.tokens != PAD).sum(1)
-  mesh = common.make_mesh(cfg.get("mesh"))
-  common.check_batch_divisible(sc.batch_size, mesh, "sft.batch_size")
   total = sc.epochs * -(-pref_data.num_pairs // sc.batch_size)
-  optimizer = common.make_optimizer(sc, total)
-  make_step = lambda: make_train_step(graphdef, optimizer, float(sc.aux_weight))
-  step_key = ("sft", graphdef, json.dumps(sc.to_dict(), sort_keys=True), total)
 
-  def make_batch(i):
-    rows = dpo.batch_rows(i, pref_data.num_pairs, sc.batch_size, sc.seed)
+  def batches(i):
+    rows = finetune.batch_rows(i, pref_data.num_pairs, sc.batch_size, sc.seed)
     w = pow2_length(lengths[rows].max(), 64, seqs.tokens.shape[1])
-    return (TokenBatch(*(a[rows][:, :w] for a in seqs)),)
+    return TokenBatch(*(a[rows][:, :w] for a in seqs))
 
   if verbose:
-    print(f"sft: {pref_data.num_pairs} sequences, {total} steps of {sc.batch_size} -> {workdir}", flush=True)
-  dpo.run_loop(name="sft", workdir=workdir, section=sc, init_params=base_params, optimizer=optimizer,
-               make_step=make_step, step_key=step_key, mesh=mesh, make_batch=make_batch, total_steps=total,
+    print(f"sft: {pref_data.num_pairs} sequences, {total} steps of {sc.batch_size} -> {run.path}", flush=True)
+  make = lambda: lambda params, batch: loss_fn(graphdef, params, batch, float(sc.aux_weight))
+  finetune.run(cfg, "sft", sc, run, graphdef, base_params, make, batches, total,
                stop_after=stop_after, verbose=verbose)
-  return workdir
+  return run.path

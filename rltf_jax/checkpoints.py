@@ -1,6 +1,9 @@
-"""Orbax checkpoints for any trainer: `latest/` to resume, `best/` to use.
+"""The loading layer: checkpoint files of every model, below both `training/` and `sampling/`.
 
-Layout under a run directory:
+Trainers write through `Checkpointer`; generators, the evaluation and the fine-tunes read through
+`load_decoder` and `restore_module`. Nothing here imports `training/` or `sampling/`.
+
+Orbax checkpoints for any trainer: `latest/` to resume, `best/` to use. Layout under a run directory:
   latest/<step>/  the whole train state (any pytree; a dict's "params" entry is stored as its own
                   item) and a JSON `meta` dict (step, losses, ...). Written every few steps and at
                   the end; only the newest is kept. A crash mid-write leaves the previous one.
@@ -14,15 +17,31 @@ next step, and an asynchronous save would read buffers that the step is about to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
 
+from rltf_jax import io, runs
+from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import DataError
+from rltf_jax.models import decoder as dec
 
 LATEST, BEST = "latest", "best"
+# Files of a decoder run directory (pretrained or fine-tuned), beside latest/ and best/.
+MODEL_CONFIG_FILE = "model_config.json"
+VOCAB_FILE = "vocab.json"
+START_PRIOR_FILE = "start_prior.npz"  # first-visit attributes that unconditional generation starts from
+# Files of a baseline (LSTM, HALO) run directory.
+BASELINE_MODEL_FILE = "model.json"     # model sizes and config section, to rebuild the model
+BASELINE_ATTRIBUTES_FILE = "attributes.npz"  # visit statistics that date and place generated visits
+# Model-config fields that checkpoints written before the field existed lack, with the value those
+# checkpoints were computed with (not defaults: `configs/base.py` holds those).
+LEGACY_MODEL_FIELDS = dict(compute_dtype="float32")
 
 
 def _manager(path: Path, keep: int = 1) -> ocp.CheckpointManager:
@@ -47,6 +66,12 @@ def _split_params(state):
   return None, state
 
 
+def _replace_step(mngr: ocp.CheckpointManager, step: int) -> None:
+  """A rerun after a kill between two checkpoint writes saves a step again: the newer write wins."""
+  if step in mngr.all_steps():
+    mngr.delete(step)
+
+
 class Checkpointer:
   """Latest + best checkpoints of one run directory."""
 
@@ -64,6 +89,7 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(dict(meta or {}, step=step)))
     if params is not None:
       items["params"] = ocp.args.StandardSave(params)
+    _replace_step(self._latest, step)
     self._latest.save(step, args=ocp.args.Composite(**items), force=True)
     self._latest.wait_until_finished()
 
@@ -94,6 +120,7 @@ class Checkpointer:
     return dict(self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
   def save_best(self, step: int, params: Any, meta: dict | None = None) -> None:
+    _replace_step(self._best, step)
     self._best.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
         force=True)
@@ -125,3 +152,65 @@ def restore_params(ckpt_dir: str | Path, abstract_params: Any, which: str = BEST
     return ckpt.restore_params(abstract_params, which)
   finally:
     ckpt.close()
+
+
+def restore_module(ckpt_dir: str | Path, model: nnx.Module, which: str = BEST) -> nnx.Module:
+  """Loads the parameters stored under `ckpt_dir` into `model` (an initialised nnx module of the
+  right shapes) and returns it."""
+  _, params = nnx.split(model)
+  nnx.update(model, restore_params(ckpt_dir, params, which))
+  return model
+
+
+# ---------------------------------------------------------------------------- decoders
+def save_decoder_files(run_dir: Path, model_cfg, vocab: Vocabulary, start_prior: dict | None) -> None:
+  """The files besides the checkpoints that `load_decoder` and the sampler read."""
+  if start_prior is not None:
+    io.atomic_savez(run_dir / START_PRIOR_FILE, **start_prior)
+  io.atomic_write_json(run_dir / MODEL_CONFIG_FILE, model_cfg.to_dict())
+  vocab.save(run_dir / VOCAB_FILE)
+
+
+def copy_decoder_files(src: Path, dst: Path) -> None:
+  """A fine-tune's run directory gets its base run's model config, vocabulary and start prior."""
+  for name in (MODEL_CONFIG_FILE, VOCAB_FILE, START_PRIOR_FILE):
+    if (src / name).exists():
+      io.atomic_write_bytes(dst / name, (src / name).read_bytes())
+
+
+def model_config_from_json(path: str | Path) -> ml_collections.ConfigDict:
+  """The model config a decoder run stored, completed with `LEGACY_MODEL_FIELDS` when older."""
+  return ml_collections.ConfigDict(dict(LEGACY_MODEL_FIELDS, **json.loads(Path(path).read_text())))
+
+
+def load_decoder(ckpt_dir: str | Path, which: str = BEST):
+  """(graphdef, params, vocab, model_cfg) of a decoder run directory (pretrained or fine-tuned).
+
+  `which` is "best" (lowest validation loss, or the final parameters of a fine-tune) or "latest".
+  """
+  ckpt_dir = Path(ckpt_dir)
+  for name in (MODEL_CONFIG_FILE, VOCAB_FILE):
+    if not (ckpt_dir / name).exists():
+      raise DataError(f"{ckpt_dir}: no {name}; is this a decoder checkpoint directory written by pretrain?")
+  vocab = Vocabulary.load(ckpt_dir / VOCAB_FILE)
+  model_cfg = model_config_from_json(ckpt_dir / MODEL_CONFIG_FILE)
+  graphdef, abstract = dec.abstract_decoder(model_cfg, len(vocab))
+  params = restore_params(ckpt_dir, abstract, which=which)
+  return graphdef, params, vocab, model_cfg
+
+
+def load_baseline_files(ckpt_dir: str | Path, model: str) -> tuple[dict, Vocabulary, dict]:
+  """(model.json, vocabulary, visit attributes) of a finished LSTM or HALO run directory."""
+  ckpt_dir = Path(ckpt_dir)
+  if not runs.is_done(ckpt_dir):
+    raise DataError(f"{ckpt_dir}: no finished {model} run ({runs.RUN_FILE} missing or unfinished); "
+                    "train it first")
+  meta = json.loads((ckpt_dir / BASELINE_MODEL_FILE).read_text())
+  if meta.get("model") != model:
+    raise DataError(f"{ckpt_dir}: holds a {meta.get('model')!r} checkpoint, not {model!r}")
+  return meta, Vocabulary.load(ckpt_dir / VOCAB_FILE), io.load_npz(ckpt_dir / BASELINE_ATTRIBUTES_FILE)
+
+
+def load_start_prior(ckpt_dir: str | Path) -> dict | None:
+  path = Path(ckpt_dir) / START_PRIOR_FILE
+  return io.load_npz(path) if path.exists() else None

@@ -1,0 +1,14 @@
+"""RLTF: DPO-Positive fine-tuning of the base decoder on the cohort's preference pairs."""
+
+from rltf_jax.methods import decoder_generator
+from rltf_jax.training import dpo
+
+LABEL = "RLTF (DPO-Positive)"
+
+
+def train(ctx):
+  return dpo.finetune_dpo(ctx.cfg, ctx.base_dir, ctx.pairs, ctx.cohort_dir / "rltf")
+
+
+def generator(ctx, ckpt):
+  return decoder_generator.build(ctx.cfg, "rltf", ckpt)

@@ -1,0 +1,14 @@
+"""SFT: the base decoder fine-tuned with the language-model loss on the pairs' chosen sequences."""
+
+from rltf_jax.methods import decoder_generator
+from rltf_jax.training import sft
+
+LABEL = "SFT"
+
+
+def train(ctx):
+  return sft.finetune_sft(ctx.cfg, ctx.base_dir, ctx.pairs, ctx.cohort_dir / "sft")
+
+
+def generator(ctx, ckpt):
+  return decoder_generator.build(ctx.cfg, "sft", ckpt)
