@@ -9,6 +9,8 @@ Any field can be overridden on the command line, e.g. `--config.rltf.beta=0.2`.
 
 import ml_collections
 
+from configs import simulator
+
 
 def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.ConfigDict:
   size = arg or "default"
@@ -36,13 +38,12 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   # The most frequent codes (training split) plus every cohort's target codes; the rest map to
   # <unk>. The paper's vocabulary has 7,954 tokens; the output layer's cost grows with this.
   cfg.data.vocab_max_size = 2_000 if smoke else 8_000
-  from rltf_jax.data import simulate  # the simulator's parameters live in config too
-  cfg.data.simulator = simulate.default_config()
+  cfg.data.simulator = simulator.get_config()  # every cohort at its Table-4 frequency
   # Laptop-scale draws raise every rarer cohort to this patient prevalence, so that there are
   # positives to fine-tune on and to measure (SCD at the paper's 0.036% is ~7 of 20,000 patients).
   # 0 keeps the paper's Table-4 frequencies (the :paper size and the simulator's own tests do).
+  # Applied when the data is drawn (rltf_jax/data/load.py), so an override of it takes effect.
   cfg.data.min_cohort_percent = 0.0 if paper else (5.0 if smoke else 1.0)
-  _raise_rare_cohorts(cfg.data)
 
   # ---------------------------------------------------------------- baselines (LSTM, HALO)
   # Paper: embedding 128, hidden 256, 3 layers, Adam 1e-3, batch 128, 50 epochs, beam search
@@ -184,11 +185,3 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
 
   return cfg
 
-
-def _raise_rare_cohorts(data: ml_collections.ConfigDict) -> None:
-  """Sets each simulated cohort's prevalence to at least `data.min_cohort_percent`."""
-  from rltf_jax.data.cohorts import COHORTS
-  floor = data.min_cohort_percent / 100
-  for name in COHORTS:
-    condition = data.simulator.conditions[name]
-    condition.prevalence = max(condition.prevalence, floor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rltf_jax.data import simulate
 from rltf_jax.data.events import PatientEvents, assign_splits
 from rltf_jax.errors import ConfigError, DataError
 
@@ -18,8 +19,7 @@ def load_dataset(cfg) -> PatientEvents:
   """
   source = cfg.source
   if source == "simulator":
-    from rltf_jax.data import simulate
-    ds = simulate.simulate(cfg.simulator, num_patients=cfg.num_patients, seed=cfg.seed)
+    ds = simulate.simulate(simulator_config(cfg), num_patients=cfg.num_patients, seed=cfg.seed)
     has_splits = False
   elif source in ("meds", "mimic"):
     if not cfg.path:
@@ -39,3 +39,10 @@ def load_dataset(cfg) -> PatientEvents:
   if ds.num_patients == 0:
     raise DataError(f"data source {source!r} produced no patients")
   return ds
+
+
+def simulator_config(cfg):
+  """The simulator parameters a draw from data config `cfg` uses: `cfg.simulator` with every
+  Table-4 cohort raised to `cfg.min_cohort_percent` (a derived setting, so it is applied here, after
+  any override of either field)."""
+  return simulate.raise_rare_cohorts(cfg.simulator, cfg.min_cohort_percent)
