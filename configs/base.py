@@ -114,10 +114,12 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
 
   # SFT baseline: the language-model loss (code + attribute NLL, as pretraining) on the chosen
   # sequences (prompt + chosen continuation) of the same pairs, with the same optimiser budget.
+  # Each follows its cfg.rltf field, also under an override of that field (`--config.rltf.lr=...`),
+  # unless it is overridden itself.
   cfg.sft = ml_collections.ConfigDict()
   for field in ("batch_size", "epochs", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "b1",
                 "b2", "clip_norm", "ckpt_every", "log_every", "seed"):
-    cfg.sft[field] = cfg.rltf[field]
+    cfg.sft[field] = _follows(cfg.rltf, field)
   cfg.sft.aux_weight = 1.0  # weight of the attribute NLL, as pretrain.aux_weight
 
   # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
@@ -128,7 +130,8 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.eval = ml_collections.ConfigDict()
   cfg.eval.truncate_events = 5 if smoke else 20  # T: the last T events are regenerated
   cfg.eval.min_prompt_events = 1
-  cfg.eval.max_new_events = 2 * cfg.eval.truncate_events  # generation stops at EOS or here
+  # Generation stops at EOS or here; follows an override of truncate_events.
+  cfg.eval.max_new_events = 2 * cfg.eval.get_ref("truncate_events")
   cfg.eval.num_test_patients = 100 if smoke else (100_000 if paper else 2_000)  # 0 = all
   cfg.eval.num_train_patients = 40 if smoke else (10_000 if paper else 500)  # memorization ROUGE
   cfg.eval.num_membership_patients = 50 if smoke else (10_000 if paper else 1_000)  # per side
@@ -168,7 +171,7 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.pretrain.lr = 3e-4 if paper else 3e-3
   cfg.pretrain.warmup_steps = 5 if smoke else (2_000 if paper else 70)
   cfg.pretrain.eval_every = 20 if smoke else (2_000 if paper else 175)
-  cfg.pretrain.ckpt_every = cfg.pretrain.eval_every
+  cfg.pretrain.ckpt_every = _follows(cfg.pretrain, "eval_every")
   cfg.pretrain.log_every = 10 if smoke else (100 if paper else 20)
   cfg.pretrain.num_valid_patients = 100 if smoke else (5_000 if paper else 500)
 
@@ -185,3 +188,13 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
 
   return cfg
 
+
+def _follows(section: ml_collections.ConfigDict, field: str) -> ml_collections.FieldReference:
+  """A value that follows `section.field` when that field is overridden later (command line,
+  sweep) and becomes independent when it is overridden itself.
+
+  Not a plain `get_ref`: assigning to a field that holds a plain reference sets the referenced
+  field too (`--config.sft.lr=...` would change rltf.lr). `ref * 1` is a derived reference, which
+  an assignment replaces instead.
+  """
+  return section.get_ref(field) * 1
