@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rltf_jax.data import simulate
+from rltf_jax.data import meds, mimic, simulate
 from rltf_jax.data.events import PatientEvents, assign_splits
 from rltf_jax.errors import ConfigError, DataError
 
@@ -27,10 +27,8 @@ def load_dataset(cfg) -> PatientEvents:
     if not Path(cfg.path).exists():
       raise DataError(f"{cfg.path}: no such directory (data.path for data.source={source!r})")
     if source == "meds":
-      from rltf_jax.data import meds
       ds, has_splits = meds.read_meds(cfg.path, bare_code_system=cfg.bare_code_system or None)
     else:
-      from rltf_jax.data import mimic
       ds, has_splits = mimic.read_mimic(cfg.path), False
   else:
     raise ConfigError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
