@@ -9,6 +9,8 @@ Any field can be overridden on the command line, e.g. `--config.rltf.beta=0.2`.
 
 import ml_collections
 
+from configs import simulator
+
 
 def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.ConfigDict:
   size = arg or "default"
@@ -36,13 +38,12 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   # The most frequent codes (training split) plus every cohort's target codes; the rest map to
   # <unk>. The paper's vocabulary has 7,954 tokens; the output layer's cost grows with this.
   cfg.data.vocab_max_size = 2_000 if smoke else 8_000
-  from rltf_jax.data import simulate  # the simulator's parameters live in config too
-  cfg.data.simulator = simulate.default_config()
+  cfg.data.simulator = simulator.get_config()  # every cohort at its Table-4 frequency
   # Laptop-scale draws raise every rarer cohort to this patient prevalence, so that there are
   # positives to fine-tune on and to measure (SCD at the paper's 0.036% is ~7 of 20,000 patients).
   # 0 keeps the paper's Table-4 frequencies (the :paper size and the simulator's own tests do).
+  # Applied when the data is drawn (rltf_jax/data/load.py), so an override of it takes effect.
   cfg.data.min_cohort_percent = 0.0 if paper else (5.0 if smoke else 1.0)
-  _raise_rare_cohorts(cfg.data)
 
   # ---------------------------------------------------------------- baselines (LSTM, HALO)
   # Paper: embedding 128, hidden 256, 3 layers, Adam 1e-3, batch 128, 50 epochs, beam search
@@ -97,7 +98,7 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.rltf.penalty_placement = "outside"  # "outside" the sigmoid (paper text) | "inside" (Smaug)
   cfg.rltf.batch_size = 8
   cfg.rltf.epochs = 1 if smoke else (6 if paper else 2)
-  # Optimiser (rltf_jax.training.common.make_optimizer): AdamW, warm-up then cosine decay to
+  # Optimiser (rltf_jax/training/optimizer.py): AdamW, warm-up then cosine decay to
   # lr * min_lr_ratio, clipping at clip_norm; b2, weight decay and clipping are TRL's defaults.
   cfg.rltf.lr = 1e-5 if paper else 5e-5
   cfg.rltf.warmup_steps = 0 if paper else 10
@@ -113,10 +114,12 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
 
   # SFT baseline: the language-model loss (code + attribute NLL, as pretraining) on the chosen
   # sequences (prompt + chosen continuation) of the same pairs, with the same optimiser budget.
+  # Each follows its cfg.rltf field, also under an override of that field (`--config.rltf.lr=...`),
+  # unless it is overridden itself.
   cfg.sft = ml_collections.ConfigDict()
   for field in ("batch_size", "epochs", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "b1",
                 "b2", "clip_norm", "ckpt_every", "log_every", "seed"):
-    cfg.sft[field] = cfg.rltf[field]
+    cfg.sft[field] = _follows(cfg.rltf, field)
   cfg.sft.aux_weight = 1.0  # weight of the attribute NLL, as pretrain.aux_weight
 
   # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
@@ -127,7 +130,8 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.eval = ml_collections.ConfigDict()
   cfg.eval.truncate_events = 5 if smoke else 20  # T: the last T events are regenerated
   cfg.eval.min_prompt_events = 1
-  cfg.eval.max_new_events = 2 * cfg.eval.truncate_events  # generation stops at EOS or here
+  # Generation stops at EOS or here; follows an override of truncate_events.
+  cfg.eval.max_new_events = 2 * cfg.eval.get_ref("truncate_events")
   cfg.eval.num_test_patients = 100 if smoke else (100_000 if paper else 2_000)  # 0 = all
   cfg.eval.num_train_patients = 40 if smoke else (10_000 if paper else 500)  # memorization ROUGE
   cfg.eval.num_membership_patients = 50 if smoke else (10_000 if paper else 1_000)  # per side
@@ -182,7 +186,7 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.pretrain.clip_norm = 1.0
   cfg.pretrain.aux_weight = 1.0  # weight of the visit-attribute loss beside the code loss
   cfg.pretrain.eval_every = 20 if smoke else (2_000 if paper else 175)
-  cfg.pretrain.ckpt_every = cfg.pretrain.eval_every
+  cfg.pretrain.ckpt_every = _follows(cfg.pretrain, "eval_every")
   cfg.pretrain.log_every = 10 if smoke else (100 if paper else 20)
   cfg.pretrain.num_valid_patients = 100 if smoke else (5_000 if paper else 500)
   cfg.pretrain.seed = 0
@@ -201,10 +205,12 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   return cfg
 
 
-def _raise_rare_cohorts(data: ml_collections.ConfigDict) -> None:
-  """Sets each simulated cohort's prevalence to at least `data.min_cohort_percent`."""
-  from rltf_jax.data.cohorts import COHORTS
-  floor = data.min_cohort_percent / 100
-  for name in COHORTS:
-    condition = data.simulator.conditions[name]
-    condition.prevalence = max(condition.prevalence, floor)
+def _follows(section: ml_collections.ConfigDict, field: str) -> ml_collections.FieldReference:
+  """A value that follows `section.field` when that field is overridden later (command line,
+  sweep) and becomes independent when it is overridden itself.
+
+  Not a plain `get_ref`: assigning to a field that holds a plain reference sets the referenced
+  field too (`--config.sft.lr=...` would change rltf.lr). `ref * 1` is a derived reference, which
+  an assignment replaces instead.
+  """
+  return section.get_ref(field) * 1

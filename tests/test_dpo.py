@@ -184,12 +184,13 @@ def pretrained_base():
   from rltf_jax.data import simulate
   from rltf_jax.data.cohorts import COHORTS
   from rltf_jax.data.events import assign_splits
+  from rltf_jax.data.load import simulator_config
   from rltf_jax.training import pretrain
   cfg = base.get_config("smoke", cohort="dm")
   cfg.model.width, cfg.model.num_layers = 64, 2
   cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = 400, 400, 400
   cfg.pretrain.num_valid_patients = 16
-  ds = simulate.simulate(cfg.data.simulator, 500, 0)
+  ds = simulate.simulate(simulator_config(cfg.data), 500, 0)
   ds = ds.with_splits(assign_splits(ds.subject_id, (0.8, 0.1, 0.1), 0))
   vocab = Vocabulary.build(ds, always_include=[c for co in COHORTS.values() for c in co.codes])
   root = Path(tempfile.mkdtemp(prefix="rltf-test-"))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import base as base_config
+from configs import simulator
 from rltf_jax import runs
 from rltf_jax.checkpoints import load_decoder
 from rltf_jax.data import simulate
@@ -73,7 +74,7 @@ GOLDEN = [6.079747200012207, 3.9384937286376953, 2.141253709793091, 3.0612380504
 
 @pytest.fixture(scope="module")
 def sim():
-  ds = simulate.simulate(simulate.default_config(), 600, 0)
+  ds = simulate.simulate(simulator.get_config(), 600, 0)
   ds = ds.with_splits(assign_splits(ds.subject_id, (0.8, 0.2, 0.0), 0))
   return ds, Vocabulary.build(ds, min_count=3)
 

@@ -5,8 +5,9 @@ import re
 import numpy as np
 import pytest
 
+from configs.simulator import get_config as default_config
 from rltf_jax.data import simulate
-from rltf_jax.data import simulator_catalog as catalog
+from rltf_jax.data.simulate import catalog, cli, diagnostics
 from rltf_jax.data.codes import CodeType
 from rltf_jax.data.cohorts import COHORTS
 from rltf_jax.errors import ConfigError, cli_main
@@ -18,12 +19,12 @@ ALL_TARGETS = {c for co in COHORTS.values() for c in co.codes}
 
 @pytest.fixture(scope="module")
 def draw():
-  return simulate.simulate(simulate.default_config(), N, SEED)
+  return simulate.simulate(default_config(), N, SEED)
 
 
 @pytest.fixture(scope="module")
 def props(draw):
-  return simulate.properties(draw, simulate.default_config())
+  return diagnostics.properties(draw, default_config())
 
 
 def test_every_cohort_occurs_at_its_paper_frequency(draw, props):
@@ -37,7 +38,7 @@ def test_every_cohort_occurs_at_its_paper_frequency(draw, props):
 
 
 def test_scd_count_is_at_least_one_and_exact():
-  cfg = simulate.default_config()
+  cfg = default_config()
   small = simulate.simulate(cfg, 300, 5)   # 0.036% of 300 rounds to 0: still one carrier
   assert small.patients_with_any(COHORTS["scd"].codes).sum() == 1
 
@@ -94,7 +95,7 @@ def test_ages_grow_and_lengths_vary(draw, props):
   assert np.all(np.diff(draw.day)[same] >= 0)
   assert 25 <= props["median_events"] <= 100
   assert props["p95_events"] >= 3 * props["median_events"]
-  assert props["max_events"] <= simulate.default_config().max_events
+  assert props["max_events"] <= default_config().max_events
   assert draw.lengths.min() >= 1
   assert 0 <= props["age_min"] and props["age_max"] < 110
 
@@ -140,7 +141,7 @@ def test_sickle_cell_patients_have_their_care_pattern(draw):
 
 
 def test_history_predicts_cohorts_but_not_perfectly(draw):
-  aurocs = simulate.cohort_aurocs(draw, iterations=20, thread_count=2, seed=0)
+  aurocs = diagnostics.cohort_aurocs(draw, iterations=20, thread_count=2, seed=0)
   scored = {n: r["auroc"] for n, r in aurocs.items() if r["positives"] >= 50}
   assert len(scored) == 15   # every cohort but SCD (7 positives) has enough to score
   for name, auc in scored.items():
@@ -149,7 +150,7 @@ def test_history_predicts_cohorts_but_not_perfectly(draw):
 
 
 def test_deterministic_for_a_seed():
-  cfg = simulate.default_config()
+  cfg = default_config()
   a = simulate.simulate(cfg, 2_000, 11)
   b = simulate.simulate(cfg, 2_000, 11)
   c = simulate.simulate(cfg, 2_000, 12)
@@ -158,32 +159,55 @@ def test_deterministic_for_a_seed():
 
 
 def test_bad_input_is_refused(capsys):
-  cfg = simulate.default_config()
+  cfg = default_config()
   for n in (0, -5):
     with pytest.raises(ConfigError, match="positive"):
       simulate.simulate(cfg, n, 0)
   with pytest.raises(SystemExit) as e:
-    cli_main(lambda: simulate.main(["--patients", "0", "--report"]))
+    cli_main(lambda: cli.main(["--patients", "0", "--report"]))
   assert e.value.code == 2 and "--patients" in capsys.readouterr().err
-  bad = simulate.default_config()
+  bad = default_config()
   bad.conditions.htn.risk.dm = 2.0    # dm is drawn after htn
   with pytest.raises(ConfigError, match="conditions.htn"):
     simulate.simulate(bad, 10, 0)
-  bad = simulate.default_config()
+  bad = default_config()
   bad.conditions.ami.prevalence = 0.0
   with pytest.raises(ConfigError, match="conditions.ami.prevalence"):
     simulate.simulate(bad, 10, 0)
 
 
+
+def test_a_missing_field_is_named():
+  """The simulator has no defaults of its own: a field missing from its config is an error."""
+  for section, field, where in (("visits", "rate_per_month", "data.simulator.visits"),
+                                (None, "max_events", "data.simulator"),
+                                ("conditions.scd", "p_code", "data.simulator.conditions.scd")):
+    bad = default_config()
+    node = bad
+    for part in (section.split(".") if section else []):
+      node = node[part]
+    del node[field]
+    with pytest.raises(ConfigError, match=rf"{where} lacks {field}\b"):
+      simulate.simulate(bad, 10, 0)
+
+
+def test_cohort_floor_raises_only_rarer_cohorts():
+  floored = simulate.raise_rare_cohorts(default_config(), 1.0)
+  for name, co in COHORTS.items():
+    assert floored.conditions[name].prevalence == max(co.paper_frequency_percent / 100, 0.01), name
+  assert default_config().conditions.scd.prevalence < 0.01   # the input is not changed
+  with pytest.raises(ConfigError, match="min_cohort_percent"):
+    simulate.raise_rare_cohorts(default_config(), -1)
+
 def test_cli_writes_meds_and_json_report(tmp_path):
   from rltf_jax.data import meds
   out = tmp_path / "sim"
   report = tmp_path / "report.json"
-  assert simulate.main(["--patients", "300", "--seed", "3", "--out", str(out), "--report-json",
-                        str(report), "--auroc-iterations", "0"]) == 0
+  assert cli.main(["--patients", "300", "--seed", "3", "--out", str(out), "--report-json",
+                   str(report), "--auroc-iterations", "0"]) == 0
   back, has_splits = meds.read_meds(out)
-  again = simulate.simulate(simulate.default_config(), 300, 3)
+  again = simulate.simulate(default_config(), 300, 3)
   assert not has_splits and back.num_patients == 300 and back.num_events == again.num_events
   assert report.exists()
   with pytest.raises(Exception, match="exists"):   # finished work is not overwritten
-    simulate.main(["--patients", "300", "--seed", "3", "--out", str(out)])
+    cli.main(["--patients", "300", "--seed", "3", "--out", str(out)])

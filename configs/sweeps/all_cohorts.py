@@ -7,8 +7,7 @@ Runs use the cohort name as their directory (no suffix), so a cohort already run
 `launch.py --config=configs/<cohort>.py` is reused, not redone.
 """
 
-from configs import base
-from rltf_jax.data.cohorts import COHORTS
+from configs import base, simulator
 
 
 def get_config(arg=None):
@@ -18,4 +17,5 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  return [dict(name=name, run_name="", overrides={"cohort": name}) for name in COHORTS]
+  return [dict(name=name, run_name="", overrides={"cohort": name})
+          for name in simulator.TABLE4_PERCENT]

@@ -23,7 +23,6 @@ import numpy as np
 from configs import base as base_config
 from rltf_jax.bench import common
 from rltf_jax.data.sequences import PackedBatch, TokenBatch, plan_packing
-from rltf_jax.models import decoder as dec
 from rltf_jax.training import pretrain as pt
 
 

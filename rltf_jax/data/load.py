@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rltf_jax.data import meds, mimic, simulate
 from rltf_jax.data.events import PatientEvents, assign_splits
 from rltf_jax.errors import ConfigError, DataError
 
@@ -18,8 +19,7 @@ def load_dataset(cfg) -> PatientEvents:
   """
   source = cfg.source
   if source == "simulator":
-    from rltf_jax.data import simulate
-    ds = simulate.simulate(cfg.simulator, num_patients=cfg.num_patients, seed=cfg.seed)
+    ds = simulate.simulate(simulator_config(cfg), num_patients=cfg.num_patients, seed=cfg.seed)
     has_splits = False
   elif source in ("meds", "mimic"):
     if not cfg.path:
@@ -27,10 +27,8 @@ def load_dataset(cfg) -> PatientEvents:
     if not Path(cfg.path).exists():
       raise DataError(f"{cfg.path}: no such directory (data.path for data.source={source!r})")
     if source == "meds":
-      from rltf_jax.data import meds
       ds, has_splits = meds.read_meds(cfg.path, bare_code_system=cfg.bare_code_system or None)
     else:
-      from rltf_jax.data import mimic
       ds, has_splits = mimic.read_mimic(cfg.path), False
   else:
     raise ConfigError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -39,3 +37,10 @@ def load_dataset(cfg) -> PatientEvents:
   if ds.num_patients == 0:
     raise DataError(f"data source {source!r} produced no patients")
   return ds
+
+
+def simulator_config(cfg):
+  """The simulator parameters a draw from data config `cfg` uses: `cfg.simulator` with every
+  Table-4 cohort raised to `cfg.min_cohort_percent` (a derived setting, so it is applied here, after
+  any override of either field)."""
+  return simulate.raise_rare_cohorts(cfg.simulator, cfg.min_cohort_percent)

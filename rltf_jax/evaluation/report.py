@@ -7,96 +7,41 @@ method, e.g. `<workdir>/<cohort>/eval/<method>/metrics.json`) is collected; the 
 `RUN_DIR/report/` unless `--out` says otherwise, and is rewritten from those files on every call
 (it holds nothing that is not derived from them). The paper's numbers (on its private data) are
 printed beside ours wherever the paper reports the same cell.
+
+This module writes the text; the figures are `plots.py`, the collected evaluations, their order and
+labels `results.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 
-import numpy as np
-
 from rltf_jax import io
-from rltf_jax.data.cohorts import COHORTS, get_cohort
+from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import paper_numbers as paper
-from rltf_jax.evaluation.evaluate import METRICS_KIND
+from rltf_jax.evaluation.plots import write_plots
+from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
-METHOD_ORDER = ("base", "rltf", "sft", "lstm", "halo")
-METHOD_LABEL = {"base": "Base (CHIRon-style)", "rltf": "RLTF (DPO-Positive)", "sft": "SFT",
-                "lstm": "LSTM", "halo": "HALO", "real": "Real"}
-PAPER_NOTE = "paper, on its private data"
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 
-# ---------------------------------------------------------------- collection
-def collect(run_dir: str | Path, skip: Path | None = None) -> dict[str, dict[str, dict]]:
-  """{cohort: {method: metrics}} from every generator evaluation under `run_dir`; each metrics dict
-  gains `_dir`, the folder it came from (for its .npz files)."""
-  found: dict[str, dict[str, dict]] = {}
-  for path in sorted(Path(run_dir).rglob("metrics.json")):
-    if skip is not None and skip in path.parents:
-      continue
-    try:
-      m = json.loads(path.read_text())
-    except ValueError as e:
-      raise DataError(f"{path}: not valid JSON ({e}); rerun that evaluation") from e
-    if not isinstance(m, dict) or m.get("kind") != METRICS_KIND:
-      continue
-    cohort, method = m["cohort"], m["method"]
-    if method in found.get(cohort, {}):
-      raise DataError(f"two evaluations of {method!r} on {cohort!r} under {run_dir}: "
-                      f"{found[cohort][method]['_dir']} and {path.parent}; keep one")
-    m["_dir"] = str(path.parent)
-    found.setdefault(cohort, {})[method] = m
-  if not found:
-    raise DataError(f"no evaluation metrics.json under {run_dir}; run the evaluation first")
-  return {c: dict(sorted(ms.items(), key=lambda kv: _method_rank(kv[0]))) for c, ms in
-          sorted(found.items(), key=lambda kv: _cohort_rank(kv[0]))}
-
-
-def _method_rank(method: str) -> tuple[int, str]:
-  return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def _cohort_rank(cohort: str) -> tuple[int, str]:
-  names = list(COHORTS)
-  return (names.index(cohort) if cohort in names else len(names), cohort)
-
-
 # ---------------------------------------------------------------- formatting
-def _get(d: dict, *keys):
-  for k in keys:
-    if not isinstance(d, dict) or k not in d:
-      return None
-    d = d[k]
-  return d
-
-
-def _num(x, digits: int = 3) -> str:
-  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def _ci(cell: dict | None, digits: int = 3) -> str:
   """'0.412 [0.371, 0.455]' from {"value", "ci95"}."""
   if not cell or cell.get("value") is None:
     return "n/a"
   lo, hi = cell.get("ci95") or [None, None]
   if lo is None or hi is None:
-    return _num(cell["value"], digits)
-  return f"{_num(cell['value'], digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
+    return fmt(cell["value"], digits)
+  return f"{fmt(cell['value'], digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
   return "\n".join(lines)
-
-
-def _label(method: str) -> str:
-  return METHOD_LABEL.get(method, method)
 
 
 def _paper_prf(cohort: str, method: str) -> str:
@@ -116,33 +61,33 @@ def _summary(results: dict) -> list[str]:
   for cohort, ms in results.items():
     c = get_cohort(cohort)
     first = next(iter(ms.values()))
-    n = _get(first, "patients", "test", "selected")
-    pos = _get(first, "patients", "test_positive")
+    n = lookup(first, "patients", "test", "selected")
+    pos = lookup(first, "patients", "test_positive")
     out.append(f"**{c.abbrev} ({c.disease})**: {n} held-out patients evaluated, {pos} of them in the "
-               f"cohort; the last {_get(first, 'settings', 'truncate_events')} events of each were "
+               f"cohort; the last {lookup(first, 'settings', 'truncate_events')} events of each were "
                "regenerated.")
     for method, m in ms.items():
-      rec = _get(m, "fidelity", "target", "recall", "value")
-      f1 = _get(m, "fidelity", "target", "f1", "value")
-      rouge = _get(m, "fidelity", "rouge1", "value")
-      syn = _get(m, "utility", "synthetic", "auroc", "value")
-      out.append(f"- {_label(method)}: generates the target for {_num(rec, 2)} of the patients whose "
-                 f"true continuation has it (F1 {_num(f1, 2)}); ROUGE-1 {_num(rouge, 3)}; a "
-                 f"classifier trained on its synthetic records reaches AUROC {_num(syn, 3)}.")
-    real = _get(first, "utility", "real", "auroc", "value")
-    out.append(f"- The same classifier trained on real records reaches AUROC {_num(real, 3)}.")
-    in_truth = _get(first, "fidelity", "target", "counts", "actual_positive") or 0
-    in_valid = _get(first, "utility", "validation", "positives") or 0
+      rec = lookup(m, "fidelity", "target", "recall", "value")
+      f1 = lookup(m, "fidelity", "target", "f1", "value")
+      rouge = lookup(m, "fidelity", "rouge1", "value")
+      syn = lookup(m, "utility", "synthetic", "auroc", "value")
+      out.append(f"- {label(method)}: generates the target for {fmt(rec, 2)} of the patients whose "
+                 f"true continuation has it (F1 {fmt(f1, 2)}); ROUGE-1 {fmt(rouge, 3)}; a "
+                 f"classifier trained on its synthetic records reaches AUROC {fmt(syn, 3)}.")
+    real = lookup(first, "utility", "real", "auroc", "value")
+    out.append(f"- The same classifier trained on real records reaches AUROC {fmt(real, 3)}.")
+    in_truth = lookup(first, "fidelity", "target", "counts", "actual_positive") or 0
+    in_valid = lookup(first, "utility", "validation", "positives") or 0
     if min(in_truth, in_valid) < FEW_POSITIVES:
       out.append(f"- **Caution**: only {in_truth} true continuations contain the target and only "
                  f"{in_valid} validation patients are in the cohort, so recall, precision and AUROC "
                  "for this cohort rest on a handful of patients (see the intervals). Evaluate more "
                  "patients (`eval.num_test_patients`, a larger `data.num_patients`) for firm numbers.")
     if "base" in ms and "rltf" in ms:
-      rb = _get(ms["base"], "fidelity", "target", "recall", "value")
-      rr = _get(ms["rltf"], "fidelity", "target", "recall", "value")
-      ub = _get(ms["base"], "fidelity", "rouge1", "value")
-      ur = _get(ms["rltf"], "fidelity", "rouge1", "value")
+      rb = lookup(ms["base"], "fidelity", "target", "recall", "value")
+      rr = lookup(ms["rltf"], "fidelity", "target", "recall", "value")
+      ub = lookup(ms["base"], "fidelity", "rouge1", "value")
+      ur = lookup(ms["rltf"], "fidelity", "rouge1", "value")
       if None not in (rb, rr, ub, ur):
         out.append(f"- RLTF vs base: target recall {rb:.2f} -> {rr:.2f}, ROUGE-1 {ub:.3f} -> {ur:.3f}. "
                    "The paper's claim is that recall rises sharply while ROUGE-1 barely moves.")
@@ -154,13 +99,13 @@ def _fidelity_section(results: dict) -> list[str]:
   rows = []
   for cohort, ms in results.items():
     for method, m in ms.items():
-      t = _get(m, "fidelity", "target") or {}
+      t = lookup(m, "fidelity", "target") or {}
       counts = t.get("counts", {})
-      rows.append([get_cohort(cohort).abbrev, _label(method), _ci(t.get("precision"), 2),
+      rows.append([get_cohort(cohort).abbrev, label(method), _ci(t.get("precision"), 2),
                    _ci(t.get("recall"), 2), _ci(t.get("f1"), 2),
                    f"{counts.get('true_positive', 0)}/{counts.get('predicted_positive', 0)}/"
                    f"{counts.get('actual_positive', 0)}",
-                   _ci(_get(m, "fidelity", "rouge1")), _paper_prf(cohort, method)])
+                   _ci(lookup(m, "fidelity", "rouge1")), _paper_prf(cohort, method)])
   rouge_paper = ", ".join(f"{k} {v:.3f}" for k, v in paper.ROUGE1_AVERAGE.items())
   return [
       "## 1. Generating the target (the paper's Tables 1 and 5)", "",
@@ -177,11 +122,11 @@ def _fidelity_section(results: dict) -> list[str]:
       "(CHIRON is the paper's base model, DPO its RLTF model).", "",
       "Patients whose prompt does not already contain the target (new onset only):", "",
       _table(["Cohort", "Method", "Precision", "Recall", "F1", "TP/pred/true"],
-             [[get_cohort(c).abbrev, _label(meth),
-               _ci(_get(m, "fidelity", "target_new_onset", "precision"), 2),
-               _ci(_get(m, "fidelity", "target_new_onset", "recall"), 2),
-               _ci(_get(m, "fidelity", "target_new_onset", "f1"), 2),
-               "/".join(str(_get(m, "fidelity", "target_new_onset", "counts", k)) for k in
+             [[get_cohort(c).abbrev, label(meth),
+               _ci(lookup(m, "fidelity", "target_new_onset", "precision"), 2),
+               _ci(lookup(m, "fidelity", "target_new_onset", "recall"), 2),
+               _ci(lookup(m, "fidelity", "target_new_onset", "f1"), 2),
+               "/".join(str(lookup(m, "fidelity", "target_new_onset", "counts", k)) for k in
                         ("true_positive", "predicted_positive", "actual_positive"))]
               for c, ms in results.items() for meth, m in ms.items()]), ""]
 
@@ -190,18 +135,18 @@ def _utility_section(results: dict) -> list[str]:
   rows = []
   for cohort, ms in results.items():
     first = next(iter(ms.values()))
-    real = _get(first, "utility", "real")
-    rows.append([get_cohort(cohort).abbrev, "Real", _ci(_get(real, "auroc")),
-                 _paper_auroc(paper.TABLE6, cohort, "real"), "-", "-", _ci(_get(real, "auprc")), "-"])
+    real = lookup(first, "utility", "real")
+    rows.append([get_cohort(cohort).abbrev, "Real", _ci(lookup(real, "auroc")),
+                 _paper_auroc(paper.TABLE6, cohort, "real"), "-", "-", _ci(lookup(real, "auprc")), "-"])
     for method, m in ms.items():
-      syn, aug = _get(m, "utility", "synthetic"), _get(m, "utility", "augmentation")
-      note = " (one class: constant)" if _get(syn, "constant_scorer") else ""
-      rows.append([get_cohort(cohort).abbrev, _label(method), _ci(_get(syn, "auroc")) + note,
-                   _paper_auroc(paper.TABLE6, cohort, method), _ci(_get(aug, "auroc")),
-                   _paper_auroc(paper.TABLE7, cohort, method), _ci(_get(syn, "auprc")),
-                   f"{_get(syn, 'train_positives')}/{_get(syn, 'train_patients')}"])
+      syn, aug = lookup(m, "utility", "synthetic"), lookup(m, "utility", "augmentation")
+      note = " (one class: constant)" if lookup(syn, "constant_scorer") else ""
+      rows.append([get_cohort(cohort).abbrev, label(method), _ci(lookup(syn, "auroc")) + note,
+                   _paper_auroc(paper.TABLE6, cohort, method), _ci(lookup(aug, "auroc")),
+                   _paper_auroc(paper.TABLE7, cohort, method), _ci(lookup(syn, "auprc")),
+                   f"{lookup(syn, 'train_positives')}/{lookup(syn, 'train_patients')}"])
   first = next(iter(next(iter(results.values())).values()))
-  v = _get(first, "utility", "validation") or {}
+  v = lookup(first, "utility", "validation") or {}
   return [
       "## 2. Machine-learning utility (the paper's Tables 6 and 7)", "",
       "The held-out patients are split 70/30 (stratified, seeded) into a modelling and a validation "
@@ -224,14 +169,14 @@ def _memorization_section(results: dict) -> list[str]:
       mem = m.get("memorization", {})
       col = paper.paper_column(method)
       p3 = paper.TABLE3.get(col) if col else None
-      rows.append([get_cohort(cohort).abbrev, _label(method), _ci(mem.get("rouge1_train")),
+      rows.append([get_cohort(cohort).abbrev, label(method), _ci(mem.get("rouge1_train")),
                    _ci(mem.get("rouge1_test")),
                    f"{p3['train']:.3f} / {p3['test']:.3f}" if p3 else "-",
                    _ci(mem.get("exact_copy_of_train_continuation")),
                    _ci(mem.get("real_test_equal_to_train_continuation")),
                    _ci(mem.get("self_copy_train")),
-                   _ci(mem.get("membership_inference")) if _get(mem, "membership_inference", "value")
-                   is not None else (_get(mem, "membership_inference", "reason") or "n/a")])
+                   _ci(mem.get("membership_inference")) if lookup(mem, "membership_inference", "value")
+                   is not None else (lookup(mem, "membership_inference", "reason") or "n/a")])
   return [
       "## 3. Memorization and privacy (the paper's Table 3, and beyond)", "",
       "*ROUGE-1 train / test*: the same conditional generation on training patients and on held-out "
@@ -254,7 +199,7 @@ def _prevalence_section(results: dict, plots: list[str]) -> list[str]:
     for method, m in ms.items():
       p = m.get("prevalence", {})
       rec, cont = p.get("records", {}), p.get("continuations", {})
-      rows.append([get_cohort(cohort).abbrev, _label(method), _ci(cont.get("pearson_r")),
+      rows.append([get_cohort(cohort).abbrev, label(method), _ci(cont.get("pearson_r")),
                    _ci(cont.get("r2_identity")), _ci(rec.get("pearson_r")), _ci(rec.get("r2_identity")),
                    f"{_ci(cont.get('cohort_real'), 4)} / {_ci(cont.get('cohort_synthetic'), 4)}",
                    f"{_ci(rec.get('cohort_real'), 4)} / {_ci(rec.get('cohort_synthetic'), 4)}"])
@@ -280,9 +225,9 @@ def _ablation_section(results: dict) -> list[str]:
     if method in ms:
       m = ms[method]
       ref = paper.table2_row(train, 10000, 0.5)
-      rows.append([_label(method), _num(_get(m, "fidelity", "target", "f1", "value"), 2),
-                   _num(_get(m, "utility", "synthetic", "auroc", "value"), 2),
-                   _num(_get(m, "fidelity", "rouge1", "value")),
+      rows.append([label(method), fmt(lookup(m, "fidelity", "target", "f1", "value"), 2),
+                   fmt(lookup(m, "utility", "synthetic", "auroc", "value"), 2),
+                   fmt(lookup(m, "fidelity", "rouge1", "value")),
                    f"{ref['f1']:.2f} / {ref['auroc']:.2f} / {ref['rouge1']:.3f}" if ref else "-"])
   if not rows:
     return []
@@ -298,126 +243,16 @@ def _generation_section(results: dict) -> list[str]:
   for cohort, ms in results.items():
     for method, m in ms.items():
       g, t = m.get("generation", {}), m.get("timing", {})
-      rows.append([get_cohort(cohort).abbrev, _label(method), _num(g.get("mean_true_events"), 1),
-                   _num(g.get("mean_generated_events"), 1), _num(g.get("empty_generated_fraction"), 3),
-                   _num(g.get("max_new_events_reached_fraction"), 3),
-                   _num(t.get("generate_test_s"), 1), _num(t.get("total_s"), 1)])
+      rows.append([get_cohort(cohort).abbrev, label(method), fmt(g.get("mean_true_events"), 1),
+                   fmt(g.get("mean_generated_events"), 1), fmt(g.get("empty_generated_fraction"), 3),
+                   fmt(g.get("max_new_events_reached_fraction"), 3),
+                   fmt(t.get("generate_test_s"), 1), fmt(t.get("total_s"), 1)])
   return ["## 6. Generation and cost", "",
           "Mean events per true and generated continuation, the fraction of empty generations and of "
           "generations cut at the `max_new_events` budget, and seconds spent (0 s of generation means "
           "the continuations were read back from an earlier run).", "",
           _table(["Cohort", "Method", "True events", "Generated events", "Empty", "Hit budget",
                   "Generation s", "Total eval s"], rows), ""]
-
-
-# ---------------------------------------------------------------- plots
-def _plots(results: dict, out: Path) -> dict[str, list[str]]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  files: dict[str, list[str]] = {"fidelity": [], "utility": [], "prevalence": []}
-  cohorts = list(results)
-  methods = sorted({m for ms in results.values() for m in ms}, key=_method_rank)
-  x = np.arange(len(cohorts))
-
-  def bars(ax, series, values_fn, paper_fn, title):
-    width = 0.8 / max(len(series), 1)
-    for i, s in enumerate(series):
-      vals, lo, hi, ref = [], [], [], []
-      for c in cohorts:
-        cell = values_fn(c, s) or {}
-        v = cell.get("value")
-        ci = cell.get("ci95") or [None, None]
-        vals.append(np.nan if v is None else v)
-        lo.append(0 if v is None or ci[0] is None else v - ci[0])
-        hi.append(0 if v is None or ci[1] is None else ci[1] - v)
-        ref.append(paper_fn(c, s))
-      pos = x - 0.4 + width * (i + 0.5)
-      ax.bar(pos, vals, width, yerr=[lo, hi], capsize=2, label=_label(s))
-      ref = np.array([np.nan if r is None else r for r in ref], float)
-      if np.isfinite(ref).any():
-        labelled = PAPER_NOTE in ax.get_legend_handles_labels()[1]
-        ax.scatter(pos, ref, marker="x", color="black", zorder=3,
-                   label=None if labelled else PAPER_NOTE)
-    ax.set_xticks(x, [get_cohort(c).abbrev for c in cohorts])
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-
-  def paper_prf(k):
-    def f(c, s):
-      col = paper.paper_column(s)
-      cell = paper.TABLE5.get(c, {}).get(col) if col else None
-      return cell[k] if cell else None
-    return f
-
-  fig, axes = plt.subplots(1, 2, figsize=(max(8, 3 + 2.5 * len(cohorts)), 4))
-  for ax, (k, name) in zip(axes, ((1, "recall"), (2, "f1"))):
-    bars(ax, methods, lambda c, s, n=name: _get(results[c].get(s, {}), "fidelity", "target", n),
-         paper_prf(k), f"Target {name} by method (bars: ours, 95% CI)")
-  _legend_below(fig, axes[0])
-  fig.savefig(out / "recall_f1.png", dpi=120)
-  plt.close(fig)
-  files["fidelity"].append("recall_f1.png")
-
-  series = ["real"] + methods
-
-  def auroc_cell(kind):
-    def f(c, s):
-      ms = results[c]
-      if s == "real":
-        return _get(next(iter(ms.values())), "utility", "real", "auroc")
-      return _get(ms.get(s, {}), "utility", kind, "auroc")
-    return f
-
-  def paper_auroc(table):
-    def f(c, s):
-      col = paper.paper_column(s)
-      return table.get(c, {}).get(col) if col else None
-    return f
-
-  fig, axes = plt.subplots(1, 2, figsize=(max(8, 3 + 2.5 * len(cohorts)), 4))
-  bars(axes[0], series, auroc_cell("synthetic"), paper_auroc(paper.TABLE6), "AUROC, trained on synthetic only")
-  bars(axes[1], series, auroc_cell("augmentation"), paper_auroc(paper.TABLE7), "AUROC, real + synthetic")
-  for ax in axes:
-    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-  _legend_below(fig, axes[0])
-  fig.savefig(out / "auroc.png", dpi=120)
-  plt.close(fig)
-  files["utility"].append("auroc.png")
-
-  for cohort, ms in results.items():
-    fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3.4), squeeze=False)
-    for ax, (method, m) in zip(axes[0], ms.items()):
-      path = Path(m["_dir"]) / "prevalence.npz"
-      if path.exists():
-        z = io.load_npz(path)
-        real, syn = z["continuations_real"], z["continuations_synthetic"]
-        target = np.isin(z["continuations_codes"], get_cohort(cohort).codes)
-        ax.scatter(real[~target], syn[~target], s=6, alpha=0.6, label="other codes")
-        ax.scatter(real[target], syn[target], s=18, color="red", label="target codes")
-        ax.legend(fontsize=6, loc="upper left")
-        top = float(max(real.max(initial=0), syn.max(initial=0), 1e-3)) * 1.05
-        ax.plot([0, top], [0, top], color="grey", lw=0.8)
-        ax.set_xlim(0, top)
-        ax.set_ylim(0, top)
-      r = _get(m, "prevalence", "continuations", "pearson_r", "value")
-      ax.set_title(f"{_label(method)}\nr = {_num(r, 2)}", fontsize=9)
-      ax.set_xlabel("real prevalence (true continuations)", fontsize=8)
-      ax.set_ylabel("synthetic prevalence (generated)", fontsize=8)
-    fig.suptitle(f"{get_cohort(cohort).abbrev}: per-code prevalence, one dot per code", fontsize=10)
-    fig.tight_layout()
-    name = f"prevalence_{cohort}.png"
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
-    files["prevalence"].append(name)
-  return files
-
-
-def _legend_below(fig, ax) -> None:
-  handles, labels = ax.get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7)
-  fig.tight_layout(rect=(0, 0.1, 1, 1))
 
 
 # ---------------------------------------------------------------- entry points
@@ -429,13 +264,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
   out = Path(out_dir) if out_dir else run_dir / "report"
   results = collect(run_dir, skip=out)
   out.mkdir(parents=True, exist_ok=True)
-  plots = _plots(results, out)
+  plots = write_plots(results, out)
   first = next(iter(next(iter(results.values())).values()))
   s = first.get("settings", {})
   lines = [
       "# RLTF evaluation report", "",
       f"Run directory: `{run_dir}`. Cohorts: {', '.join(get_cohort(c).abbrev for c in results)}. "
-      f"Methods: {', '.join(sorted({_label(m) for ms in results.values() for m in ms}))}.", "",
+      f"Methods: {', '.join(sorted({label(m) for ms in results.values() for m in ms}))}.", "",
       "How the numbers were made: each held-out (test-split) patient with at least "
       f"T + {s.get('min_prompt_events')} events (T = {s.get('truncate_events')}) loses its last T events; "
       "the method continues the remaining prompt (at most "

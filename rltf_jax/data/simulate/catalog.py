@@ -1,8 +1,8 @@
 """What each simulated condition writes into a claims record: the simulator's code tables.
 
 The numbers that shape *who* gets a condition and *when* (prevalences, hazard ratios, age curves,
-coding probabilities) are knobs in `simulate.default_config()`. This module only says *which codes*
-a condition emits, and how likely each is once the condition is coded:
+coding probabilities) are configs/simulator.py. This module only says *which codes* a condition
+emits, and how likely each is once the condition is coded:
 
   codes       the condition's own codes, one drawn per coded event by weight. For a cohort
               condition these are Table-4 target codes and nothing else; for any other condition
@@ -25,6 +25,15 @@ emitted as they are.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rltf_jax import io as rltf_io
+from rltf_jax.data.cohorts import COHORTS
 
 Weights = tuple[tuple[str, float], ...]
 
@@ -205,7 +214,7 @@ CHRONIC = ("obesity", "smoking", "alcohol", "asthma", "depression", "cancer", "s
 ACUTE = tuple(c for c in CONDITIONS if c not in CHRONIC)
 
 # Common diagnoses that head the background (noise) distribution, most frequent first; the tail
-# is drawn from all other ICD-10-CM leaf codes (see `simulate.background_codes`).
+# is drawn from all other ICD-10-CM leaf codes (see `background_codes`).
 BACKGROUND_HEAD = (
     "Z0000 J069 Z23 Z0001 M5450 K219 F419 E039 Z00129 R519 R109 M25561 J0190 E559 G4700 J029 "
     "H6690 L309 M1990 K5900 R42 R5383 Z1231 Z79899 D509 J309 G43909 B349 R21 H524 M25562 J329 "
@@ -231,3 +240,60 @@ LAB_REASON = "CCSPX/233"
 def canonical(code: str) -> str:
   """Catalog spelling -> canonical code string: bare values are ICD-10-CM."""
   return code if "/" in code else f"ICD10CM/{code}"
+
+
+# ---------------------------------------------------------------- tables derived from the catalog
+@functools.lru_cache(maxsize=4)
+def background_codes(tail_size: int, catalog_seed: int) -> tuple[str, ...]:
+  """Background diagnoses, most frequent first: the catalog's head, then ICD-10-CM leaf codes.
+
+  The tail leaves out chapters that need a context the simulator does not model (injuries and
+  external causes S-Y, pregnancy O, perinatal P) and every 3-character family of a Table-4 code,
+  so a background draw never lands in a cohort or next to one.
+  """
+  targets = {c.split("/", 1)[1] for co in COHORTS.values() for c in co.codes}
+  families = {t[:3] for t in targets}
+  head = [c for c in BACKGROUND_HEAD if c[:3] not in families]
+  used = set(head) | {c for cc in CONDITIONS.values() for c, _ in cc.codes}
+  pool = sorted(c for c in icd10cm_leaves()
+                if c[0] not in "OPSTVWXY" and c[:3] not in families and c not in used)
+  order = np.random.default_rng(catalog_seed).permutation(len(pool))[:tail_size]
+  return tuple(head + [pool[i] for i in order])
+
+
+def icd10cm_leaves() -> list[str]:
+  """All leaf codes of the installed `simple_icd_10_cm` release, without dots.
+
+  Importing the package parses its XML release (several seconds), so the list is kept in a cache
+  file named after the package version (`$RLTF_CACHE`, else ~/.cache/rltf_jax).
+  """
+  version = importlib.metadata.version("simple_icd_10_cm")
+  cache = Path(os.environ.get("RLTF_CACHE", Path.home() / ".cache" / "rltf_jax"))
+  path = cache / f"icd10cm_leaves-{version}.txt"
+  if path.exists():
+    codes = path.read_text().split()
+    if codes:
+      return codes
+  # Lazy: importing the package parses its XML release; the cache file usually spares that.
+  import simple_icd_10_cm as icd  # pylint: disable=g-import-not-at-top
+  codes = sorted(c for c in icd.get_all_codes(with_dots=False)
+                 if len(c) >= 3 and "-" not in c and icd.is_leaf(c))
+  try:
+    rltf_io.atomic_write_text(path, "\n".join(codes) + "\n")
+  except OSError:
+    pass  # a read-only home only costs the parse next time
+  return codes
+
+
+@functools.lru_cache(maxsize=1)
+def sporadic_pool() -> tuple[str, ...]:
+  """Every non-target code the catalog's conditions emit (sorted, for a stable table)."""
+  targets = {c for co in COHORTS.values() for c in co.codes}
+  pool = set()
+  for name, book in CONDITIONS.items():
+    for field in ("codes", "presenting", "related", "procedures", "meds", "followup"):
+      if field == "codes" and name in COHORTS:
+        continue
+      pool.update(canonical(c) for c, _ in getattr(book, field))
+  # A sickle-cell code has no other indication.
+  return tuple(sorted(c for c in pool - targets if not c.startswith("ICD10CM/D57")))

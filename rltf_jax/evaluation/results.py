@@ -1,0 +1,72 @@
+"""A run's evaluations as the report reads them: collected from disk, ordered and labelled.
+
+Shared by the report's text (`report.py`) and its figures (`plots.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rltf_jax.data.cohorts import COHORTS
+from rltf_jax.errors import DataError
+from rltf_jax.evaluation.evaluate import METRICS_KIND
+
+METHOD_ORDER = ("base", "rltf", "sft", "lstm", "halo")
+METHOD_LABEL = {"base": "Base (CHIRon-style)", "rltf": "RLTF (DPO-Positive)", "sft": "SFT",
+                "lstm": "LSTM", "halo": "HALO", "real": "Real"}
+PAPER_NOTE = "paper, on its private data"
+
+
+def collect(run_dir: str | Path, skip: Path | None = None) -> dict[str, dict[str, dict]]:
+  """{cohort: {method: metrics}} from every generator evaluation under `run_dir`; each metrics dict
+  gains `_dir`, the folder it came from (for its .npz files)."""
+  found: dict[str, dict[str, dict]] = {}
+  for path in sorted(Path(run_dir).rglob("metrics.json")):
+    if skip is not None and skip in path.parents:
+      continue
+    try:
+      m = json.loads(path.read_text())
+    except ValueError as e:
+      raise DataError(f"{path}: not valid JSON ({e}); rerun that evaluation") from e
+    if not isinstance(m, dict) or m.get("kind") != METRICS_KIND:
+      continue
+    cohort, method = m["cohort"], m["method"]
+    if method in found.get(cohort, {}):
+      raise DataError(f"two evaluations of {method!r} on {cohort!r} under {run_dir}: "
+                      f"{found[cohort][method]['_dir']} and {path.parent}; keep one")
+    m["_dir"] = str(path.parent)
+    found.setdefault(cohort, {})[method] = m
+  if not found:
+    raise DataError(f"no evaluation metrics.json under {run_dir}; run the evaluation first")
+  return {c: dict(sorted(ms.items(), key=lambda kv: method_rank(kv[0]))) for c, ms in
+          sorted(found.items(), key=lambda kv: _cohort_rank(kv[0]))}
+
+
+def method_rank(method: str) -> tuple[int, str]:
+  return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _cohort_rank(cohort: str) -> tuple[int, str]:
+  names = list(COHORTS)
+  return (names.index(cohort) if cohort in names else len(names), cohort)
+
+
+def label(method: str) -> str:
+  """The method's name in tables and legends."""
+  return METHOD_LABEL.get(method, method)
+
+
+def lookup(d: dict, *keys):
+  """`d[k1][k2]...`, or None where a key is missing."""
+  for k in keys:
+    if not isinstance(d, dict) or k not in d:
+      return None
+    d = d[k]
+  return d
+
+
+def fmt(x, digits: int = 3) -> str:
+  """`x` with `digits` decimals; 'n/a' for None and NaN."""
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
