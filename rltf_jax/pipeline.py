@@ -30,14 +30,17 @@ import logging
 import time
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from absl import logging as absl_logging
 
+from configs import base as base_config
 from rltf_jax import io, methods, runs
 from rltf_jax.data.cohorts import COHORTS, Cohort, get_cohort, require_positives
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.load import load_dataset
 from rltf_jax.data.vocab import Vocabulary
+from rltf_jax.errors import ConfigError
 from rltf_jax.evaluation import evaluate, report
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
@@ -81,8 +84,22 @@ def _announce(name: str, directory: Path) -> float:
   return time.time()
 
 
+def require_fields(cfg, reference, where: str = "config") -> None:
+  """A `ConfigError` naming the first field of `reference` (the base config of the same size) that
+  `cfg` lacks: the library reads every field without a fallback, so a config written by hand or
+  for an older version is checked here, before any work starts."""
+  for name, ref in reference.items():
+    if name not in cfg:
+      raise ConfigError(f"{where}.{name} is missing; configs/base.py defines it (start a config from "
+                        "base.get_config() so that every field has its default)")
+    # The simulator's table is checked by the simulator itself, and only when it draws.
+    if isinstance(ref, ml_collections.ConfigDict) and name != "simulator":
+      require_fields(cfg[name], ref, f"{where}.{name}")
+
+
 def run(cfg, workdir: str | None = None) -> int:
   """Runs every stage of `cfg` for its cohort; prints the report's path as the last line."""
+  require_fields(cfg, base_config.get_config(cfg.size if "size" in cfg else None))
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
   cohort = get_cohort(cfg.cohort)

@@ -35,7 +35,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from rltf_jax import io
+from rltf_jax import io, pipeline
+from rltf_jax.data.cohorts import get_cohort
+from rltf_jax.evaluation import paper_numbers as paper
 from rltf_jax.errors import ConfigError, RLTFError, cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +116,6 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
 
 
 def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None) -> int:
-  from rltf_jax import pipeline
   base_cfg, runs, sweep_name, default_seeds = load_sweep(spec)
   root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
   names = [r["name"] for r in runs]
@@ -159,7 +160,6 @@ def _value(metrics: dict, *keys):
 
 def collect_rows(root: Path, cfg, run: dict) -> list[dict]:
   """One row per evaluated method of a finished run."""
-  from rltf_jax.data.cohorts import get_cohort
   cohort = get_cohort(cfg.cohort)
   cohort_dir = root / (cohort.name + (f"-{cfg.run_name}" if cfg.run_name else ""))
   rows = []
@@ -186,7 +186,6 @@ def collect_rows(root: Path, cfg, run: dict) -> list[dict]:
 
 def _paper(row: dict) -> dict:
   """The paper's numbers for the same cell, where it has them."""
-  from rltf_jax.evaluation import paper_numbers as paper
   out = {}
   cell = paper.prf(row["cohort"], row["method"])
   if cell:

@@ -2,6 +2,7 @@
 run interrupted between stages that resumes without redoing finished work."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,6 +62,23 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
   cfg.rltf.beta = 0.5
   with pytest.raises(ConfigError):
     pipeline.run(cfg, str(tmp_path))
+
+  # Following the message (delete the fine-tune, rerun) retrains RLTF; its old evaluation is then
+  # refused, never reused, and recomputed once deleted.
+  shutil.rmtree(tmp_path / "scd" / "rltf")
+  with pytest.raises(ConfigError, match="eval/rltf"):
+    pipeline.run(cfg, str(tmp_path))
+  shutil.rmtree(tmp_path / "scd" / "eval" / "rltf")
+  assert pipeline.run(cfg, str(tmp_path)) == 0
+  assert (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns != before
+
+  # Another pretraining config under the same work directory trains another base model; the base
+  # model's evaluation of the old one is refused, not returned.
+  cfg.methods = ("base",)
+  cfg.pretrain.steps = 30
+  with pytest.raises(ConfigError, match="eval/base"):
+    pipeline.run(cfg, str(tmp_path))
+  assert len(list(tmp_path.glob("base-*"))) == 2
 
 
 def test_mimic_demo_runs_end_to_end(tmp_path, capsys):

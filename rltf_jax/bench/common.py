@@ -10,12 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import base as base_config
+from rltf_jax.models import precision
+
 
 def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
   """Best-of-`repeats` GFLOP/s of a jitted n x n matmul on the default device: the ceiling that
   model FLOP utilisation is quoted against. `dtype` "bfloat16" measures what the model's bf16
   compute runs (bf16 operands, float32 accumulation and result; see `rltf_jax.models.precision`)."""
-  from rltf_jax.models import precision
   a = jax.random.normal(jax.random.key(0), (n, n), precision.compute_dtype(dtype))
   b = jax.random.normal(jax.random.key(1), (n, n), precision.compute_dtype(dtype))
   f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
@@ -29,10 +31,9 @@ def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32
 
 
 def add_dtype_flag(parser) -> None:
-  """`--dtype`: the model's compute dtype (`model.compute_dtype`, default the model's default)."""
-  from rltf_jax.models.decoder import DEFAULT_COMPUTE_DTYPE
-  from rltf_jax.models.precision import COMPUTE_DTYPES
-  parser.add_argument("--dtype", default=DEFAULT_COMPUTE_DTYPE, choices=sorted(COMPUTE_DTYPES),
+  """`--dtype`: the model's compute dtype (`model.compute_dtype`, default the base config's)."""
+  parser.add_argument("--dtype", default=base_config.get_config().model.compute_dtype,
+                      choices=sorted(precision.COMPUTE_DTYPES),
                       help="model.compute_dtype: the matmul operands")
 
 

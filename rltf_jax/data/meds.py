@@ -54,8 +54,9 @@ import pyarrow.parquet as pq
 import rltf_jax
 from rltf_jax import io
 from rltf_jax.data.codes import normalize_code
+from rltf_jax.data import mimic
 from rltf_jax.data.events import SEX_FEMALE, SEX_MALE, SEX_UNKNOWN, PatientEvents
-from rltf_jax.errors import DataError
+from rltf_jax.errors import DataError, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   if not args.convert_mimic or not args.out:
     parser.error("give --convert-mimic SRC --out DST (or --summary MEDS_DIR)")
-  from rltf_jax.data import mimic
   ds = mimic.read_mimic(args.convert_mimic)
   # MIMIC has no official splits: none are written, so `load_dataset` assigns them by subject hash
   # from the config's split fractions and seed.
@@ -438,6 +438,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from rltf_jax.errors import cli_main
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   cli_main(main)

@@ -9,13 +9,11 @@ import json
 import math
 from pathlib import Path
 
+from rltf_jax import methods
 from rltf_jax.data.cohorts import COHORTS
 from rltf_jax.errors import DataError
 from rltf_jax.evaluation.evaluate import METRICS_KIND
 
-METHOD_ORDER = ("base", "rltf", "sft", "lstm", "halo")
-METHOD_LABEL = {"base": "Base (CHIRon-style)", "rltf": "RLTF (DPO-Positive)", "sft": "SFT",
-                "lstm": "LSTM", "halo": "HALO", "real": "Real"}
 PAPER_NOTE = "paper, on its private data"
 
 
@@ -45,7 +43,7 @@ def collect(run_dir: str | Path, skip: Path | None = None) -> dict[str, dict[str
 
 
 def method_rank(method: str) -> tuple[int, str]:
-  return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+  return methods.sort_key(method)
 
 
 def _cohort_rank(cohort: str) -> tuple[int, str]:
@@ -55,7 +53,7 @@ def _cohort_rank(cohort: str) -> tuple[int, str]:
 
 def label(method: str) -> str:
   """The method's name in tables and legends."""
-  return METHOD_LABEL.get(method, method)
+  return "Real" if method == "real" else methods.label(method)
 
 
 def lookup(d: dict, *keys):
