@@ -239,3 +239,10 @@ def test_transformer_log_likelihood_says_how_many_tokens_it_scored(tiny_dataset)
   assert n.dtype == np.int64 and list(n) == [7, 7, 1]
   np.testing.assert_array_equal(ll, gen.log_likelihood(ds))
   assert ll.dtype == np.float64 and np.all(ll < 0)
+
+
+def test_head_keeps_the_first_events_of_each_row(tiny_dataset):
+  cut = conditional.head(tiny_dataset, 2)
+  assert list(cut.lengths) == [2, 2, 0]
+  assert conditional.code_sequences(cut)[1] == ["ICD10CM/I10", "ICD10CM/D573"]
+  assert conditional.head(tiny_dataset, 10).equals(tiny_dataset)
