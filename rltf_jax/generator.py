@@ -24,6 +24,12 @@ class Generator(Protocol):
     ...
 
   def log_likelihood(self, dataset: PatientEvents) -> np.ndarray:
-    """float64 [P]: log-probability of each patient's whole code sequence under the model
-    (used by the membership-inference check). May raise NotImplementedError."""
+    """float64 [P]: log-probability of each patient's code sequence under the model, summed over
+    the tokens the model scores (`scored_log_likelihood`). May raise NotImplementedError."""
+    ...
+
+  def scored_log_likelihood(self, dataset: PatientEvents) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 [P] `log_likelihood`, int64 [P] how many tokens each sum runs over). A model that
+    reads a window of the record scores fewer tokens than the record has events; the
+    membership-inference check divides by this count. May raise NotImplementedError."""
     ...

@@ -90,12 +90,14 @@ def tiny_decoder(vocab_size, seed=0):
 
 
 def plain_sequence(data, vocab, i, which):
-  """[BOS] + prompt + continuation (+ EOS) of pair i as lists, and the prompt length."""
+  """[BOS] + prompt + continuation (+ EOS) of pair i as lists, and the prompt length. BOS carries
+  the attributes of its own sequence's first event (the chosen one's when that sequence is empty),
+  as `rltf_jax.data.sequences` encodes a sequence."""
   prompt, cont = data.prompt, getattr(data, which)
   ev = lambda d: [(vocab.id(d.codes[d.code[k]]), d.visit[k], d.age[k], d.pos[k])
                   for k in range(d.offsets[i], d.offsets[i + 1])]
   p, c, chosen = ev(prompt), ev(cont), ev(data.chosen)
-  first = (p + chosen)[0]
+  first = (p + c or chosen)[0]
   seq = [(BOS,) + first[1:]] + p + c
   if data.ends[i]:
     last = (p + c or chosen)[-1]
@@ -140,6 +142,51 @@ def test_packed_logps_equal_two_plain_passes(pairs_and_vocab):
                                           for i in range(data.num_pairs))
 
 
+@pytest.fixture(scope="module")
+def empty_prompt_pairs_and_vocab():
+  """Pairs with an empty prompt whose record starts with the target, so the rejected sequence
+  (target removed) starts with another event, of another visit, age and place of service; one
+  record is only targets (an empty rejected continuation), one is cut by the window (no EOS).
+  Also empty-prompt negatives (insertions at the start included) and ordinary pairs."""
+  from rltf_jax.data.events import PatientEvents
+  codes = list(COHORT.codes) + [f"ICD10CM/X{i:02d}" for i in range(6)]
+  # (code index, visit, place of service); code 0 and 1 are targets.
+  records = [[(1, 0, 23), (3, 1, 11), (4, 1, 11), (0, 2, 21)],
+             [(0, 0, 21), (1, 0, 21), (5, 1, 11)],
+             [(1, 0, 23), (0, 1, 21)],                       # only targets: rejected is empty
+             [(0, 0, 21), (6, 2, 11), (7, 3, 22), (2, 4, 11), (3, 5, 11), (4, 6, 11)],  # cut by the window
+             [(2, 0, 11), (3, 0, 11), (0, 1, 21), (4, 2, 23)],
+             [(5, 0, 22), (6, 1, 11)], [(7, 0, 11)], [(3, 0, 23), (4, 1, 21), (2, 2, 11)]]
+  records = records * 6  # each copy draws its own split point and insertion
+  ev = [e for r in records for e in r]
+  visit = np.array([e[1] for e in ev])
+  ds = PatientEvents.build(
+      subject_id=np.arange(len(records)) + 1, sex=np.zeros(len(records)),
+      birth_day=np.full(len(records), -9000), offsets=np.concatenate([[0], np.cumsum([len(r) for r in records])]),
+      code=[e[0] for e in ev], day=10_000 + 400 * visit, visit=visit, pos=[e[2] for e in ev], codes=codes,
+      split=np.zeros(len(records)))
+  vocab = Vocabulary.build(ds, always_include=COHORT.codes)
+  # Every positive record but one starts with the target, so it splits at 0 (empty prompt).
+  data = build_preference_data(ds, COHORT, rltf_cfg(num_pairs=36, max_continuation_events=5))
+  return data, vocab
+
+
+def test_packed_logps_equal_two_plain_passes_with_empty_prompts(empty_prompt_pairs_and_vocab):
+  data, vocab = empty_prompt_pairs_and_vocab
+  empty = data.prompt.lengths == 0
+  starts_with_target = empty & data.positive & (data.edit_index == 0)
+  # The fixture holds the cases it is for: the rejected sequence's first event is another one
+  # (other attributes), an empty rejected continuation, a continuation cut by the window.
+  differs = starts_with_target & (data.rejected.lengths > 0)
+  assert differs.sum() >= 3 and (starts_with_target & (data.rejected.lengths == 0)).any()
+  assert (starts_with_target & ~data.ends).any() and (empty & ~data.positive).any() and (~empty).any()
+  graphdef, params = tiny_decoder(len(vocab))
+  packed = pack_pairs(data, vocab)
+  chosen, rejected = jax.jit(packed_pairs.pair_logps, static_argnums=0)(graphdef, params, packed)
+  np.testing.assert_allclose(chosen, plain_logps(graphdef, params, data, vocab, "chosen"), rtol=2e-5, atol=2e-4)
+  np.testing.assert_allclose(rejected, plain_logps(graphdef, params, data, vocab, "rejected"), rtol=2e-5, atol=2e-4)
+
+
 def test_reference_logps_are_batched_exactly_and_cached(pairs_and_vocab, tmp_path, caplog):
   from rltf_jax.training import reference
   data, vocab = pairs_and_vocab
@@ -161,13 +208,16 @@ def test_reference_logps_are_batched_exactly_and_cached(pairs_and_vocab, tmp_pat
   assert len(list(tmp_path.glob("reference-*.npz"))) == 2
 
 
-def test_packed_layout_by_hand(pairs_and_vocab):
-  data, vocab = pairs_and_vocab
+@pytest.mark.parametrize("pairs_fixture", ["pairs_and_vocab", "empty_prompt_pairs_and_vocab"])
+def test_packed_layout_by_hand(pairs_fixture, request):
+  data, vocab = request.getfixturevalue(pairs_fixture)
   packed = pack_pairs(data, vocab)
   for i in range(data.num_pairs):
     c, n_prompt = plain_sequence(data, vocab, i, "chosen")
     r, _ = plain_sequence(data, vocab, i, "rejected")
     e = n_prompt + 1 + data.edit_index[i]  # shared columns
+    if c[0][1:] != r[0][1:]:  # BOS differs (empty prompt): each tail holds its own, nothing shared
+      e = 0
     row = list(packed.tokens[i])
     assert row[:len(c)] == [t[0] for t in c]
     assert row[len(c):len(c) + len(r) - e] == [t[0] for t in r[e:]]

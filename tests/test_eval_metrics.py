@@ -189,3 +189,60 @@ def test_sample_patients_skips_short_ones(tiny_dataset):
   idx, counts = conditional.sample_patients(ds, "test", 0, 0, truncate_events=3)
   assert list(idx) == [1]  # 3 events need at least 4; patient 0 has 3 and patient 2 none
   assert counts == dict(split_patients=3, too_short=2, selected=1)
+
+
+# ---------------------------------------------------------------- membership inference
+class _Windowed:
+  """Scores at most `window` tokens of a record (BOS excluded: events + EOS), at -1 per token for
+  training-split patients and -0.5 for the others."""
+  name = "windowed"
+  window = 5
+
+  def scored_log_likelihood(self, ds):
+    n = np.minimum(ds.lengths + 1, self.window)
+    return -n * np.where(ds.split == 0, 1.0, 0.5), n
+
+  def log_likelihood(self, ds):
+    return self.scored_log_likelihood(ds)[0]
+
+
+def _records(num, length, split):
+  n = num * length
+  return PatientEvents.build(
+      subject_id=np.arange(num) + 100 * (split + 1), sex=np.zeros(num), birth_day=np.zeros(num),
+      offsets=np.arange(0, n + 1, length), code=np.arange(n) % 3, day=np.full(n, 5000),
+      visit=np.zeros(n), pos=np.full(n, 11), codes=["ICD10CM/A00", "ICD10CM/B00", "ICD10CM/C00"],
+      split=np.full(num, split))
+
+
+def test_membership_score_divides_by_the_scored_tokens():
+  from rltf_jax.evaluation import privacy
+  # Members: long records (20 events, 5 scored tokens at -1 each); non-members: short ones (3
+  # events + EOS at -0.5 each). Per scored token the non-members are the likelier ones (AUC 0);
+  # dividing by the record's events instead would call the long members likelier (AUC 1).
+  out = privacy.membership_inference(_Windowed(), _records(6, 20, 0), _records(6, 3, 2), 20, 0)
+  assert out["value"] == 0.0
+  assert out["mean_member_ll_per_token"] == -1.0 and out["mean_nonmember_ll_per_token"] == -0.5
+  assert out["normalisation"] == "log_likelihood / scored tokens"
+
+
+def test_transformer_log_likelihood_says_how_many_tokens_it_scored(tiny_dataset):
+  from rltf_jax.data.vocab import Vocabulary
+  from rltf_jax.sampling.generator import TransformerGenerator
+  from test_dpo import tiny_decoder
+  ds = conditional.join(tiny_dataset, tiny_dataset)  # 6, 8 and 0 events
+  vocab = Vocabulary.build(ds)
+  graphdef, params = tiny_decoder(len(vocab))
+  gen = TransformerGenerator(graphdef, params, vocab, batch_size=2, max_prompt_len=8)
+  ll, n = gen.scored_log_likelihood(ds)
+  # The window keeps BOS and the last 7 tokens (events, EOS); every token after BOS is scored.
+  assert n.dtype == np.int64 and list(n) == [7, 7, 1]
+  np.testing.assert_array_equal(ll, gen.log_likelihood(ds))
+  assert ll.dtype == np.float64 and np.all(ll < 0)
+
+
+def test_head_keeps_the_first_events_of_each_row(tiny_dataset):
+  cut = conditional.head(tiny_dataset, 2)
+  assert list(cut.lengths) == [2, 2, 0]
+  assert conditional.code_sequences(cut)[1] == ["ICD10CM/I10", "ICD10CM/D573"]
+  assert conditional.head(tiny_dataset, 10).equals(tiny_dataset)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rltf_jax.data.events import PatientEvents
-from rltf_jax.errors import ConfigError
+from rltf_jax.errors import ConfigError, DataError
 from rltf_jax.evaluation import evaluate, report, utility
 from test_eval_utility import toy_dataset
 
@@ -87,7 +87,9 @@ class AlwaysTarget:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("run")
-  ds = toy_dataset(160, seed=4)
+  # Fidelity is scored on the validation patients: with this draw, 5 of their 24 true
+  # continuations hold the target (and 9 of their records).
+  ds = toy_dataset(160, seed=2)
   results = {}
   for gen in (Oracle(ds), Silent(), AlwaysTarget()):
     results[gen.name] = evaluate.evaluate_generator(gen, ds, "scd", eval_config(),
@@ -202,3 +204,133 @@ def test_config_has_the_eval_section():
     cfg = base.get_config(size).eval
     assert cfg.num_test_patients == n and cfg.max_new_events >= cfg.truncate_events
     assert set(evaluate._RESULT_FIELDS) <= set(cfg.keys())
+
+
+# ---------------------------------------------------------------- populations and length matching
+class Overlong:
+  """The true continuation, then T events of the target: right for T events, then too long."""
+  name = "overlong"
+
+  def __init__(self, full: PatientEvents):
+    self.oracle = Oracle(full)
+
+  def complete(self, prompts, *, max_new_events, seed):
+    from rltf_jax.evaluation import conditional
+    true = self.oracle.complete(prompts, max_new_events=T, seed=seed)
+    extra = _continuation(prompts, np.full(len(prompts), T), ["ICD10CM/D573"],
+                          np.zeros(T * len(prompts), np.int32))
+    return conditional.join(true, extra)
+
+  def log_likelihood(self, ds):
+    raise NotImplementedError("test generator")
+
+
+class Memorizer:
+  """Trained on `known` (subject ids): reproduces those patients' continuations, writes nothing
+  for anyone else, and gives its training patients a higher likelihood."""
+  name = "memorizer"
+
+  def __init__(self, full: PatientEvents, known: np.ndarray):
+    self.oracle, self.known = Oracle(full), np.asarray(known)
+
+  def complete(self, prompts, *, max_new_events, seed):
+    out = self.oracle.complete(prompts, max_new_events=max_new_events, seed=seed)
+    return _keep_rows(out, np.isin(prompts.subject_id, self.known))
+
+  def log_likelihood(self, ds):
+    return -ds.lengths * np.where(np.isin(ds.subject_id, self.known), 1.0, 2.0)
+
+
+def _keep_rows(ds: PatientEvents, keep: np.ndarray) -> PatientEvents:
+  """`ds` with the events of rows where `keep` is False removed (the rows stay, empty)."""
+  ev = np.repeat(keep, ds.lengths)
+  lens = np.where(keep, ds.lengths, 0)
+  return PatientEvents.build(
+      subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day, split=ds.split,
+      offsets=np.concatenate([[0], np.cumsum(lens)]), code=ds.code[ev], day=ds.day[ev],
+      visit=ds.visit[ev], pos=ds.pos[ev], codes=ds.codes)
+
+
+def test_fidelity_and_utility_are_length_matched_with_the_uncut_numbers_beside(tmp_path):
+  ds = toy_dataset(160, seed=2)
+  m = evaluate.evaluate_generator(Overlong(ds), ds, "scd", eval_config(), tmp_path / "overlong")
+  g = m["generation"]
+  assert g["mean_generated_events"] == 2 * T and g["mean_generated_events_length_matched"] == T
+  # The first T generated events are the truth: perfect; uncut, every patient gets the target.
+  cut, uncut = m["fidelity"]["target"], m["fidelity_uncut"]["target"]
+  assert cut["counts"]["actual_positive"] > 0
+  assert (cut["precision"]["value"], cut["recall"]["value"], m["fidelity"]["rouge1"]["value"]) == (1.0, 1.0, 1.0)
+  assert uncut["recall"]["value"] == 1.0 and uncut["counts"]["predicted_positive"] == uncut["counts"]["patients"]
+  assert uncut["precision"]["value"] < 1.0 and m["fidelity_uncut"]["rouge1"]["value"] < 1.0
+  assert m["memorization"]["rouge1_train"]["value"] == 1.0 > m["memorization"]["rouge1_train_uncut"]["value"]
+  # Utility: length-matched synthetic records are the real ones; uncut, all are positive.
+  assert m["utility"]["synthetic"]["auroc"] == m["utility"]["real"]["auroc"]
+  assert m["utility_uncut"]["synthetic"]["constant_scorer"]
+  table = m["utility_uncut"]["label_table"]
+  assert table["real_negative"]["synthetic_negative"] == table["real_positive"]["synthetic_negative"] == 0
+  assert m["utility"]["label_table"]["real_negative"]["synthetic_positive"] == 0
+  z = np.load(tmp_path / "overlong" / "per_patient.npz")
+  assert z["test_target_in_generated_uncut"].all() and np.array_equal(z["test_target_in_generated"],
+                                                                      z["test_target_in_true"])
+
+
+def test_prompt_only_control_and_label_table(run_dir):
+  _, _, results = run_dir
+  for m in results.values():
+    row, table = m["utility"]["prompt_only"], m["utility"]["label_table"]
+    assert row["train_patients"] == m["patients"]["modelling"] == table["patients"]
+    assert row["train_positives"] == table["target_in_prompt"]
+    assert row["auroc"] == results["rltf"]["utility"]["prompt_only"]["auroc"]  # no generator in it
+    cells = [table[r][s] for r in ("real_positive", "real_negative")
+             for s in ("synthetic_positive", "synthetic_negative")]
+    assert sum(cells) == table["patients"]
+    assert table["real_positive"]["synthetic_positive"] + table["real_positive"]["synthetic_negative"] \
+        == m["utility"]["real"]["train_positives"]
+  oracle, always = results["rltf"]["utility"]["label_table"], results["sft"]["utility"]["label_table"]
+  assert oracle["real_positive"]["synthetic_negative"] == oracle["real_negative"]["synthetic_positive"] == 0
+  assert always["real_negative"]["synthetic_negative"] == 0  # every synthetic record is positive
+
+
+def test_fidelity_is_scored_on_patients_no_method_trained_on(tmp_path):
+  ds = toy_dataset(160, seed=2)
+  cfg = eval_config()
+  plan = evaluate.select_patients(ds, "scd", cfg)
+  modelling = plan.model_subject_id
+  # A baseline trained on the modelling set: perfect there, silent on everyone else.
+  m = evaluate.evaluate_generator(Memorizer(ds, modelling), ds, "scd", cfg, tmp_path / "memorizer",
+                                  trained_on=modelling)
+  t = m["fidelity"]["target"]
+  assert t["counts"]["patients"] == m["patients"]["validation"] == len(plan.valid_subject_id)
+  assert t["counts"]["actual_positive"] > 0 and t["recall"]["value"] == 0.0
+  assert m["fidelity"]["rouge1"]["value"] == 0.0
+  z = np.load(tmp_path / "memorizer" / "per_patient.npz")
+  assert set(z["test_subject_id"][z["test_validation"]]) == set(plan.valid_subject_id)
+  # Its in-sample numbers appear only as memorization, on its own training patients.
+  mem = m["memorization"]
+  assert mem["rouge1_train"]["value"] == 1.0 and mem["self_copy_train"]["value"] == 1.0
+  assert set(z["train_subject_id"]) <= set(modelling) and len(z["train_subject_id"]) == cfg.num_train_patients
+  mia = mem["membership_inference"]
+  assert mia["value"] == 1.0 and mia["members"] == min(cfg.num_membership_patients, len(modelling))
+  assert m["patients"]["trained_on"]["patients"] == len(modelling)
+  # Training on a patient that fidelity scores is refused.
+  with pytest.raises(DataError, match="validation"):
+    evaluate.evaluate_generator(Memorizer(ds, modelling), ds, "scd", cfg, tmp_path / "leak",
+                                trained_on=np.concatenate([modelling, plan.valid_subject_id[:1]]))
+
+
+def test_memorization_uses_the_methods_own_training_patients(tmp_path):
+  ds = toy_dataset(160, seed=2)
+  cfg = eval_config()
+  train_ids = ds.subject_id[ds.split == 0]
+  pairs_patients = train_ids[::3]  # e.g. the patients of RLTF's preference pairs
+  m = evaluate.evaluate_generator(Memorizer(ds, pairs_patients), ds, "scd", cfg, tmp_path / "pairs",
+                                  trained_on=pairs_patients)
+  z = np.load(tmp_path / "pairs" / "per_patient.npz")
+  assert set(z["train_subject_id"]) <= set(pairs_patients)
+  assert m["memorization"]["rouge1_train"]["value"] == 1.0
+  assert m["memorization"]["membership_inference"]["value"] == 1.0
+  # The default (no trained_on) is the training split, the base model's pretraining patients.
+  base = evaluate.evaluate_generator(Memorizer(ds, pairs_patients), ds, "scd", cfg, tmp_path / "base")
+  zb = np.load(tmp_path / "base" / "per_patient.npz")
+  assert set(zb["train_subject_id"]) <= set(train_ids) and not set(zb["train_subject_id"]) <= set(pairs_patients)
+  assert base["memorization"]["rouge1_train"]["value"] < 1.0

@@ -113,3 +113,44 @@ def test_utility_npz_roundtrip_reruns_alone(tmp_path):
   kw = dict(iterations=10, threads=1, seed=0, bootstrap_samples=20)
   assert utility.evaluate_utility(back, **kw) == utility.evaluate_utility(data, **kw)
   assert utility.main([str(path), "--iterations", "5", "--threads", "1", "--bootstrap", "10"]) == 0
+
+
+def test_label_table_counts_real_against_synthetic_labels():
+  real = np.array([1, 1, 1, 0, 0, 0, 0], bool)
+  syn = np.array([1, 0, 1, 1, 0, 0, 0], bool)
+  table = utility.label_table(real, syn, in_prompt=np.array([1, 0, 0, 0, 0, 0, 0], bool))
+  assert table == dict(patients=7, real_positive=dict(synthetic_positive=2, synthetic_negative=1),
+                       real_negative=dict(synthetic_positive=1, synthetic_negative=3),
+                       target_in_prompt=1)
+
+
+def test_prompt_only_control_trains_on_the_prompts_alone(tmp_path):
+  from rltf_jax.evaluation import conditional
+  cohort = get_cohort("scd")
+  ds = toy_dataset(200, seed=2)
+  prompts, _ = conditional.truncate(ds, 4)
+  labels = ds.patients_with_any(cohort.codes)
+  data, _ = utility.build_utility_data(ds, ds, labels, labels, cohort.codes, model_fraction=0.7,
+                                       seed=0, cohort="scd", prompts=prompts,
+                                       prompt_labels=prompts.patients_with_any(cohort.codes))
+  model = np.isin(ds.subject_id, data.model_subject_id)
+  assert (data.X["prompt_model"] != utility.count_matrix(prompts.select(model), data.features)).nnz == 0
+  assert np.array_equal(data.y["prompt_model"], prompts.patients_with_any(cohort.codes)[model])
+  out = utility.evaluate_utility(data, iterations=20, threads=1, seed=0, bootstrap_samples=20)
+  row = out["prompt_only"]
+  assert row["train_patients"] == int(model.sum())
+  assert row["train_positives"] == int(data.y["prompt_model"].sum()) < out["real"]["train_positives"]
+  assert 0.0 <= row["auroc"]["value"] <= 1.0 and not row["constant_scorer"]
+  # Synthetic = real here: the 2x2 table is diagonal, and it counts the prompts that hold the target.
+  t = out["label_table"]
+  assert t["real_positive"]["synthetic_negative"] == t["real_negative"]["synthetic_positive"] == 0
+  assert t["real_positive"]["synthetic_positive"] == out["real"]["train_positives"]
+  assert t["target_in_prompt"] == row["train_positives"]
+  # The control is saved with the matrices and reruns alone; older files without it still load.
+  path = utility.save_utility_data(tmp_path / "utility.npz", data)
+  back = utility.load_utility_data(path)
+  assert (back.X["prompt_model"] != data.X["prompt_model"]).nnz == 0
+  kw = dict(iterations=20, threads=1, seed=0, bootstrap_samples=20)
+  assert utility.evaluate_utility(back, **kw) == out
+  plain = utility.save_utility_data(tmp_path / "old.npz", _data(ds))
+  assert "prompt_only" not in utility.evaluate_utility(utility.load_utility_data(plain), **kw)

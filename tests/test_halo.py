@@ -154,6 +154,11 @@ def test_tiny_halo_overfits_and_completes_its_patients():
   ll = gen.log_likelihood(ds)
   assert ll.dtype == np.float64 and np.all(ll < 0)
   np.testing.assert_allclose(ll, -np.log(3), atol=0.4)
+  # Its tokens are visits: the label visit and each of the record's visits.
+  same, scored = gen.scored_log_likelihood(ds)
+  np.testing.assert_array_equal(same, ll)
+  visits = [len(np.unique(ds.patient(i)["visit"])) for i in range(ds.num_patients)]
+  assert scored.dtype == np.int64 and list(scored) == [v + 1 for v in visits]
   # The log-likelihood is the (negated, unnormalised) training loss.
   loss, n = baselines.halo_loss(nnx.merge(graphdef, params), (x, mask))
   np.testing.assert_allclose(-ll.sum(), float(loss) * float(n) * lay.total, rtol=1e-4)

@@ -132,6 +132,10 @@ def test_tiny_model_overfits_and_completes_its_patients():
   ll = gen.log_likelihood(ds)
   assert ll.dtype == np.float64 and np.all(ll <= 0)
   np.testing.assert_allclose(ll, -np.log(4), atol=0.3)
+  # It scores every event and EOS of each record, and says so (the membership score's divisor).
+  same, scored = gen.scored_log_likelihood(ds)
+  np.testing.assert_array_equal(same, ll)
+  assert scored.dtype == np.int64 and np.array_equal(scored, ds.lengths + 1)
 
 
 def _attrs():

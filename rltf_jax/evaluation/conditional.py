@@ -60,6 +60,14 @@ def truncate(dataset: PatientEvents, truncate_events: int) -> tuple[PatientEvent
           _slice_events(dataset, dataset.offsets[:-1] + keep, lens - keep))
 
 
+def head(continuations: PatientEvents, num_events: int) -> PatientEvents:
+  """Each row's first `num_events` events: a generated continuation length-matched to the true
+  one (which has exactly T events), so that a longer generation cannot find the target, or add
+  counts, by its length alone. Shorter rows are kept whole."""
+  return _slice_events(continuations, continuations.offsets[:-1],
+                       np.minimum(continuations.lengths, int(num_events)))
+
+
 def _slice_events(ds: PatientEvents, starts: np.ndarray, lengths: np.ndarray) -> PatientEvents:
   offsets = np.zeros(ds.num_patients + 1, np.int64)
   np.cumsum(lengths, out=offsets[1:])

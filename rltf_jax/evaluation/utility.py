@@ -7,7 +7,12 @@ trained and scored on the real validation set:
   real          the modelling patients' real records (prompt + true continuation);
   synthetic     the modelling patients' prompts completed by the generator (features AND label from
                 prompt + generated continuation);
-  augmentation  both sets of rows together.
+  augmentation  both sets of rows together;
+  prompt_only   the control: the modelling patients' prompts alone, no continuation (features and
+                label from the prompt), so a reader sees what the generated continuations add to
+                the real prompts they extend (`prompt_model`; absent from older files).
+`label_table` counts the modelling patients by real label x synthetic label (and how many prompts
+already hold the target, making the synthetic label positive whatever the generator writes).
 A training set with a single class cannot train a classifier: its model is the constant scorer
 (AUROC 0.5, AUPRC = validation prevalence) and the result says so (`constant_scorer`).
 
@@ -33,6 +38,7 @@ from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import metrics
 
 MATRICES = ("real_model", "synthetic_model", "real_valid")
+OPTIONAL_MATRICES = ("prompt_model",)  # saved and loaded when present
 
 
 def feature_codes(code_table: Iterable[str], target_codes: Iterable[str]) -> np.ndarray:
@@ -79,20 +85,21 @@ def model_validation_split(labels: np.ndarray, model_fraction: float, seed: int
 @dataclasses.dataclass
 class UtilityData:
   features: np.ndarray                # str [F]: feature code of each column
-  X: dict[str, sp.csr_matrix]         # "real_model" | "synthetic_model" | "real_valid" -> [n, F]
+  X: dict[str, sp.csr_matrix]         # "real_model" | "synthetic_model" | "real_valid" (| "prompt_model") -> [n, F]
   y: dict[str, np.ndarray]            # same keys -> bool [n]
-  model_subject_id: np.ndarray        # int64: rows of real_model and synthetic_model
+  model_subject_id: np.ndarray        # int64: rows of real_model, synthetic_model (and prompt_model)
   valid_subject_id: np.ndarray        # int64: rows of real_valid
   cohort: str = ""
 
 
 def save_utility_data(path: str | Path, data: UtilityData) -> Path:
-  """One compressed `.npz`. For each matrix M in real_model, synthetic_model, real_valid:
-  `M_data`, `M_indices`, `M_indptr`, `M_shape` (scipy CSR parts) and `M_labels` (bool); plus
-  `features` (str), `model_subject_id`, `valid_subject_id` (int64) and `cohort` (str)."""
+  """One compressed `.npz`. For each matrix M in real_model, synthetic_model, real_valid (and
+  prompt_model when present): `M_data`, `M_indices`, `M_indptr`, `M_shape` (scipy CSR parts) and
+  `M_labels` (bool); plus `features` (str), `model_subject_id`, `valid_subject_id` (int64) and
+  `cohort` (str)."""
   arrays = dict(features=data.features, model_subject_id=data.model_subject_id,
                 valid_subject_id=data.valid_subject_id, cohort=np.array(data.cohort))
-  for name in MATRICES:
+  for name in MATRICES + tuple(m for m in OPTIONAL_MATRICES if m in data.X):
     x = data.X[name]
     arrays.update({f"{name}_data": x.data, f"{name}_indices": x.indices, f"{name}_indptr": x.indptr,
                    f"{name}_shape": np.array(x.shape), f"{name}_labels": data.y[name]})
@@ -102,9 +109,10 @@ def save_utility_data(path: str | Path, data: UtilityData) -> Path:
 def load_utility_data(path: str | Path) -> UtilityData:
   try:
     z = io.load_npz(path)
+    names = MATRICES + tuple(m for m in OPTIONAL_MATRICES if f"{m}_data" in z)
     X = {m: sp.csr_matrix((z[f"{m}_data"], z[f"{m}_indices"], z[f"{m}_indptr"]),
-                          shape=tuple(z[f"{m}_shape"])) for m in MATRICES}
-    y = {m: z[f"{m}_labels"].astype(bool) for m in MATRICES}
+                          shape=tuple(z[f"{m}_shape"])) for m in names}
+    y = {m: z[f"{m}_labels"].astype(bool) for m in names}
     return UtilityData(features=z["features"], X=X, y=y, model_subject_id=z["model_subject_id"],
                        valid_subject_id=z["valid_subject_id"], cohort=str(z["cohort"]))
   except (OSError, ValueError, KeyError) as e:
@@ -126,24 +134,56 @@ def fit_and_score(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_m
   return model.predict_proba(X_valid)[:, 1], False
 
 
+def label_table(real: np.ndarray, synthetic: np.ndarray, in_prompt: np.ndarray | None = None) -> dict:
+  """The 2x2 table of patients by real label (target in the real record) x synthetic label (target
+  in the synthetic record), and how many prompts hold the target (`in_prompt`; those are positive
+  in both records whatever the generator writes)."""
+  real, synthetic = np.asarray(real, bool), np.asarray(synthetic, bool)
+  out = dict(patients=int(len(real)),
+             real_positive=dict(synthetic_positive=int((real & synthetic).sum()),
+                                synthetic_negative=int((real & ~synthetic).sum())),
+             real_negative=dict(synthetic_positive=int((~real & synthetic).sum()),
+                                synthetic_negative=int((~real & ~synthetic).sum())))
+  if in_prompt is not None:
+    out["target_in_prompt"] = int(np.asarray(in_prompt, bool).sum())
+  return out
+
+
+TRAIN_SETS = ("real", "synthetic", "augmentation", "prompt_only")
+
+
 def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: int,
-                     bootstrap_samples: int, depth: int = 6) -> dict:
-  """AUROC and AUPRC (with intervals) on the real validation set for real, synthetic and
-  augmentation training sets, with each training set's size and positives."""
+                     bootstrap_samples: int, depth: int = 6, rows: Iterable[str] | None = None) -> dict:
+  """AUROC and AUPRC (with intervals) on the real validation set for the real, synthetic,
+  augmentation and (when `data` has the prompts) prompt-only training sets, with each training
+  set's size and positives; `rows` picks some of them. Also `label_table` (real x synthetic labels
+  of the modelling patients) and `validation` (its size)."""
   train_sets = {
-      "real": (data.X["real_model"], data.y["real_model"]),
-      "synthetic": (data.X["synthetic_model"], data.y["synthetic_model"]),
-      "augmentation": (sp.vstack([data.X["real_model"], data.X["synthetic_model"]], format="csr"),
-                       np.concatenate([data.y["real_model"], data.y["synthetic_model"]])),
+      "real": lambda: (data.X["real_model"], data.y["real_model"]),
+      "synthetic": lambda: (data.X["synthetic_model"], data.y["synthetic_model"]),
+      "augmentation": lambda: (
+          sp.vstack([data.X["real_model"], data.X["synthetic_model"]], format="csr"),
+          np.concatenate([data.y["real_model"], data.y["synthetic_model"]])),
   }
+  if "prompt_model" in data.X:
+    train_sets["prompt_only"] = lambda: (data.X["prompt_model"], data.y["prompt_model"])
+  if rows is not None:
+    rows = list(rows)
+    unknown = [r for r in rows if r not in TRAIN_SETS]
+    if unknown:
+      raise DataError(f"unknown utility rows {unknown}; choose from {TRAIN_SETS}")
+    train_sets = {k: v for k, v in train_sets.items() if k in rows}
   y_valid = data.y["real_valid"]
   out = {}
-  for name, (X, y) in train_sets.items():
+  for name, make in train_sets.items():
+    X, y = make()
     scores, constant = fit_and_score(X, y, data.X["real_valid"], iterations=iterations,
                                      threads=threads, seed=seed, depth=depth)
     out[name] = dict(
         **metrics.ranking_metrics(scores, y_valid, bootstrap_samples, seed),
         train_patients=int(len(y)), train_positives=int(np.sum(y)), constant_scorer=constant)
+  out["label_table"] = label_table(data.y["real_model"], data.y["synthetic_model"],
+                                   data.y.get("prompt_model"))
   out["validation"] = dict(patients=int(len(y_valid)), positives=int(y_valid.sum()),
                            features=int(len(data.features)))
   return out
@@ -151,13 +191,17 @@ def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: 
 
 def build_utility_data(real: PatientEvents, synthetic: PatientEvents, real_labels: np.ndarray,
                        synthetic_labels: np.ndarray, target_codes: Iterable[str], *,
-                       model_fraction: float, seed: int, cohort: str = ""
+                       model_fraction: float, seed: int, cohort: str = "",
+                       prompts: PatientEvents | None = None, prompt_labels: np.ndarray | None = None
                        ) -> tuple[UtilityData, bool]:
   """Splits the patients (by their real labels), builds the count matrices; returns the data and
   whether the split was stratified. `real` and `synthetic` hold the same patients in the same order:
-  real records and prompt + generated records."""
+  real records and prompt + generated records. `prompts` (same patients, with `prompt_labels`)
+  adds the prompt-only control's modelling matrix."""
   if not np.array_equal(real.subject_id, synthetic.subject_id):
     raise DataError("utility: real and synthetic records must list the same patients in order")
+  if prompts is not None and (prompt_labels is None or not np.array_equal(real.subject_id, prompts.subject_id)):
+    raise DataError("utility: prompts need their labels and must list the real records' patients in order")
   target_codes = list(target_codes)
   features = feature_codes(np.concatenate([real.codes, synthetic.codes]), target_codes)
   model, valid, stratified = model_validation_split(real_labels, model_fraction, seed)
@@ -167,6 +211,9 @@ def build_utility_data(real: PatientEvents, synthetic: PatientEvents, real_label
   y = dict(real_model=np.asarray(real_labels, bool)[model],
            synthetic_model=np.asarray(synthetic_labels, bool)[model],
            real_valid=np.asarray(real_labels, bool)[valid])
+  if prompts is not None:
+    X["prompt_model"] = count_matrix(prompts.select(model), features)
+    y["prompt_model"] = np.asarray(prompt_labels, bool)[model]
   return UtilityData(features=features, X=X, y=y, model_subject_id=real.subject_id[model],
                      valid_subject_id=real.subject_id[valid], cohort=cohort), stratified
 

@@ -165,14 +165,20 @@ class LSTMGenerator:
   def log_likelihood(self, dataset: PatientEvents) -> np.ndarray:
     """float64 [P]: log p(code tokens and EOS | BOS) of each whole patient (codes outside the
     vocabulary count as UNK)."""
+    return self.scored_log_likelihood(dataset)[0]
+
+  def scored_log_likelihood(self, dataset: PatientEvents) -> tuple[np.ndarray, np.ndarray]:
+    """(`log_likelihood`, int64 [P] tokens scored: every event and EOS, i.e. events + 1)."""
     order = np.argsort(dataset.lengths, kind="stable")
     out = np.zeros(dataset.num_patients, np.float64)
+    scored = np.zeros(dataset.num_patients, np.int64)
     for chunk in _chunks(dataset.num_patients, self.batch_size):
       rows = order[chunk]
       width = sequences.pow2_length(int(dataset.lengths[rows].max()) + 2)
       tb = sequences.encode_patients(dataset, self.vocab, _pad_rows(rows, self.batch_size), width)
       out[rows] = np.asarray(self._ll(self.params, jnp.asarray(tb.tokens)))[:len(rows)]
-    return out
+      scored[rows] = (tb.tokens[:len(rows), 1:] != PAD).sum(-1)  # the targets `_ll` sums over
+    return out, scored
 
   # The jitted methods take `self` as a static argument: hash by identity.
   __hash__ = object.__hash__
@@ -312,9 +318,17 @@ class HALOGenerator:
     """float64 [P]: HALO's Bernoulli log-likelihood of each patient's label visit and visits (every
     bit of every visit, end bit included), as the official evaluation computes it. Only codes in
     HALO's vocabulary and the first max_visits - 2 visits are seen."""
+    return self.scored_log_likelihood(dataset)[0]
+
+  def scored_log_likelihood(self, dataset: PatientEvents) -> tuple[np.ndarray, np.ndarray]:
+    """(`log_likelihood`, int64 [P] tokens scored). HALO's tokens are visit vectors: the label
+    visit and each kept visit (the prediction mask), at most max_visits - 1."""
     visits = self.layout.encode(dataset, self.vocab, keep="first")
-    out = []
+    out, scored = [], []
     for rows in _chunks(dataset.num_patients, self.batch_size):
       x, mask = self.layout.dense(visits, _pad_rows(rows, self.batch_size))
       out.append(np.asarray(self._ll(self.params, jnp.asarray(x), jnp.asarray(mask)))[:len(rows)])
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+      scored.append(mask[:len(rows)].sum(-1).astype(np.int64))
+    if not out:
+      return np.zeros(0), np.zeros(0, np.int64)
+    return np.concatenate(out).astype(np.float64), np.concatenate(scored)

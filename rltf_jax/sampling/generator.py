@@ -138,16 +138,22 @@ class TransformerGenerator:
   def log_likelihood(self, dataset: PatientEvents) -> np.ndarray:
     """float64 [P]: sum of log p(code) over each patient's most recent `max_prompt_len` tokens
     (BOS ... EOS), given the event attributes; codes unknown to the vocabulary score as UNK."""
+    return self.scored_log_likelihood(dataset)[0]
+
+  def scored_log_likelihood(self, dataset: PatientEvents) -> tuple[np.ndarray, np.ndarray]:
+    """(`log_likelihood`, int64 [P] tokens scored): every token of the window after BOS, i.e.
+    min(events + 2, max_prompt_len) - 1."""
     n = dataset.num_patients
-    out = np.zeros(n, np.float64)
+    out, scored = np.zeros(n, np.float64), np.zeros(n, np.int64)
     fn = _logprob_fn(self.graphdef)
     for start in range(0, n, self.batch_size):
       rows = np.arange(start, min(n, start + self.batch_size))
       b = encode_patients(dataset, self.vocab, rows, self.max_prompt_len, window="last")
+      scored[rows] = lengths(b) - 1  # position t scores token t + 1; BOS is never a target
       width = bucket_length(int(lengths(b).max(initial=1)), self.buckets)
       b = pad_to(b, width)
       short = self.batch_size - len(rows)
       if short:
         b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
       out[rows] = np.asarray(fn(self.params, b), np.float64)[:len(rows)]
-    return out
+    return out, scored

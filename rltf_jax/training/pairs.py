@@ -38,9 +38,22 @@ from rltf_jax.training.preference import PreferenceData
 # [BOS prompt rejected (EOS)] compute, with the shared part computed once. Scored tokens are the
 # continuation's (chosen[:e] once, counted for both), each predicted from its `target_parent`
 # column: the previous column, except the first rejected-tail token, predicted from the last
-# shared column. BOS carries the attributes of the pair's first event (the prompt's first, or the
-# chosen continuation's when the prompt is empty), EOS those of its own sequence's last event, as
+# shared column. BOS carries the attributes of its sequence's first event (the prompt's first, or
+# the continuation's when the prompt is empty), EOS those of its own sequence's last event, as
 # `rltf_jax.data.sequences` encodes sequences.
+#
+# Own BOS: when the prompt is empty and the two continuations' first events differ in visit, age or
+# place of service (a record that starts with the target: the rejected one, target removed, starts
+# with the next event), the two BOS tokens differ, so nothing is shared and each tail holds its own:
+#
+#   column    0    1 .. a               | a+1  a+2 .. a+b+1       | pad
+#   token     BOS  chosen (EOS)         | BOS  rejected (EOS)     | PAD
+#   segment   2    2                    | 3    3                  | 0
+#   position  0    1 .. a               | 0    1 .. b             | 0
+#
+# (a, b: continuation tokens with EOS). Every scored token is then predicted from the previous
+# column, and the rejected BOS (column a+1) is not scored. An empty rejected continuation takes the
+# chosen one's first event on BOS, as its EOS does, so it shares BOS.
 SEG_PAD, SEG_SHARED, SEG_CHOSEN, SEG_REJECTED = 0, 1, 2, 3
 
 
@@ -69,11 +82,21 @@ def pack_pairs(data: PreferenceData, vocab, width: int | None = None,
   prompt, chosen, rejected = data.prompt, data.chosen, data.rejected
   lp, lc, lr = prompt.lengths, chosen.lengths, rejected.lengths
   e, eos = data.edit_index, data.ends.astype(np.int64)
-  n_shared = 1 + lp + e
-  n_ctail = lc - e + eos
-  n_rtail = lr - e + eos
+  has_prompt = lp > 0
+  # Own BOS (layout above): empty prompt, and the continuations' first events differ in attributes.
+  first_c = chosen.offsets[:-1]
+  first_r = np.minimum(rejected.offsets[:-1], max(rejected.num_events - 1, 0))
+  own = ~has_prompt & (lr > 0) & (lc > 0)
+  if own.any():
+    differ = lambda a, b: a[first_c[own]] != b[first_r[own]]
+    own[own] = (differ(chosen.visit, rejected.visit) | differ(chosen.age, rejected.age)
+                | differ(chosen.pos, rejected.pos))
+  own_i = own.astype(np.int64)
+  n_shared = np.where(own, 0, 1 + lp + e)
+  n_ctail = lc - e + eos + own_i
+  n_rtail = lr - e + eos + own_i
   row_len = n_shared + n_ctail + n_rtail
-  n_targets = row_len - 1 - lp
+  n_targets = row_len - 1 - lp - own_i
   w = _round_up(row_len.max()) if width is None else width
   t = _round_up(n_targets.max()) if num_targets is None else num_targets
   if row_len.max() > w or n_targets.max() > t:
@@ -98,13 +121,14 @@ def pack_pairs(data: PreferenceData, vocab, width: int | None = None,
 
   put(prompt, *span(prompt, np.zeros(n, np.int64), lp, np.ones(n, np.int64)))
   put(chosen, *span(chosen, np.zeros(n, np.int64), lc, 1 + lp))
-  put(rejected, *span(rejected, e, lr - e, n_shared + n_ctail))
+  put(rejected, *span(rejected, e, lr - e, n_shared + n_ctail + own_i))
   rows = np.arange(n)
-  has_prompt = lp > 0
   # BOS: the first event of prompt + chosen. Every pair has at least one event in one of them.
   bos_src = np.where(has_prompt, prompt.offsets[:-1], chosen.offsets[:-1])
   for ev, sel in ((prompt, has_prompt), (chosen, ~has_prompt)):
     put(ev, rows[sel], bos_src[sel], 0, token=BOS)
+  # The rejected tail's own BOS, with the rejected continuation's first event.
+  put(rejected, rows[own], first_r[own], n_ctail[own], token=BOS)
   # EOS: the last event of its own sequence (continuation, else prompt, else the chosen one's).
   end = np.flatnonzero(data.ends)
   for ev, tail_col, fallbacks in ((chosen, n_shared + n_ctail - 1, (prompt,)),
@@ -124,8 +148,10 @@ def pack_pairs(data: PreferenceData, vocab, width: int | None = None,
 
   k = np.arange(t)[None, :]
   used = k < n_targets[:, None]
-  target_col = np.where(used, 1 + lp[:, None] + k, 0)
-  first_rejected = k == (e + n_ctail)[:, None]
+  # Own-BOS rows skip the rejected BOS column (target k >= a sits one column further right).
+  skip = own[:, None] & (k >= (n_ctail - 1)[:, None])
+  target_col = np.where(used, 1 + lp[:, None] + k + skip, 0)
+  first_rejected = ~own[:, None] & (k == (e + n_ctail)[:, None])
   target_parent = np.where(first_rejected, shared_end - 1, np.maximum(target_col - 1, 0))
   target_segment = np.where(used, np.take_along_axis(segment, target_col, 1), SEG_PAD)
   target_token = np.where(used, np.take_along_axis(out["tokens"], target_col, 1), 0)
