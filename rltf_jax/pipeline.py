@@ -136,18 +136,13 @@ def run(cfg, workdir: str | None = None) -> int:
 
   # ---------------------------------------------------------------- conditional generation + evaluation
   for name, method in zip(cfg.methods, chosen):
-    stage = RunDir(cohort_dir / "eval" / name, "eval", dict(eval=cfg.eval, sampling=cfg.sampling),
-                   dict(model=runs.finished_key(checkpoints[name]), data=data_run.key,
-                        cohort=runs.digest(dataclasses.asdict(cohort))))
-    t0 = _announce(f"eval {name}", stage.path)
-    if stage.done:
-      continue
-    stage.start()
-    members = ctx.modelling if name in ("lstm", "halo") else None
-    evaluate.evaluate_generator(method.generator(ctx, checkpoints[name]), dataset, cohort, cfg.eval,
-                                stage.path, members=members)
-    stage.finish(seconds=round(time.time() - t0, 1))
-    print(f"[eval] {name} finished in {time.time() - t0:.0f}s", flush=True)
+    out = cohort_dir / "eval" / name
+    t0 = _announce(f"eval {name}", out)
+    evaluate.evaluate_generator(
+        method.generator(ctx, checkpoints[name]), dataset, cohort, cfg.eval, out,
+        trained_on=method.trained_on(ctx),
+        inputs=dict(model=runs.finished_key(checkpoints[name]), sampling=runs.digest(cfg.sampling)))
+    print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
   # ---------------------------------------------------------------- report
   # Written last: config.json describes the finished outputs, never a rejected attempt.

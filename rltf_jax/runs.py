@@ -90,8 +90,9 @@ class RunDir:
                       *_diff(old.get("inputs", {}), self.identity["inputs"], "input")})
     what = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "") if changed else "its kind"
     raise ConfigError(
-        f"{self.path} holds a {old.get('kind', '?')} run with other parameters (other data or "
-        f"settings; changed: {what}); use another --workdir or delete that directory")
+        f"{self.path} holds a {old.get('kind', '?')} run made with other parameters, other data or "
+        f"settings than this one (the other settings or inputs: {what}); use another --workdir or "
+        "delete that directory")
 
   @property
   def done(self) -> bool:

@@ -18,8 +18,11 @@ length-matched (a generation cut to its first T events, T = the true continuatio
   utility_uncut.npz            the same with the uncut generations as synthetic records
   prevalence.npz               per-code prevalence, real and synthetic (the scatter plot)
 
-Generations are cached: a rerun after a crash reuses them. An existing `metrics.json` made with the
-same settings is returned as it is; one made with other settings is an error (never overwritten).
+`out_dir` is a `rltf_jax.runs.RunDir`: its identity is the settings below, the dataset's and the
+trained-on patients' fingerprints, the cohort, the method's name and whatever the caller adds
+(`inputs`: the pipeline adds the model's run key and the sampling config). A finished evaluation
+with the same identity is returned as it is, an unfinished one resumes (generations are cached),
+and one with another identity is an error (never overwritten or reused).
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rltf_jax import io
+from rltf_jax import io, runs
 from rltf_jax.data.cohorts import Cohort, get_cohort
 from rltf_jax.data.events import SPLITS, PatientEvents
-from rltf_jax.errors import ConfigError, DataError
+from rltf_jax.errors import DataError
 from rltf_jax.evaluation import conditional, metrics, prevalence, privacy, utility
+from rltf_jax.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +66,10 @@ class EvalPatients:
   counts: dict
 
 
-def _cfg_get(cfg, name, default=None):
-  return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-
-
 def select_patients(dataset: PatientEvents, cohort: Cohort | str, cfg) -> EvalPatients:
   """Draws the evaluated test and training patients and the 70/30 modelling/validation split."""
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
-  T, min_prompt, seed = int(cfg.truncate_events), int(_cfg_get(cfg, "min_prompt_events", 1)), int(cfg.seed)
+  T, min_prompt, seed = int(cfg.truncate_events), int(cfg.min_prompt_events), int(cfg.seed)
   test, test_counts = conditional.sample_patients(dataset, "test", int(cfg.num_test_patients), seed,
                                                   T, min_prompt)
   if int(cfg.num_train_patients) > 0:
@@ -98,7 +98,7 @@ def select_trained_on(dataset: PatientEvents, trained_on, cfg) -> tuple[np.ndarr
   counts). `trained_on` = subject ids or a PatientEvents; None = the training split (the base
   model's pretraining patients), drawn exactly as `select_patients` draws `train`. The draw is up
   to `cfg.num_train_patients` long-enough patients, seeded by `cfg.seed + 1`."""
-  T, min_prompt, seed = int(cfg.truncate_events), int(_cfg_get(cfg, "min_prompt_events", 1)), int(cfg.seed)
+  T, min_prompt, seed = int(cfg.truncate_events), int(cfg.min_prompt_events), int(cfg.seed)
   num = int(cfg.num_train_patients)
   if trained_on is None:
     pool = np.flatnonzero(dataset.split == SPLITS.index("train"))
@@ -134,7 +134,7 @@ def _fidelity(in_prompt, in_true, in_generated, rouge_prf, B: int, seed: int, po
 
 def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, cfg,
                        out_dir: str | Path, *, trained_on=None,
-                       members: PatientEvents | None = None) -> dict:
+                       members: PatientEvents | None = None, inputs: dict | None = None) -> dict:
   """Runs the whole evaluation of `generator` (see the module doc) and returns the metrics dict.
 
   `cfg` is `cfg.eval`. `trained_on` names the patients the method was trained on (subject ids, or
@@ -156,10 +156,16 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
   out = Path(out_dir)
   method = getattr(generator, "name", type(generator).__name__)
-  settings = {k: _plain(_cfg_get(cfg, k)) for k in _RESULT_FIELDS}
-  existing = _existing(out / "metrics.json", method, cohort, settings)
-  if existing is not None:
-    return existing
+  settings = {k: _plain(cfg[k]) for k in _RESULT_FIELDS}
+  trained_ids = None if trained_on is None else getattr(trained_on, "subject_id", trained_on)
+  run = RunDir(out, "eval", dict(settings=settings, method=method), dict(
+      inputs or {}, dataset=dataset.fingerprint(), cohort=runs.digest(dataclasses.asdict(cohort)),
+      trained_on=runs.digest(None if trained_ids is None else np.unique(trained_ids).tolist()),
+      members=runs.digest(None if members is None else members.fingerprint())))
+  if run.done:
+    log.info("%s: finished with the same identity; not recomputed", out)
+    return json.loads((out / "metrics.json").read_text())
+  run.start()
   T, B, seed = int(cfg.truncate_events), int(cfg.bootstrap_samples), int(cfg.seed)
   max_new = int(cfg.max_new_events)
   timing = {}
@@ -209,7 +215,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   synthetic_uncut = conditional.join(prompts, generated)
   real_labels = real_records.patients_with_any(cohort.codes)
   util_kw = dict(iterations=int(cfg.catboost_iterations), threads=int(cfg.catboost_threads), seed=seed,
-                 bootstrap_samples=B, depth=int(_cfg_get(cfg, "catboost_depth", 6)))
+                 bootstrap_samples=B, depth=int(cfg.catboost_depth))
   data, _ = utility.build_utility_data(
       real_records, synthetic_records, real_labels, synthetic_records.patients_with_any(cohort.codes),
       cohort.codes, model_fraction=float(cfg.model_fraction), seed=seed, cohort=cohort.name,
@@ -233,7 +239,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   # Reference continuations: the training split's and the method's own training patients'.
   reference_idx = np.union1d(np.flatnonzero(dataset.split == SPLITS.index("train")), trained_pool)
   reference = dataset.select(reference_idx)
-  reference = reference.select(conditional.eligible(reference, T, int(_cfg_get(cfg, "min_prompt_events", 1))))
+  reference = reference.select(conditional.eligible(reference, T, int(cfg.min_prompt_events)))
   _, train_continuations = conditional.truncate(reference, T)
   memo["exact_copy_of_train_continuation"] = privacy.copy_rate(cut.select(np.flatnonzero(v)),
                                                                train_continuations, B, seed)
@@ -256,7 +262,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
     memo["rouge1_train_uncut"] = metrics.mean_ci(rouge_train_uncut[:, 2], B, seed)
     memo["self_copy_train"] = privacy.self_copy_rate(train_cut, train_true, B, seed)
   memo["train_population"] = trained_counts["source"]
-  n_mia = int(_cfg_get(cfg, "num_membership_patients", 0))
+  n_mia = int(cfg.num_membership_patients)
   if n_mia > 0:
     rng = np.random.default_rng(seed + 2)
     member_pool = members if members is not None else dataset.select(trained_pool)
@@ -309,19 +315,8 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
       fidelity=fidelity, fidelity_uncut=fidelity_uncut, utility=util, utility_uncut=util_uncut,
       memorization=memo, prevalence=prev, timing={k: round(v, 3) for k, v in timing.items()})
   io.atomic_write_json(out / "metrics.json", result)
+  run.finish(seconds=timing["total_s"])
   return result
-
-
-def _existing(path: Path, method: str, cohort: Cohort, settings: dict) -> dict | None:
-  if not path.exists():
-    return None
-  old = json.loads(path.read_text())
-  if old.get("settings") != settings or old.get("method") != method or old.get("cohort") != cohort.name:
-    raise ConfigError(
-        f"{path} holds an evaluation of {old.get('method')!r} on {old.get('cohort')!r} with other "
-        f"settings ({old.get('settings')}); delete {path.parent} or choose another output directory")
-  log.info("%s exists with the same settings; not recomputed", path)
-  return old
 
 
 def _plain(x):

@@ -6,7 +6,9 @@ Each module defines
   train(ctx) -> Path     trains it (resuming, or reusing a finished run) and returns its run
                          directory; `ctx` is the pipeline's `Context` (config, data, cohort, base
                          model, preference pairs, the evaluation's patients);
-  generator(ctx, ckpt)   the `rltf_jax.generator.Generator` the evaluation samples from.
+  generator(ctx, ckpt)   the `rltf_jax.generator.Generator` the evaluation samples from;
+  trained_on(ctx)        the subject ids it was trained on (None: the training split), which the
+                         evaluation keeps out of fidelity and uses for memorization.
 
 `ORDER` is the one place the order of methods (in a run and in every table) is written.
 """

@@ -11,3 +11,7 @@ def train(ctx):
 
 def generator(ctx, ckpt):
   return decoder_generator.build(ctx.cfg, "base", ckpt)
+
+
+def trained_on(ctx):
+  return None  # the training split (the evaluation's default)

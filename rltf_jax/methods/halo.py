@@ -12,3 +12,7 @@ def train(ctx):
 
 def generator(ctx, ckpt):
   return HALOGenerator.load(ckpt)
+
+
+def trained_on(ctx):
+  return ctx.plan.model_subject_id

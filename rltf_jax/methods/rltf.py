@@ -12,3 +12,7 @@ def train(ctx):
 
 def generator(ctx, ckpt):
   return decoder_generator.build(ctx.cfg, "rltf", ckpt)
+
+
+def trained_on(ctx):
+  return ctx.pairs.chosen.subject_id
