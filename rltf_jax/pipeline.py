@@ -140,7 +140,7 @@ def run(cfg, workdir: str | None = None) -> int:
     t0 = _announce(f"eval {name}", out)
     evaluate.evaluate_generator(
         method.generator(ctx, checkpoints[name]), dataset, cohort, cfg.eval, out,
-        trained_on=method.trained_on(ctx),
+        trained_on=method.trained_on(ctx), training=method.describe(ctx),
         inputs=dict(model=runs.finished_key(checkpoints[name]), sampling=runs.digest(cfg.sampling)))
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 

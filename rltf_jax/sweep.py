@@ -172,6 +172,9 @@ def collect_rows(root: Path, cfg, run: dict) -> list[dict]:
         run=run["name"], seed=int(run.get("seed", 0)), cohort=cohort.name, abbrev=cohort.abbrev,
         method=method,
         num_pairs=int(cfg.rltf.num_pairs), positive_fraction=float(cfg.rltf.positive_fraction),
+        positive_pairs=_value(m, "training", "positive_pairs"),
+        negative_pairs=_value(m, "training", "negative_pairs"),
+        pairs_as_requested=_value(m, "training", "as_requested"),
         precision=_value(m, "fidelity", "target", "precision"),
         recall=_value(m, "fidelity", "target", "recall"),
         f1=_value(m, "fidelity", "target", "f1"),
@@ -230,23 +233,50 @@ def _mean_sd(stat: dict, digits: int) -> str:
   return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["sd"] is not None else "")
 
 
+def _same_experiments(rows: list[dict]) -> dict[int, str]:
+  """Row index -> the earlier run that trained the same method on the same metrics (same pairs
+  used and the same numbers): two requested settings that became one experiment."""
+  seen, out = {}, {}
+  for i, r in enumerate(rows):
+    if r.get("positive_pairs") is None:
+      continue
+    key = (r["cohort"], r["method"], r.get("seed", 0), r["positive_pairs"], r["negative_pairs"],
+           r["precision"], r["recall"], r["rouge1"], r["auroc_synthetic"])
+    if key in seen:
+      out[i] = seen[key]
+    else:
+      seen[key] = r["run"]
+  return out
+
+
+def _pairs_used(r: dict) -> str:
+  if r.get("positive_pairs") is None:
+    return "-"
+  return f"{r['positive_pairs']} + {r['negative_pairs']}" + ("" if r.get("pairs_as_requested") else " *")
+
+
 def write_table(out: Path, sweep_name: str, rows: list[dict], failures: list) -> Path:
   rows = [dict(r, **_paper(r)) for r in rows]
   summary = summarise_over_seeds(rows)
   io.atomic_write_json(out / "table.json", dict(sweep=sweep_name, rows=rows, over_seeds=summary,
                                                 failures=[dict(run=n, error=e) for n, e in failures]))
-  header = ["Run", "Seed", "Cohort", "Method", "N", "P", "Precision", "Recall", "F1", "ROUGE-1",
+  header = ["Run", "Seed", "Cohort", "Method", "N", "P", "Pairs used (pos + neg)", "Precision", "Recall", "F1", "ROUGE-1",
             "AUROC real", "AUROC synthetic", "AUROC augmented", "P/R/F1 (paper)",
             "AUROC syn./aug. (paper)", "Table 2 F1/AUROC/ROUGE-1 (paper)"]
   lines = [f"# Sweep `{sweep_name}`", "",
            "Our numbers on this run's data beside the paper's (on its private claims data; only the "
            "shape should carry over). Per-run details: each row's `metrics.json` and the run's "
-           "`report/report.md`.", "",
+           "`report/report.md`. *Pairs used* are the preference pairs a fine-tune trained on: "
+           "* marks a row whose data could not give the requested N and P, and *= run* names an "
+           "earlier row that trained on the same pairs with the same settings (the same experiment, "
+           "not a separate result).", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for r in rows:
+  same_experiment = _same_experiments(rows)
+  for i, r in enumerate(rows):
     paper_auroc = ("-" if "paper_auroc_synthetic" not in r else
                    f"{r['paper_auroc_synthetic']:.3f} / {r['paper_auroc_augmented']:.3f}")
     cells = [r["run"], r.get("seed", 0), r["abbrev"], r["method"], r["num_pairs"], r["positive_fraction"],
+             _pairs_used(r) + (f" = {same_experiment[i]}" if i in same_experiment else ""),
              _fmt(r["precision"], 2), _fmt(r["recall"], 2), _fmt(r["f1"], 2), _fmt(r["rouge1"]),
              _fmt(r["auroc_real"]), _fmt(r["auroc_synthetic"]), _fmt(r["auroc_augmented"]),
              r.get("paper_prf", "-"), paper_auroc, r.get("paper_table2_f1_auroc_rouge1", "-")]

@@ -85,3 +85,21 @@ def test_table_summarises_over_seeds(tmp_path):
   # an undefined AUROC is left out: mean of 0.7 and 0.9, sd sqrt(0.02)
   assert summary["auroc_synthetic"] == dict(mean=pytest.approx(0.8), sd=pytest.approx(0.02 ** 0.5), n=2)
   assert "| scd | SCD | rltf | 0,1,2 | 0.50 ± 0.00 | 0.50 ± 0.00 | 0.30 ± 0.10 |" in text
+
+
+def test_table_shows_the_pairs_used_and_marks_one_experiment_under_two_names(tmp_path):
+  # On data with 407 training positives, N = 1000 and N = 10000 at P = 0.5 both train on 407 + 407
+  # pairs: the table must print what was used, mark the shortfall and name the duplicate.
+  def row(run, n):
+    return dict(run=run, seed=0, cohort="scd", abbrev="SCD", method="rltf", num_pairs=n,
+                positive_fraction=0.5, positive_pairs=407, negative_pairs=407,
+                pairs_as_requested=False, precision=0.5, recall=0.5, f1=0.5, rouge1=0.2,
+                auroc_real=0.9, auroc_synthetic=0.8, auroc_augmented=0.8,
+                true_continuations_with_target=20, metrics="m.json")
+  exact = dict(row("rl-n100-p0.5", 100), positive_pairs=50, negative_pairs=50, pairs_as_requested=True,
+               recall=0.4)
+  text = sweep.write_table(tmp_path, "table2_ablation",
+                           [exact, row("rl-n1000-p0.5", 1000), row("rl-n10000-p0.5", 10000)], []).read_text()
+  assert "| rl-n100-p0.5 | 0 | SCD | rltf | 100 | 0.5 | 50 + 50 |" in text
+  assert "| rl-n1000-p0.5 | 0 | SCD | rltf | 1000 | 0.5 | 407 + 407 * |" in text
+  assert "| rl-n10000-p0.5 | 0 | SCD | rltf | 10000 | 0.5 | 407 + 407 * = rl-n1000-p0.5 |" in text

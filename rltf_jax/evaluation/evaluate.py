@@ -134,7 +134,8 @@ def _fidelity(in_prompt, in_true, in_generated, rouge_prf, B: int, seed: int, po
 
 def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, cfg,
                        out_dir: str | Path, *, trained_on=None,
-                       members: PatientEvents | None = None, inputs: dict | None = None) -> dict:
+                       members: PatientEvents | None = None, inputs: dict | None = None,
+                       training: dict | None = None) -> dict:
   """Runs the whole evaluation of `generator` (see the module doc) and returns the metrics dict.
 
   `cfg` is `cfg.eval`. `trained_on` names the patients the method was trained on (subject ids, or
@@ -151,7 +152,8 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   the modelling part (real, synthetic, prompt-only) and scores on the validation part. Primary
   numbers are length-matched: a generated continuation is cut to its first T events (T =
   `truncate_events`, the true continuation's length); `fidelity_uncut` and `utility_uncut` give
-  the same numbers for the whole generation (up to `max_new_events`).
+  the same numbers for the whole generation (up to `max_new_events`). `training` (the caller's
+  description of the method's training data, e.g. its pairs' counts) is stored as it is.
   """
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
   out = Path(out_dir)
@@ -313,7 +315,8 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
           empty_generated_fraction=float((generated.lengths == 0).mean()),
           max_new_events_reached_fraction=float((generated.lengths >= max_new).mean())),
       fidelity=fidelity, fidelity_uncut=fidelity_uncut, utility=util, utility_uncut=util_uncut,
-      memorization=memo, prevalence=prev, timing={k: round(v, 3) for k, v in timing.items()})
+      memorization=memo, prevalence=prev, training=dict(training or {}),
+      timing={k: round(v, 3) for k, v in timing.items()})
   io.atomic_write_json(out / "metrics.json", result)
   run.finish(seconds=timing["total_s"])
   return result

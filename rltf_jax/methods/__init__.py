@@ -8,7 +8,8 @@ Each module defines
                          model, preference pairs, the evaluation's patients);
   generator(ctx, ckpt)   the `rltf_jax.generator.Generator` the evaluation samples from;
   trained_on(ctx)        the subject ids it was trained on (None: the training split), which the
-                         evaluation keeps out of fidelity and uses for memorization.
+                         evaluation keeps out of fidelity and uses for memorization;
+  describe(ctx) -> dict  what reports show about its training data (the pairs' counts).
 
 `ORDER` is the one place the order of methods (in a run and in every table) is written.
 """

@@ -15,3 +15,8 @@ def generator(ctx, ckpt):
 
 def trained_on(ctx):
   return None  # the training split (the evaluation's default)
+
+
+def describe(ctx):
+  """What the report shows about its training data."""
+  return {}

@@ -16,3 +16,8 @@ def generator(ctx, ckpt):
 
 def trained_on(ctx):
   return ctx.plan.model_subject_id
+
+
+def describe(ctx):
+  """What the report shows about its training data."""
+  return {}

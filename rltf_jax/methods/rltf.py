@@ -1,7 +1,7 @@
 """RLTF: DPO-Positive fine-tuning of the base decoder on the cohort's preference pairs."""
 
 from rltf_jax.methods import decoder_generator
-from rltf_jax.training import dpo
+from rltf_jax.training import dpo, preference
 
 LABEL = "RLTF (DPO-Positive)"
 
@@ -16,3 +16,8 @@ def generator(ctx, ckpt):
 
 def trained_on(ctx):
   return ctx.pairs.chosen.subject_id
+
+
+def describe(ctx):
+  """What the report shows about its training data."""
+  return preference.pair_counts(ctx.pairs)

@@ -1,7 +1,7 @@
 """SFT: the base decoder fine-tuned with the language-model loss on the pairs' chosen sequences."""
 
 from rltf_jax.methods import decoder_generator
-from rltf_jax.training import sft
+from rltf_jax.training import preference, sft
 
 LABEL = "SFT"
 
@@ -16,3 +16,8 @@ def generator(ctx, ckpt):
 
 def trained_on(ctx):
   return ctx.pairs.chosen.subject_id
+
+
+def describe(ctx):
+  """What the report shows about its training data."""
+  return preference.pair_counts(ctx.pairs)

@@ -126,6 +126,14 @@ class PreferenceData:
     return data
 
 
+def pair_counts(data: PreferenceData) -> dict[str, Any]:
+  """The pairs a fine-tune trained on against the ones it asked for (reports and sweep tables)."""
+  pos, neg = int(data.positive.sum()), int((~data.positive).sum())
+  n, p = int(data.params["num_pairs"]), float(data.params["positive_fraction"])
+  return dict(positive_pairs=pos, negative_pairs=neg, requested_pairs=n, requested_positive_fraction=p,
+              as_requested=pos + neg == n and abs(pos / max(pos + neg, 1) - p) < 0.5 / max(n, 1))
+
+
 def _build_params(cfg, cohort: Cohort) -> dict[str, Any]:
   """The config fields the pairs depend on, validated."""
   n, p = int(cfg.num_pairs), float(cfg.positive_fraction)
