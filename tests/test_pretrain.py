@@ -15,7 +15,7 @@ import pytest
 from configs import base as base_config
 from configs import simulator
 from rltf_jax import runs
-from rltf_jax.checkpoints import load_decoder
+from rltf_jax.checkpoints import Checkpointer, load_decoder
 from rltf_jax.data import simulate
 from rltf_jax.data.events import assign_splits
 from rltf_jax.data.sequences import TokenBatch, encode_packed, encode_patients, plan_packing
@@ -224,3 +224,23 @@ def test_packed_resume_matches_uninterrupted_run(sim, tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
   assert min(l["tokens"] for l in lines if "tokens" in l) > 0.8 * 8 * 32  # packed: rows nearly full
+
+
+def test_kill_between_the_final_best_and_latest_writes_resumes(sim, tmp_path):
+  # The final step writes best/ then latest/; a kill in between leaves best/ at a step that the
+  # rerun saves again. Reproduced without timing luck: an interrupted run (latest/ at step 15) whose
+  # best/ already holds a step-20 checkpoint.
+  ds, vocab = sim
+  cfg = tiny_config()
+  full = pt.pretrain(cfg, ds, vocab, tmp_path / "full", verbose=False)
+  part = tmp_path / "part"
+  pt.pretrain(cfg, ds, vocab, part, stop_after=15, verbose=False)
+  ckpt = Checkpointer(part)
+  ckpt.save_best(cfg.pretrain.steps, load_decoder(part, "latest")[1], {})
+  ckpt.close()
+  pt.pretrain(cfg, ds, vocab, part, verbose=False)  # no StepAlreadyExistsError
+  assert runs.is_done(part)
+  for x, y in zip(jax.tree.leaves(load_decoder(full)[1]), jax.tree.leaves(load_decoder(part)[1])):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  steps = [json.loads(l)["step"] for l in (part / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [json.loads(l)["step"] for l in (full / "metrics.jsonl").read_text().splitlines()]
