@@ -103,3 +103,12 @@ def test_table_shows_the_pairs_used_and_marks_one_experiment_under_two_names(tmp
   assert "| rl-n100-p0.5 | 0 | SCD | rltf | 100 | 0.5 | 50 + 50 |" in text
   assert "| rl-n1000-p0.5 | 0 | SCD | rltf | 1000 | 0.5 | 407 + 407 * |" in text
   assert "| rl-n10000-p0.5 | 0 | SCD | rltf | 10000 | 0.5 | 407 + 407 * = rl-n1000-p0.5 |" in text
+
+
+def test_table2_ablation_draws_enough_positives_for_every_row():
+  cfg, runs, _, _ = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py"))
+  train_patients = cfg.data.num_patients * cfg.data.split_fractions[0]
+  positives = train_patients * cfg.data.min_cohort_percent / 100
+  for r in runs:
+    n, p = r["overrides"].get("rltf.num_pairs", 0), r["overrides"].get("rltf.positive_fraction", 0)
+    assert n * p <= positives and n * (1 - p) <= train_patients - positives, r["name"]
