@@ -63,9 +63,11 @@ def _summary(results: dict) -> list[str]:
     first = next(iter(ms.values()))
     n = lookup(first, "patients", "test", "selected")
     pos = lookup(first, "patients", "test_positive")
+    n_valid = lookup(first, "patients", "validation")
     out.append(f"**{c.abbrev} ({c.disease})**: {n} held-out patients evaluated, {pos} of them in the "
                f"cohort; the last {lookup(first, 'settings', 'truncate_events')} events of each were "
-               "regenerated.")
+               f"regenerated. Fidelity is scored on the {n_valid} validation patients, which no method "
+               "trained on, with each generation cut to the true continuation's length.")
     for method, m in ms.items():
       rec = lookup(m, "fidelity", "target", "recall", "value")
       f1 = lookup(m, "fidelity", "target", "f1", "value")
