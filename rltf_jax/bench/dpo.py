@@ -103,13 +103,13 @@ def main(argv=None) -> dict:
   step = jax.jit(train_step, donate_argnums=0)
   state = dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
 
-  compiled = step.lower(state, batches[0], *refs[0]).compile()
+  compiled = step.lower(state, (batches[0], *refs[0])).compile()
   flops = bench_common.compiled_flops(compiled)
 
   for s in range(args.steps):
     if s == args.warmup:
       t0 = time.perf_counter()
-    state, metrics = step(state, batches[s], *refs[s])
+    state, metrics = step(state, (batches[s], *refs[s]))
     if s == args.warmup - 1:
       jax.block_until_ready(metrics["loss"])
   jax.block_until_ready(metrics["loss"])
