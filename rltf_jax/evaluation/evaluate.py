@@ -59,7 +59,6 @@ class EvalPatients:
   """Which patients the evaluation uses: fixed by the data, the cohort and cfg.eval only, so every
   method of a run sees the same ones (and LSTM/HALO can be trained on the modelling set)."""
   test: np.ndarray            # indices into the dataset (test split, long enough)
-  train: np.ndarray           # indices (train split): the memorization draw when no trained_on is given
   model_subject_id: np.ndarray
   valid_subject_id: np.ndarray
   stratified: bool
@@ -67,21 +66,17 @@ class EvalPatients:
 
 
 def select_patients(dataset: PatientEvents, cohort: Cohort | str, cfg) -> EvalPatients:
-  """Draws the evaluated test and training patients and the 70/30 modelling/validation split."""
+  """Draws the evaluated test patients and their 70/30 modelling/validation split (the training
+  patients of memorization are `select_trained_on`'s)."""
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
   T, min_prompt, seed = int(cfg.truncate_events), int(cfg.min_prompt_events), int(cfg.seed)
   test, test_counts = conditional.sample_patients(dataset, "test", int(cfg.num_test_patients), seed,
                                                   T, min_prompt)
-  if int(cfg.num_train_patients) > 0:
-    train, train_counts = conditional.sample_patients(dataset, "train", int(cfg.num_train_patients),
-                                                      seed + 1, T, min_prompt)
-  else:
-    train, train_counts = np.zeros(0, np.int64), {}
   labels = dataset.select(test).patients_with_any(cohort.codes)
   model, valid, stratified = utility.model_validation_split(labels, float(cfg.model_fraction), seed)
-  return EvalPatients(test=test, train=train, model_subject_id=dataset.subject_id[test][model],
+  return EvalPatients(test=test, model_subject_id=dataset.subject_id[test][model],
                       valid_subject_id=dataset.subject_id[test][valid], stratified=stratified,
-                      counts=dict(test=test_counts, train=train_counts,
+                      counts=dict(test=test_counts,
                                   test_positive=int(labels.sum())))
 
 
@@ -158,11 +153,11 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
   out = Path(out_dir)
   method = getattr(generator, "name", type(generator).__name__)
-  settings = {k: _plain(cfg[k]) for k in _RESULT_FIELDS}
-  trained_ids = None if trained_on is None else getattr(trained_on, "subject_id", trained_on)
+  settings = {k: runs.plain(cfg[k]) for k in _RESULT_FIELDS}
+  trained_ids = _subject_ids(trained_on)
   run = RunDir(out, "eval", dict(settings=settings, method=method), dict(
       inputs or {}, dataset=dataset.fingerprint(), cohort=runs.digest(dataclasses.asdict(cohort)),
-      trained_on=runs.digest(None if trained_ids is None else np.unique(trained_ids).tolist()),
+      trained_on=runs.digest(None if trained_ids is None else trained_ids.tolist()),
       members=runs.digest(None if members is None else members.fingerprint())))
   if run.done:
     log.info("%s: finished with the same identity; not recomputed", out)
@@ -303,8 +298,8 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   result = dict(
       kind=METRICS_KIND, version=METRICS_VERSION, method=method, cohort=cohort.name,
       cohort_abbrev=cohort.abbrev, settings=settings,
-      patients=dict(**{**plan.counts, "train": {k: v for k, v in trained_counts.items()
-                                                if k not in ("source", "patients")}},
+      patients=dict(**plan.counts, train={k: v for k, v in trained_counts.items()
+                                          if k not in ("source", "patients")},
                     modelling=int(len(plan.model_subject_id)),
                     validation=int(len(plan.valid_subject_id)),
                     trained_on=dict(source=trained_counts["source"], patients=trained_counts["patients"])),
@@ -320,11 +315,3 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   io.atomic_write_json(out / "metrics.json", result)
   run.finish(seconds=timing["total_s"])
   return result
-
-
-def _plain(x):
-  if isinstance(x, (tuple, list)):
-    return [_plain(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  return x

@@ -9,6 +9,7 @@ pretraining as `start_prior.npz`; the model generates everything after BOS.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -21,13 +22,10 @@ from rltf_jax.data.vocab import BOS, NUM_SPECIAL, Vocabulary
 from rltf_jax.models import decoder as dec
 from rltf_jax.sampling import sampler
 
-_LOGPROB_CACHE: dict = {}
-
-
-def _logprob_fn(graphdef):
-  if graphdef not in _LOGPROB_CACHE:
-    _LOGPROB_CACHE[graphdef] = jax.jit(lambda p, b: dec.code_logprobs(graphdef, p, b).sum(-1))
-  return _LOGPROB_CACHE[graphdef]
+@functools.partial(jax.jit, static_argnums=0)
+def _sequence_logprobs(graphdef, params, batch: TokenBatch):
+  """f32 [B]: summed code log-probabilities of each row (jax caches one compile per graphdef)."""
+  return dec.code_logprobs(graphdef, params, batch).sum(-1)
 
 
 class TransformerGenerator:
@@ -145,7 +143,6 @@ class TransformerGenerator:
     min(events + 2, max_prompt_len) - 1."""
     n = dataset.num_patients
     out, scored = np.zeros(n, np.float64), np.zeros(n, np.int64)
-    fn = _logprob_fn(self.graphdef)
     for start in range(0, n, self.batch_size):
       rows = np.arange(start, min(n, start + self.batch_size))
       b = encode_patients(dataset, self.vocab, rows, self.max_prompt_len, window="last")
@@ -155,5 +152,5 @@ class TransformerGenerator:
       short = self.batch_size - len(rows)
       if short:
         b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
-      out[rows] = np.asarray(fn(self.params, b), np.float64)[:len(rows)]
+      out[rows] = np.asarray(_sequence_logprobs(self.graphdef, self.params, b), np.float64)[:len(rows)]
     return out, scored

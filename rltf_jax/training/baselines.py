@@ -84,7 +84,8 @@ def _train(run: RunDir, model: nnx.Module, tx: optax.GradientTransformation, los
     return value, dict(tokens=weight)
 
   init = lambda p: loop.initial_state(p, tx)
-  step = loop.compile_step((name, graphdef, run.key), lambda: loop.make_step(loss, tx), init,
+  step = loop.compile_step((name, graphdef, runs.digest(run.identity["config"])),
+                           lambda: loop.make_step(loss, tx), init,
                            jax.eval_shape(init, params), single_device_mesh())
   total = epochs * per_epoch
   result = loop.train(run.path, step, (params,), lambda s: batch(*divmod(s, per_epoch)), name=name,
@@ -93,6 +94,18 @@ def _train(run: RunDir, model: nnx.Module, tx: optax.GradientTransformation, los
                       verbose=False)
   if result.finished:
     run.finish(epochs=epochs, final=result.metrics)
+
+
+def _write_files(run: RunDir, meta: dict, vocab: Vocabulary, dataset: PatientEvents,
+                 extra: Callable[[Path], object] | None = None) -> None:
+  """What the generators read beside the checkpoints; then run.json."""
+  run.path.mkdir(parents=True, exist_ok=True)
+  io.atomic_write_json(run.path / BASELINE_MODEL_FILE, meta)
+  vocab.save(run.path / VOCAB_FILE)
+  io.atomic_savez(run.path / BASELINE_ATTRIBUTES_FILE, **visit_attributes(dataset))
+  if extra is not None:
+    extra(run.path)
+  run.start()
 
 
 def _section(cfg, name: str):
@@ -140,11 +153,8 @@ def train_lstm(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Pa
     return run.path
   meta = dict(model="lstm", vocab_size=len(vocab), embed_dim=c.embed_dim, hidden_dim=c.hidden_dim,
               num_layers=c.num_layers, config=runs.plain(c))
-  if not run.file.exists():
-    run.start()
-    io.atomic_write_json(run.path / BASELINE_MODEL_FILE, meta)
-    vocab.save(run.path / VOCAB_FILE)
-    io.atomic_savez(run.path / BASELINE_ATTRIBUTES_FILE, **visit_attributes(dataset))
+  if not run.file.exists():  # the files first: run.json marks a prepared directory
+    _write_files(run, meta, vocab, dataset)
 
   buckets = length_buckets(c.max_len)
   n, bs = dataset.num_patients, c.batch_size
@@ -195,12 +205,8 @@ def train_halo(cfg, dataset: PatientEvents, vocab: Vocabulary, cohort, workdir: 
   layout = HALOLayout.build(vocab, cohort.codes, c.max_codes, c.max_visits)
   meta = dict(model="halo", total_vocab=layout.total, width=c.width, num_layers=c.num_layers,
               num_heads=c.num_heads, max_visits=c.max_visits, cohort=cohort.name, config=runs.plain(c))
-  if not run.file.exists():
-    run.start()
-    io.atomic_write_json(run.path / BASELINE_MODEL_FILE, meta)
-    vocab.save(run.path / VOCAB_FILE)
-    layout.save(run.path / "layout.npz")
-    io.atomic_savez(run.path / BASELINE_ATTRIBUTES_FILE, **visit_attributes(dataset))
+  if not run.file.exists():  # the files first: run.json marks a prepared directory
+    _write_files(run, meta, vocab, dataset, lambda path: layout.save(path / "layout.npz"))
   visits = layout.encode(dataset, vocab, keep="first")
   n, bs = dataset.num_patients, c.batch_size
   log.info("halo: %d patients, %d codes + %d labels, %.1f%% truncated to %d visits", n,

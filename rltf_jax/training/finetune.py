@@ -17,7 +17,6 @@ import numpy as np
 
 from rltf_jax import io, runs
 from rltf_jax.checkpoints import copy_decoder_files
-from rltf_jax.errors import DataError
 from rltf_jax.runs import RunDir
 from rltf_jax.training import loop
 from rltf_jax.training.mesh import check_batch_divisible, make_mesh
@@ -40,15 +39,13 @@ def prepare(cfg, method: str, section, base_ckpt_dir: Path, pairs: PreferenceDat
   """The run directory of a fine-tune (`rltf_jax.runs`): its identity is the method's config
   section and the fingerprints of the base run and the pairs. A new directory gets the files
   `load_decoder` needs (copied from the base run) and the full config."""
-  base = RunDir(base_ckpt_dir, "pretrain")
-  rec = base.record()
-  if rec is None or rec.get("finished") is None:
-    raise DataError(f"{base_ckpt_dir}: not a finished pretraining run (no finished run.json)")
-  run = RunDir(workdir, method, section, dict(base=rec["key"], pairs=pairs.fingerprint))
-  if not run.file.exists():
-    run.start()
+  run = RunDir(workdir, method, section,
+               dict(base=runs.finished_key(base_ckpt_dir), pairs=pairs.fingerprint))
+  if not run.file.exists():  # the files first: run.json marks a prepared directory
+    run.path.mkdir(parents=True, exist_ok=True)
     copy_decoder_files(base_ckpt_dir, run.path)
     io.atomic_write_json(run.path / CONFIG_FILE, runs.plain(cfg))
+    run.start()
   return run
 
 

@@ -248,9 +248,10 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
     return run.path
   train_idx = dataset.split_indices("train")
   valid_idx = dataset.split_indices("valid")[:pc.num_valid_patients]
-  if not run.file.exists():
-    run.start()
+  if not run.file.exists():  # the files first: run.json marks a prepared directory
+    run.path.mkdir(parents=True, exist_ok=True)
     save_decoder_files(run.path, cfg.model, vocab, start_prior(dataset, train_idx))
+    run.start()
 
   graphdef, _, step = _compiled_step(cfg, len(vocab), pc.steps)
   state_sharding, batch_sharding = step.state_sharding, step.batch_sharding
