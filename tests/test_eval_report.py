@@ -334,3 +334,11 @@ def test_memorization_uses_the_methods_own_training_patients(tmp_path):
   zb = np.load(tmp_path / "base" / "per_patient.npz")
   assert set(zb["train_subject_id"]) <= set(train_ids) and not set(zb["train_subject_id"]) <= set(pairs_patients)
   assert base["memorization"]["rouge1_train"]["value"] < 1.0
+
+
+def test_a_generator_that_adds_nothing_scores_exactly_the_prompt_only_control(run_dir):
+  # The silent generator's synthetic records are its prompts: the control is what it must match.
+  _, _, results = run_dir
+  u = results["base"]["utility"]
+  assert u["synthetic"]["auroc"] == u["prompt_only"]["auroc"]
+  assert u["synthetic"]["train_positives"] == u["prompt_only"]["train_positives"]
