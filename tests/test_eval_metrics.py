@@ -246,3 +246,27 @@ def test_head_keeps_the_first_events_of_each_row(tiny_dataset):
   assert list(cut.lengths) == [2, 2, 0]
   assert conditional.code_sequences(cut)[1] == ["ICD10CM/I10", "ICD10CM/D573"]
   assert conditional.head(tiny_dataset, 10).equals(tiny_dataset)
+
+
+def test_calibration_ratio_against_hand_counts():
+  pred = np.array([1, 1, 1, 0, 0, 0], bool)
+  true = np.array([1, 0, 0, 0, 0, 0], bool)
+  c = metrics.calibration_ratio(pred, true, 200, 0)
+  assert c["value"] == 3.0 and (c["generated"], c["true"], c["patients"]) == (3, 1, 6)
+  assert metrics.calibration_ratio(true, true, 50, 0)["value"] == 1.0       # a copy of the truth
+  assert metrics.calibration_ratio(~true & False, true, 50, 0)["value"] == 0.0  # never emits it
+  assert metrics.calibration_ratio(pred, np.zeros(6, bool), 50, 0)["value"] is None  # undefined
+
+
+def test_paired_difference_against_hand_computation():
+  true = np.array([1, 1, 0, 0], bool)
+  a = np.array([1, 1, 0, 0], bool)   # perfect
+  b = np.array([1, 0, 1, 0], bool)   # precision 1/2, recall 1/2
+  ra, rb = np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.5, 0.5, 0.5, 0.5])
+  d = metrics.paired_difference(a, b, true, ra, rb, 300, 0)
+  assert d["recall"]["value"] == 0.5 and d["precision"]["value"] == 0.5 and d["f1"]["value"] == 0.5
+  assert d["rouge1"]["value"] == 0.5 and d["rouge1"]["ci95"] == [0.5, 0.5]  # paired: no spread
+  same = metrics.paired_difference(a, a, true, ra, ra, 300, 0)
+  assert all(same[k]["ci95"] == [0.0, 0.0] for k in ("precision", "recall", "f1", "rouge1"))
+  with pytest.raises(ValueError):
+    metrics.paired_difference(a, b[:3], true, ra, rb, 10, 0)

@@ -9,6 +9,7 @@ import pytest
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.errors import ConfigError, DataError
 from rltf_jax.evaluation import evaluate, report, utility
+from rltf_jax.evaluation.results import collect
 from test_eval_utility import toy_dataset
 
 T = 3
@@ -342,3 +343,20 @@ def test_a_generator_that_adds_nothing_scores_exactly_the_prompt_only_control(ru
   u = results["base"]["utility"]
   assert u["synthetic"]["auroc"] == u["prompt_only"]["auroc"]
   assert u["synthetic"]["train_positives"] == u["prompt_only"]["train_positives"]
+
+
+def test_paired_comparisons_and_calibration_know_the_oracle_and_the_silent_generator(run_dir):
+  root, _, results = run_dir
+  comparisons = report.paired_comparisons(collect(root, skip=root / "report"))
+  oracle_minus_silent = comparisons["scd"]["rltf-base"]["all"]
+  assert oracle_minus_silent["recall"]["value"] == 1.0 and oracle_minus_silent["f1"]["value"] == 1.0
+  assert oracle_minus_silent["recall"]["ci95"][0] == 1.0  # every resample with a positive: +1
+  cal = {m: results[m]["fidelity"]["calibration"]["all"]["value"] for m in results}
+  assert cal["rltf"] == 1.0 and cal["base"] == 0.0  # the oracle copies, the silent one never writes
+  counts = results["sft"]["fidelity"]["target"]["counts"]
+  assert cal["sft"] == pytest.approx(counts["patients"] / counts["actual_positive"])
+  new, rep = (results["rltf"]["fidelity"][k]["counts"]["patients"]
+              for k in ("target_new_onset", "target_repeat"))
+  assert new + rep == results["rltf"]["fidelity"]["target"]["counts"]["patients"]
+  path = report.write_report(root, root / "report-paired")
+  assert "## 1b. Against the base model" in path.read_text()

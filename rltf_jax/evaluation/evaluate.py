@@ -121,6 +121,10 @@ def _fidelity(in_prompt, in_true, in_generated, rouge_prf, B: int, seed: int, po
   return dict(
       target=metrics.target_fidelity(in_generated, in_true, B, seed),
       target_new_onset=metrics.target_fidelity(in_generated[~in_prompt], in_true[~in_prompt], B, seed),
+      target_repeat=metrics.target_fidelity(in_generated[in_prompt], in_true[in_prompt], B, seed),
+      calibration={stratum: metrics.calibration_ratio(in_generated[m], in_true[m], B, seed)
+                   for stratum, m in (("all", np.ones_like(in_prompt)), ("new_onset", ~in_prompt),
+                                      ("repeat", in_prompt))},
       rouge1=metrics.mean_ci(rouge_prf[:, 2], B, seed),
       rouge1_precision=metrics.mean_ci(rouge_prf[:, 0], B, seed),
       rouge1_recall=metrics.mean_ci(rouge_prf[:, 1], B, seed),

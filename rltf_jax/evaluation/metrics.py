@@ -113,6 +113,42 @@ def target_fidelity(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: 
   return out
 
 
+def calibration_ratio(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: int) -> dict:
+  """Target prevalence in the generated continuations over that in the true ones (1: the
+  generator writes the target as often as the truth has it; <1 under-, >1 over-generation), with
+  its bootstrap interval over patients and the two counts."""
+  pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+
+  def stat(w):
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return np.where(w @ true > 0, (w @ pred) / (w @ true), np.nan)
+  out = bootstrap(stat, len(pred), num_samples, seed)
+  out.update(generated=int(pred.sum()), true=int(true.sum()), patients=int(len(pred)))
+  return out
+
+
+def paired_difference(pred_a: np.ndarray, pred_b: np.ndarray, true: np.ndarray, rouge_a: np.ndarray,
+                      rouge_b: np.ndarray, num_samples: int, seed: int) -> dict:
+  """Method A minus method B on the same patients: precision, recall, F1 of the target and mean
+  ROUGE-1, each with a paired bootstrap interval (one resample of patients scores both methods, so
+  the interval reflects the difference, not two independent spreads)."""
+  pred_a, pred_b, true = (np.asarray(a, bool) for a in (pred_a, pred_b, true))
+  rouge_a, rouge_b = np.asarray(rouge_a, np.float64), np.asarray(rouge_b, np.float64)
+  if not (len(pred_a) == len(pred_b) == len(true) == len(rouge_a) == len(rouge_b)):
+    raise ValueError("paired_difference needs one row per patient, the same patients for both methods")
+
+  def stat(w):
+    prf = precision_recall_f1(pred_a, true, w) - precision_recall_f1(pred_b, true, w)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      rouge = (w @ (rouge_a - rouge_b)) / w.sum(axis=1)
+    return np.concatenate([prf, rouge[:, None]], axis=1)
+  boot = bootstrap(stat, len(true), num_samples, seed)
+  out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
+         for i, name in enumerate(("precision", "recall", "f1", "rouge1"))}
+  out["patients"], out["actual_positive"] = int(len(true)), int(true.sum())
+  return out
+
+
 # ---------------------------------------------------------------- ranking metrics
 def _tie_groups(sorted_scores: np.ndarray) -> np.ndarray:
   """Start index of each run of equal values in a sorted array."""

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from rltf_jax import io
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
-from rltf_jax.evaluation import paper_numbers as paper
+from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation.plots import write_plots
 from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
@@ -276,6 +278,68 @@ def _ablation_section(results: dict) -> list[str]:
                   f"F1 / AUROC / ROUGE-1 ({PAPER_NOTE})"], rows), ""]
 
 
+def paired_comparisons(results: dict) -> dict:
+  """{cohort: {"rltf-base": {stratum: difference}, ...}}: each fine-tune minus the base model on the
+  same validation patients (`metrics.paired_difference`, from the evaluations' per_patient.npz),
+  overall and for new-onset and repeat patients."""
+  out = {}
+  for cohort, ms in results.items():
+    if "base" not in ms:
+      continue
+    base = io.load_npz(Path(ms["base"]["_dir"]) / "per_patient.npz")
+    s = ms["base"]["settings"]
+    for method in [m for m in ms if m != "base"]:
+      other = io.load_npz(Path(ms[method]["_dir"]) / "per_patient.npz")
+      if not (np.array_equal(base["test_subject_id"], other["test_subject_id"])
+              and "test_validation" in base and "test_validation" in other):
+        continue  # not the same patients (or an older evaluation): no paired comparison
+      v = base["test_validation"]
+      strata = dict(all=np.ones(int(v.sum()), bool), new_onset=~base["test_target_in_prompt"][v],
+                    repeat=base["test_target_in_prompt"][v])
+      out.setdefault(cohort, {})[f"{method}-base"] = {
+          name: metrics.paired_difference(
+              other["test_target_in_generated"][v][m], base["test_target_in_generated"][v][m],
+              base["test_target_in_true"][v][m], other["test_rouge1_prf"][v][m][:, 2],
+              base["test_rouge1_prf"][v][m][:, 2], int(s["bootstrap_samples"]), int(s["seed"]))
+          for name, m in strata.items()}
+  return out
+
+
+def _comparison_section(results: dict, comparisons: dict) -> list[str]:
+  rows = []
+  for cohort, by_pair in comparisons.items():
+    for pair, strata in by_pair.items():
+      method = pair.split("-")[0]
+      for stratum, d in strata.items():
+        rows.append([get_cohort(cohort).abbrev, f"{label(method)} - base", stratum.replace("_", " "),
+                     f"{d['actual_positive']}/{d['patients']}", _ci(d["recall"], 2), _ci(d["f1"], 2),
+                     _ci(d["precision"], 2), _ci(d["rouge1"])])
+  cal = []
+  for cohort, ms in results.items():
+    for method, m in ms.items():
+      c = lookup(m, "fidelity", "calibration")
+      if not c:
+        continue  # an evaluation made before calibration was measured
+      cal.append([get_cohort(cohort).abbrev, label(method)] +
+                 [f"{_ci(c.get(k), 2)} ({lookup(c, k, 'generated')}/{lookup(c, k, 'true')})"
+                  for k in ("all", "new_onset", "repeat")])
+  if not rows and not cal:
+    return []
+  return ["## 1b. Against the base model, by stratum, and calibration", "",
+          "Each fine-tune minus the base model on the same validation patients, with a paired "
+          "bootstrap (one resample of patients scores both). *New onset*: patients whose prompt holds "
+          "no target code; *repeat*: the prompt already holds one, so generating it again mostly "
+          "re-emits a code the prompt shows. *Positives/patients*: true continuations with the "
+          "target among the stratum's patients. An interval that contains 0 is no evidence of a "
+          "difference.", "",
+          _table(["Cohort", "Difference", "Stratum", "Positives/patients", "Recall", "F1", "Precision",
+                  "ROUGE-1"], rows), "",
+          "*Calibration*: target prevalence in the generated continuations over that in the true ones "
+          "(1 = as often as the truth; counts generated/true in brackets), length-matched, validation "
+          "patients.", "",
+          _table(["Cohort", "Method", "All", "New onset", "Repeat"], cal), ""]
+
+
 def _pairs_cell(training: dict) -> str:
   """Achieved pairs, and the request where it differs (marked *)."""
   pos, neg = training.get("positive_pairs"), training.get("negative_pairs")
@@ -323,6 +387,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
   results = collect(run_dir, skip=out)
   out.mkdir(parents=True, exist_ok=True)
   plots = write_plots(results, out)
+  comparisons = paired_comparisons(results)
   first = next(iter(next(iter(results.values())).values()))
   s = first.get("settings", {})
   lines = [
@@ -342,6 +407,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "## Summary", "", *_summary(results),
       *_fidelity_section(results),
       *[f"![recall and F1]({p})" for p in plots["fidelity"]], "",
+      *_comparison_section(results, comparisons),
       *_utility_section(results),
       *[f"![AUROC]({p})" for p in plots["utility"]], "",
       *_memorization_section(results),
@@ -357,7 +423,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       f"`python -m rltf_jax.evaluation.report {run_dir}`.", "",
       "Evaluations read: " + ", ".join(f"`{m['_dir']}`" for ms in results.values() for m in ms.values()),
       ""]
-  combined = dict(kind="rltf_jax.report", cohorts={
+  combined = dict(kind="rltf_jax.report", comparisons=comparisons, cohorts={
       c: {meth: {k: v for k, v in m.items() if k != "_dir"} | {"source": m["_dir"]}
           for meth, m in ms.items()} for c, ms in results.items()},
       paper=dict(table5={c: paper.TABLE5.get(c) for c in results},
