@@ -214,3 +214,34 @@ def _follows(section: ml_collections.ConfigDict, field: str) -> ml_collections.F
   an assignment replaces instead.
   """
   return section.get_ref(field) * 1
+
+
+# The range of every numeric field, checked before any work starts (`rltf_jax.pipeline`): "int"
+# for integers, then a lower bound (">=1", ">0") or an interval ("[0,1]", "(0,1]").
+_OPTIMISER = {"lr": ">0", "warmup_steps": "int>=0", "min_lr_ratio": "[0,1]", "weight_decay": ">=0",
+              "b1": "[0,1)", "b2": "[0,1)", "clip_norm": ">=0", "batch_size": "int>=1",
+              "ckpt_every": "int>=1", "log_every": "int>=1"}
+RANGES = {
+    "data": {"num_patients": "int>=1", "vocab_min_count": "int>=1", "vocab_max_size": "int>=0",
+             "min_cohort_percent": "[0,100]"},
+    "lstm": {"embed_dim": "int>=1", "hidden_dim": "int>=1", "num_layers": "int>=1",
+             "learning_rate": ">0", "batch_size": "int>=1", "epochs": "int>=1", "max_len": "int>=3",
+             "max_new_tokens": "int>=1", "beam_width": "int>=1", "length_penalty": ">=0"},
+    "halo": {"num_layers": "int>=1", "width": "int>=1", "num_heads": "int>=1", "max_visits": "int>=3",
+             "max_codes": "int>=0", "learning_rate": ">0", "batch_size": "int>=1", "epochs": "int>=1"},
+    "rltf": dict(_OPTIMISER, num_pairs="int>=1", positive_fraction="[0,1]", max_prompt_events="int>=1",
+                 max_continuation_events="int>=1", beta=">0", positive_lambda=">=0", epochs="int>=1",
+                 reference_batch_size="int>=1"),
+    "sft": dict(_OPTIMISER, epochs="int>=1", aux_weight=">=0"),
+    "eval": {"truncate_events": "int>=1", "min_prompt_events": "int>=0", "max_new_events": "int>=1",
+             "num_test_patients": "int>=0", "num_train_patients": "int>=0",
+             "num_membership_patients": "int>=0", "model_fraction": "(0,1)",
+             "bootstrap_samples": "int>=0", "catboost_iterations": "int>=1", "catboost_depth": "int>=1",
+             "catboost_threads": "int>=1", "temperature": ">0", "top_k": "int>=0", "top_p": "(0,1]"},
+    "model": {"width": "int>=1", "num_layers": "int>=1", "num_heads": "int>=0", "mlp_ratio": "int>=1",
+              "max_visits": "int>=1", "max_age_years": "int>=1", "rope_base": ">0", "norm_eps": ">0"},
+    "pretrain": dict(_OPTIMISER, steps="int>=1", seq_len="int>=4", aux_weight=">=0",
+                     eval_every="int>=1", num_valid_patients="int>=0"),
+    "sampling": {"batch_size": "int>=1", "max_prompt_len": "int>=2"},
+    "mesh": {"data": "int>=0"},
+}

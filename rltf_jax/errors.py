@@ -23,6 +23,10 @@ class ConfigError(RLTFError):
   """A config field holds a value the code cannot use (unknown cohort, bad size, ...)."""
 
 
+class BusyError(RLTFError):
+  """Another live run holds the work directory's lock."""
+
+
 class TrainingError(RLTFError):
   """Training cannot continue (for example a NaN or Inf loss)."""
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
+import re
 import time
 from pathlib import Path
 
@@ -97,14 +99,49 @@ def require_fields(cfg, reference, where: str = "config") -> None:
       require_fields(cfg[name], ref, f"{where}.{name}")
 
 
+_RANGE = re.compile(r"^(int)?(?:(>=|>)(-?[\d.]+)|([\[(])(-?[\d.]+),(-?[\d.]+)([\])]))$")
+
+
+def check_ranges(cfg, ranges: dict) -> None:
+  """A `ConfigError` naming the first numeric field outside its range (`configs/base.py:RANGES`),
+  before any work starts: a batch size of 0, a negative step count or a NaN learning rate would
+  otherwise fail deep inside a stage, or not at all."""
+  for section, fields in ranges.items():
+    for name, spec in fields.items():
+      value, m = cfg[section][name], _RANGE.match(spec)
+      integer, op, bound, lo_br, lo, hi, hi_br = m.groups()
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+      if ok and integer:
+        ok = float(value).is_integer()
+      if ok and op:
+        ok = value >= float(bound) if op == ">=" else value > float(bound)
+      elif ok:
+        ok = ((value >= float(lo)) if lo_br == "[" else (value > float(lo))) and \
+             ((value <= float(hi)) if hi_br == "]" else (value < float(hi)))
+      if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = spec.removeprefix("int")
+        raise ConfigError(f"{section}.{name}={value!r} is out of range: it must be {kind} "
+                          f"{bound if op else 'in ' + bound}")
+
+
 def run(cfg, workdir: str | None = None) -> int:
-  """Runs every stage of `cfg` for its cohort; prints the report's path as the last line."""
+  """Runs every stage of `cfg` for its cohort; prints the report's path as the last line.
+
+  The work directory is locked for the run (`runs.workdir_lock`): a second run on it stops at once
+  with a one-line message instead of corrupting the first one's checkpoints and metrics."""
   require_fields(cfg, base_config.get_config(cfg.size if "size" in cfg else None))
+  check_ranges(cfg, base_config.RANGES)
+  root = Path(workdir or cfg.workdir or default_workdir(cfg))
+  with runs.workdir_lock(root):
+    return _run(cfg, root)
+
+
+def _run(cfg, root: Path) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
   cohort = get_cohort(cfg.cohort)
   chosen = [methods.get(name) for name in cfg.methods]  # unknown names fail before any work
-  root = Path(workdir or cfg.workdir or default_workdir(cfg))
   cohort_dir = root / (cohort.name + (f"-{cfg.run_name}" if cfg.run_name else ""))
 
   # ---------------------------------------------------------------- data
@@ -117,14 +154,15 @@ def run(cfg, workdir: str | None = None) -> int:
   vocab = Vocabulary.load(data_run.path / "vocab.json")
   require_positives(dataset.subset("train"), cohort, "the training split")
   require_positives(dataset.subset("test"), cohort, "the test split")
+  base_dir = root / f"base-{runs.digest(cfg.data, cfg.model, cfg.pretrain)[:10]}"
+  ctx = Context(cfg, cohort, cohort_dir, dataset, vocab, base_dir)
+  ctx.plan  # the evaluation's patients exist (eval.truncate_events fits them): fail before training
   cohort_dir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------- base model
-  base_dir = root / f"base-{runs.digest(cfg.data, cfg.model, cfg.pretrain)[:10]}"
   t0 = _announce("base model", base_dir)
   pretrain.pretrain(cfg, dataset, vocab, base_dir)
   print(f"[base model] ready in {time.time() - t0:.0f}s", flush=True)
-  ctx = Context(cfg, cohort, cohort_dir, dataset, vocab, base_dir)
 
   # ---------------------------------------------------------------- each method's training
   # Every trainer resumes an interrupted run and returns at once when its run is finished.

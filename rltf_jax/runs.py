@@ -18,16 +18,20 @@ a stale evaluation can never be reused.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from rltf_jax import io
-from rltf_jax.errors import ConfigError
+from rltf_jax.errors import BusyError, ConfigError
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 
 
 def plain(x: Any) -> Any:
@@ -125,6 +129,34 @@ class RunDir:
     """What `finish` recorded (empty before)."""
     rec = self.record()
     return dict(rec.get("info") or {}) if rec else {}
+
+
+@contextlib.contextmanager
+def workdir_lock(root: str | Path) -> Iterator[None]:
+  """Holds an exclusive lock on the work directory `root` for the length of a run, so that two runs
+  never write into one directory. A second run gets a `BusyError` naming the holder. The lock is
+  the kernel's (`flock`): it ends with the process that holds it, so a killed run leaves no stale
+  lock behind (the `.lock` file itself stays, empty of meaning)."""
+  root = Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  f = open(root / LOCK_FILE, "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise BusyError(f"{root} is in use by another run ({holder}); wait for it to finish or use "
+                    "another --workdir") from None
+  try:
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    yield
+  finally:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
 
 
 def is_done(path: str | Path) -> bool:

@@ -146,7 +146,7 @@ def train(run_dir: str | Path, step: CompiledStep, init_args: tuple, batches: Ca
 
   def record(i: int, metrics) -> None:
     m = to_host(metrics)
-    check_finite(m, i + 1, keys=finite_keys, checkpoint_note=note())
+    check_finite(m, i + 1, keys=finite_keys, checkpoint_note=note(), run_dir=run_dir)
     progress.count(i, m.get("tokens", 0.0))
     last.clear()
     last.update(m)
@@ -199,13 +199,17 @@ def to_host(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def check_finite(metrics: Mapping[str, float], step: int, *, keys=("loss", "grad_norm"),
-                 checkpoint_note: str = "") -> None:
-  """Raises `TrainingError` when any of `keys` is NaN or Inf."""
+                 checkpoint_note: str = "", run_dir: Path | None = None) -> None:
+  """Raises `TrainingError` when any of `keys` is NaN or Inf. The advice is the one that works:
+  the optimiser settings are part of the run's identity, so a retry with other settings needs the
+  diverged run's directory out of the way (a rerun with the same settings would diverge again)."""
   bad = [k for k in keys if k in metrics and not math.isfinite(metrics[k])]
   if bad:
     what = ", ".join(f"{k}={metrics[k]}" for k in bad)
+    where = f"delete {run_dir} (or use another --workdir)" if run_dir else "use a new run directory"
     raise TrainingError(f"training diverged at step {step} ({what}). {checkpoint_note}"
-                        "Lower the learning rate or raise the warm-up, then rerun to resume.")
+                        f"To retry with a lower learning rate or a longer warm-up, {where} and rerun "
+                        "with the new settings; a rerun with the same settings would diverge again.")
 
 
 class MetricsWriter:
