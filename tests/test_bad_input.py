@@ -273,3 +273,57 @@ def test_writer_failure_leaves_no_partial_directory(tmp_path, tiny_dataset, monk
   assert meds.read_meds(tmp_path / "m")[0].equals(tiny_dataset)
   assert [p.name for p in tmp_path.iterdir()] == ["m"]
   assert np.all(meds.read_meds(tmp_path / "m")[0].split == tiny_dataset.split)
+
+
+# ---------------------------------------------------------------- misdated rows, odd codes, duplicates
+def _year_us(year):
+  return int((np.datetime64(f"{year}-06-01", "D") - np.datetime64("1970-01-01", "D")).astype(np.int64)) * DAY_US
+
+
+def _meds_rows(tmp_path, times, codes):
+  return _shard(tmp_path / "m" / "data" / "0.parquet", subject_id=pa.array([15] * len(codes), pa.int64()),
+                time=pa.array(times, pa.timestamp("us")), code=pa.array(codes))
+
+
+@pytest.mark.parametrize("year, what", [(1800, "before its birth"), (2200, "more than 130 years after")])
+def test_meds_events_before_birth_or_far_in_the_future_are_refused(tmp_path, year, what):
+  _meds_rows(tmp_path, [_year_us(1960), _year_us(2000), _year_us(year)],
+             ["MEDS_BIRTH", "ICD10CM/I10", "ICD10CM/E119"])
+  with pytest.raises(DataError, match=rf"subject 15 has an event on {year}-06-01 \(code ICD10CM/E119\) {what}"):
+    meds.read_meds(tmp_path / "m")
+
+
+def test_mimic_events_before_birth_are_refused(tmp_path):
+  root = _mimic_tables(tmp_path / "mimic", admissions=(
+      "subject_id,hadm_id,admittime,admission_type,admission_location\n"
+      "1,10,1800-02-01 10:00:00,URGENT,EMERGENCY ROOM\n"))
+  with pytest.raises(DataError, match=r"subject 1 has an event on 1800-02-01 .* before its birth"):
+    mimic.read_mimic(root)
+
+
+def test_meds_empty_codes_are_dropped_with_a_count(tmp_path, caplog):
+  t = _year_us(2000)
+  _meds_rows(tmp_path, [_year_us(1960), t, t, t], ["MEDS_BIRTH", "ICD10CM/I10", "  ", ""])
+  with caplog.at_level("WARNING"):
+    ds, _ = meds.read_meds(tmp_path / "m")
+  assert ds.num_events == 1 and list(ds.codes[ds.code]) == ["ICD10CM/I10"]
+  assert "2 rows with an empty or whitespace code are dropped" in caplog.text
+
+
+def test_meds_duplicated_rows_of_two_visits_on_one_day_read_as_repeated_events(tmp_path):
+  # Two visits on one day, every row written twice: used to fail with "visit indices decrease".
+  t = _year_us(2000)
+  rows = dict(subject_id=pa.array([15] * 3, pa.int64()), time=pa.array([_year_us(1960), t, t], pa.timestamp("us")),
+              code=pa.array(["MEDS_BIRTH", "ICD10CM/I10", "ICD10CM/E119"]),
+              visit=pa.array([0, 0, 1], pa.int64()), place_of_service=pa.array([0, 11, 23], pa.int64()))
+  table = pa.table(rows)
+  (tmp_path / "m" / "data").mkdir(parents=True)
+  pq.write_table(pa.concat_tables([table, table]), tmp_path / "m" / "data" / "0.parquet")
+  ds, _ = meds.read_meds(tmp_path / "m")
+  assert list(ds.visit) == [0, 0, 1, 1] and list(ds.codes[ds.code]) == ["ICD10CM/I10"] * 2 + ["ICD10CM/E119"] * 2
+
+
+def test_meds_code_longer_than_the_limit_is_refused(tmp_path):
+  _meds_rows(tmp_path, [_year_us(1960), _year_us(2000)], ["MEDS_BIRTH", "X" * 10_000])
+  with pytest.raises(DataError, match=r"subject 15 has a code of 10000 characters"):
+    meds.read_meds(tmp_path / "m")

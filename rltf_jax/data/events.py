@@ -28,6 +28,12 @@ SPLITS = ("train", "valid", "test")
 TRAIN, VALID, TEST = 0, 1, 2
 SEX_FEMALE, SEX_MALE, SEX_UNKNOWN = 0, 1, -1
 DAYS_PER_YEAR = 365.25
+MAX_AGE_YEARS = 130  # an event later than this after birth is a misdated row
+
+
+def _date(day) -> str:
+  """Days since 1970-01-01 as an ISO date, for messages."""
+  return str(np.datetime64(int(day), "D"))
 
 # Common CMS place-of-service codes (documentation and report labels; any int16 is accepted).
 PLACES_OF_SERVICE = {
@@ -112,6 +118,17 @@ class PatientEvents:
       raise DataError(f"{source}: visit indices of subject {self.subject_id[p]} decrease")
     if np.any(self.split < 0) or np.any(self.split > 2):
       raise DataError(f"{source}: split must be 0 (train), 1 (valid) or 2 (test)")
+    # Dates a reader got wrong (a year 1800 or 2200 timestamp): every event lies between the
+    # patient's birth and MAX_AGE_YEARS after it.
+    for bad, what in ((np.flatnonzero(self.age < 0), "before its birth"),
+                      (np.flatnonzero(self.age > MAX_AGE_YEARS), f"more than {MAX_AGE_YEARS} years after its birth")):
+      if len(bad):
+        i = int(bad[0])
+        p = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        raise DataError(
+            f"{source}: subject {self.subject_id[p]} has an event on {_date(self.day[i])} "
+            f"(code {self.codes[self.code[i]]}) {what} ({_date(self.birth_day[p])}); "
+            f"{len(bad)} events in all; fix the dates or drop those rows")
 
   # ---------------------------------------------------------------- shape
   @property

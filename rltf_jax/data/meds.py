@@ -72,6 +72,9 @@ META_CODE_PREFIXES = (DEATH_CODE, "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "E
                       "ADMISSION//", "DISCHARGE//")
 _SEX_RE = re.compile(r"^(GENDER|SEX)/{1,2}(F|FEMALE|M|MALE)$", re.IGNORECASE)
 _US_PER_DAY = 86_400 * 1_000_000
+# The longest code accepted: real codes are a few dozen characters, and every stored code string
+# takes the longest one's width (one 10,000-character code made a 368 MB code array).
+MAX_CODE_LENGTH = 256
 
 # Columns a shard must have, with the Arrow type family each must belong to.
 _REQUIRED = {
@@ -137,16 +140,30 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
   kinds = np.empty(len(raw_codes), np.int8)
   canon = []
   for i, raw in enumerate(raw_codes):
+    if len(raw) > MAX_CODE_LENGTH:
+      row = int(np.flatnonzero(code_index == i)[0])
+      raise DataError(f"{data_dir}: subject {table.column('subject_id')[row].as_py()} has a code of "
+                      f"{len(raw)} characters ({raw[:40]!r}...); codes longer than {MAX_CODE_LENGTH} "
+                      "are refused (a broken export?)")
     kinds[i], c = _classify(raw, bare_code_system)
     canon.append(c)
+  empty = np.array([not raw.strip() for raw in raw_codes], bool)
+  if empty.any():  # an empty or whitespace code carries nothing: dropped, with a count
+    log.warning("%s: %d rows with an empty or whitespace code are dropped", data_dir,
+                int(empty[code_index].sum()))
   is_event_code = kinds == _EVENT
   codes, event_index = np.unique(np.asarray(canon, dtype=str)[is_event_code], return_inverse=True)
   canon_index = np.zeros(len(raw_codes), np.int64)
   canon_index[is_event_code] = event_index
   row_kind = kinds[code_index]
 
-  # Stable sort by (subject, time); static rows (null time) first within a subject.
-  order = np.lexsort((np.where(has_time, time_us, np.iinfo(np.int64).min), subject))
+  # Stable sort by (subject, time, visit); static rows (null time) first within a subject. The
+  # visit column is a key too: two visits on one day, with their rows repeated (a duplicated
+  # extract), would otherwise interleave and read as visit numbers that decrease. Exact duplicate
+  # rows are kept: a code recorded twice in one visit counts twice, as our own writer writes it.
+  visit_key = (table.column("visit").fill_null(0).to_numpy() if use_visit
+               else np.zeros(len(subject), np.int64))
+  order = np.lexsort((visit_key, np.where(has_time, time_us, np.iinfo(np.int64).min), subject))
   subject, time_us, has_time, row_kind = (subject[order], time_us[order], has_time[order],
                                           row_kind[order])
   row_code = canon_index[code_index[order]]
@@ -259,6 +276,8 @@ def _read_shard(path: Path) -> pa.Table:
 
 def _classify(raw: str, bare_code_system: str | None) -> tuple[int, str]:
   s = raw.strip()
+  if not s:
+    return _SKIP, ""
   if s == BIRTH_CODE:
     return _BIRTH, ""
   m = _SEX_RE.match(s)
