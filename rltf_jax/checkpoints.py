@@ -28,7 +28,7 @@ from flax import nnx
 
 from rltf_jax import io, runs
 from rltf_jax.data.vocab import Vocabulary
-from rltf_jax.errors import DataError
+from rltf_jax.errors import DataError, StorageError, is_storage_failure, storage_message
 from rltf_jax.models import decoder as dec
 
 LATEST, BEST = "latest", "best"
@@ -66,10 +66,18 @@ def _split_params(state):
   return None, state
 
 
-def _replace_step(mngr: ocp.CheckpointManager, step: int) -> None:
-  """A rerun after a kill between two checkpoint writes saves a step again: the newer write wins."""
-  if step in mngr.all_steps():
-    mngr.delete(step)
+def _save(mngr: ocp.CheckpointManager, step: int, args, where: Path) -> None:
+  """Saves `step` (replacing it: a rerun after a kill between two checkpoint writes saves a step
+  again, and the newer write wins); a storage failure becomes one `StorageError` line."""
+  try:
+    if step in mngr.all_steps():
+      mngr.delete(step)
+    mngr.save(step, args=args, force=True)
+    mngr.wait_until_finished()
+  except Exception as e:  # orbax wraps OSErrors in its own (asyncio, tensorstore) exceptions
+    if is_storage_failure(e):
+      raise StorageError(f"{where}/{step}: {storage_message(e)}") from e
+    raise
 
 
 class Checkpointer:
@@ -89,9 +97,7 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(dict(meta or {}, step=step)))
     if params is not None:
       items["params"] = ocp.args.StandardSave(params)
-    _replace_step(self._latest, step)
-    self._latest.save(step, args=ocp.args.Composite(**items), force=True)
-    self._latest.wait_until_finished()
+    _save(self._latest, step, ocp.args.Composite(**items), self.dir / LATEST)
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
     """(state, meta) of the newest checkpoint, or None when there is none."""
@@ -120,11 +126,9 @@ class Checkpointer:
     return dict(self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
   def save_best(self, step: int, params: Any, meta: dict | None = None) -> None:
-    _replace_step(self._best, step)
-    self._best.save(step, args=ocp.args.Composite(
+    _save(self._best, step, ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
-        force=True)
-    self._best.wait_until_finished()
+        self.dir / BEST)
 
   def restore_params(self, abstract_params: Any, which: str = BEST) -> Any:
     """Parameters of the best (or latest) checkpoint."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import re
@@ -183,9 +184,20 @@ def _run(cfg, root: Path) -> int:
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
   # ---------------------------------------------------------------- report
-  # Written last: config.json describes the finished outputs, never a rejected attempt.
-  io.atomic_write_json(cohort_dir / "config.json", runs.plain(cfg))
-  path = report.write_report(cohort_dir, cohort_dir / "report")
+  # Written last: config.json describes the finished outputs, never a rejected attempt. A report
+  # whose evaluations (and the report code) are unchanged is not rewritten, so a finished run on
+  # read-only storage only prints its path.
+  config = runs.plain(cfg)
+  config_path = cohort_dir / "config.json"
+  if not config_path.exists() or json.loads(config_path.read_text()) != json.loads(json.dumps(config)):
+    io.atomic_write_json(config_path, config)
+  evals = {p.name: runs.finished_key(p) for p in sorted((cohort_dir / "eval").iterdir()) if runs.is_done(p)}
+  report_run = RunDir(cohort_dir / "report", "report", dict(version=report.REPORT_VERSION), evals)
+  path = cohort_dir / "report" / "report.md"
+  if report_run.regenerate():
+    report_run.start()
+    path = report.write_report(cohort_dir, cohort_dir / "report")
+    report_run.finish()
   print(path.resolve(), flush=True)
   return 0
 

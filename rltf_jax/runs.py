@@ -107,6 +107,15 @@ class RunDir:
     self._check(rec)
     return rec.get("finished") is not None
 
+  def regenerate(self) -> bool:
+    """For derived outputs that are rebuilt whole (the report): True when a finished run with this
+    identity is there; otherwise any other record is dropped, so that `start` begins afresh."""
+    rec = self.record()
+    if rec is not None and rec.get("key") == self.key and rec.get("finished") is not None:
+      return False
+    self.file.unlink(missing_ok=True)
+    return True
+
   def start(self) -> "RunDir":
     """Creates the directory and records the identity (once); refuses another run's directory."""
     rec = self.record()
@@ -138,8 +147,16 @@ def workdir_lock(root: str | Path) -> Iterator[None]:
   the kernel's (`flock`): it ends with the process that holds it, so a killed run leaves no stale
   lock behind (the `.lock` file itself stays, empty of meaning)."""
   root = Path(root)
-  root.mkdir(parents=True, exist_ok=True)
-  f = open(root / LOCK_FILE, "a+")
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / LOCK_FILE, "a+")
+  except OSError:
+    # Read-only storage: nothing can be written there, so nothing can be corrupted; a finished
+    # run still reads back and prints its report's path.
+    if not (root / LOCK_FILE).exists():
+      yield
+      return
+    f = open(root / LOCK_FILE)
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
@@ -149,10 +166,11 @@ def workdir_lock(root: str | Path) -> Iterator[None]:
     raise BusyError(f"{root} is in use by another run ({holder}); wait for it to finish or use "
                     "another --workdir") from None
   try:
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    f.flush()
+    if f.writable():
+      f.seek(0)
+      f.truncate()
+      f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+      f.flush()
     yield
   finally:
     fcntl.flock(f, fcntl.LOCK_UN)

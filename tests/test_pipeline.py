@@ -12,7 +12,7 @@ from conftest import REPO, shared_path
 
 sys.path.insert(0, str(REPO))
 from configs import base as base_config  # noqa: E402
-from rltf_jax import runs
+from rltf_jax import checkpoints, io, runs
 from rltf_jax import pipeline  # noqa: E402
 from rltf_jax.errors import ConfigError  # noqa: E402
 
@@ -61,6 +61,16 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
   before = (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns
   assert pipeline.run(cfg, str(tmp_path)) == 0
   assert (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns == before
+  # ... not even on storage that refuses every write: it reads back and prints its report's path.
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Read-only file system", str(args[0]) if args else "?")
+  with monkeypatch.context() as m:
+    m.setattr(io, "atomic_write_bytes", refuse)
+    m.setattr(checkpoints, "_save", refuse)
+    capsys.readouterr()
+    assert pipeline.run(cfg, str(tmp_path)) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(report.resolve())
+
   cfg.rltf.beta = 0.5
   with pytest.raises(ConfigError):
     pipeline.run(cfg, str(tmp_path))

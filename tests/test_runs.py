@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from configs import base as base_config
 from rltf_jax import pipeline, runs
-from rltf_jax.errors import BusyError, ConfigError, DataError, TrainingError
+from rltf_jax.errors import BusyError, ConfigError, DataError, StorageError, TrainingError, cli_main
 from rltf_jax.training.loop import check_finite
 
 
@@ -70,3 +70,31 @@ def test_a_truncation_longer_than_every_patient_fails_before_pretraining(tmp_pat
 def test_the_nan_advice_names_what_works():
   with pytest.raises(TrainingError, match="delete /runs/x .* a rerun with the same settings would"):
     check_finite(dict(loss=float("nan")), 3, run_dir="/runs/x")
+
+
+def test_a_storage_failure_is_one_line_naming_the_path_and_exit_2(capsys):
+  def full():
+    raise OSError(28, "No space left on device", "/runs/x/eval/rltf/metrics.json")
+  with pytest.raises(SystemExit) as e:
+    cli_main(full)
+  err = capsys.readouterr().err.strip()
+  assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+  assert "/runs/x/eval/rltf/metrics.json: No space left on device" in err
+
+
+def test_a_checkpoint_write_that_fails_for_lack_of_space_is_a_storage_error(tmp_path, monkeypatch):
+  import numpy as np
+  import orbax.checkpoint as ocp
+  from rltf_jax.checkpoints import Checkpointer
+
+  def save(self, *args, **kwargs):  # as orbax reports it: its own error, the OSError inside
+    try:
+      raise OSError(28, "No space left on device", str(tmp_path / "latest"))
+    except OSError as cause:
+      raise RuntimeError("RESOURCE_EXHAUSTED: write failed") from cause
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  ckpt = Checkpointer(tmp_path)
+  with pytest.raises(StorageError, match="No space left on device"):
+    ckpt.save_latest(1, dict(params=dict(w=np.zeros(2, np.float32))))
+  assert ckpt.latest_step() is None  # nothing half-written counts as a checkpoint
+  ckpt.close()

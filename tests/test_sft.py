@@ -52,3 +52,23 @@ def test_sft_lowers_the_loss_of_its_sequences_and_resumes():
   cfg.sft.lr = 5e-4
   with pytest.raises(ConfigError, match="other parameters"):
     sft.finetune_sft(cfg, base_dir, pairs, run, verbose=False)
+
+
+def test_a_kill_between_the_last_checkpoint_and_the_finished_marker_resumes_to_the_same_model():
+  import json
+  from rltf_jax.checkpoints import load_decoder
+  from rltf_jax.data.cohorts import get_cohort
+  cfg, ds, base_dir, root = pretrained_base()
+  cfg = cfg.copy_and_resolve_references()
+  cfg.rltf.num_pairs, cfg.sft.epochs = 16, 1
+  pairs = build_preference_data(ds, get_cohort("dm"), cfg.rltf, root / "pref-kill")
+  run = sft.finetune_sft(cfg, base_dir, pairs, root / "sft-kill", verbose=False)
+  before = load_decoder(run)[1]
+  record = json.loads((run / runs.RUN_FILE).read_text())
+  (run / runs.RUN_FILE).write_text(json.dumps(dict(record, finished=None)))  # the marker never came
+  assert not runs.is_done(run)
+  assert sft.finetune_sft(cfg, base_dir, pairs, run, verbose=False) == run and runs.is_done(run)
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(load_decoder(run)[1])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+  assert len(steps) == len(set(steps))  # each logged step once
