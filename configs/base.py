@@ -39,11 +39,26 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   # <unk>. The paper's vocabulary has 7,954 tokens; the output layer's cost grows with this.
   cfg.data.vocab_max_size = 2_000 if smoke else 8_000
   cfg.data.simulator = simulator.get_config()  # every cohort at its Table-4 frequency
-  # Laptop-scale draws raise every rarer cohort to this patient prevalence, so that there are
-  # positives to fine-tune on and to measure (SCD at the paper's 0.036% is ~7 of 20,000 patients).
-  # 0 keeps the paper's Table-4 frequencies (the :paper size and the simulator's own tests do).
+  # Raises every Table-4 cohort of the population to at least this patient prevalence. 0 (default
+  # and paper): the paper's frequencies, so a rare cohort is rare where the base model learns (SCD
+  # is 18 of 50,000); positives to fine-tune on and to measure come from the enriched sample below.
+  # The smoke size keeps a floor so that its 2,000 patients hold positives of every cohort.
   # Applied when the data is drawn (rltf_jax/data/load.py), so an override of it takes effect.
-  cfg.data.min_cohort_percent = 0.0 if paper else (5.0 if smoke else 1.0)
+  cfg.data.min_cohort_percent = 5.0 if smoke else 0.0
+  # The cohort-enriched sample (rltf_jax/data/enrich.py; simulator only): `patients` further
+  # patients from the same population (in draws of num_patients), of whom each rare cohort's
+  # members are kept at a rate giving about `members_per_cohort` of them and everyone else at
+  # `other_rate`; a hash of the subject id puts `pairs_fraction` of them in the preference pairs'
+  # part and the rest in the evaluation's. Every prevalence-dependent number is weighted back to
+  # the population. 0 patients: pairs from the training split, evaluation from the test split.
+  # Default: 3M patients hold ~1,080 SCD patients (~430 for pairs, ~650 evaluated), drawn in
+  # about 1.5 minutes with 2 worker processes.
+  cfg.data.enrich = ml_collections.ConfigDict()
+  cfg.data.enrich.patients = 0 if smoke else (0 if paper else 3_000_000)
+  cfg.data.enrich.members_per_cohort = 2_500
+  cfg.data.enrich.other_rate = 0.002
+  cfg.data.enrich.pairs_fraction = 0.4
+  cfg.data.enrich.workers = 2
 
   # ---------------------------------------------------------------- baselines (LSTM, HALO)
   # Paper: embedding 128, hidden 256, 3 layers, Adam 1e-3, batch 128, 50 epochs, beam search
@@ -136,6 +151,9 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.eval.num_train_patients = 40 if smoke else (10_000 if paper else 500)  # memorization ROUGE
   cfg.eval.num_membership_patients = 50 if smoke else (10_000 if paper else 1_000)  # per side
   cfg.eval.model_fraction = 0.7  # modelling / validation split of the test patients
+  # At most this fraction of the evaluated patients are cohort members (all of them when there are
+  # fewer); the rest are non-members. Weights (1 / inclusion probability) undo the enrichment.
+  cfg.eval.member_fraction = 0.5
   cfg.eval.bootstrap_samples = 100 if smoke else 1_000
   cfg.eval.catboost_iterations = 20 if smoke else (1_000 if paper else 200)
   cfg.eval.catboost_depth = 6
@@ -224,6 +242,8 @@ _OPTIMISER = {"lr": ">0", "warmup_steps": "int>=0", "min_lr_ratio": "[0,1]", "we
 RANGES = {
     "data": {"num_patients": "int>=1", "vocab_min_count": "int>=1", "vocab_max_size": "int>=0",
              "min_cohort_percent": "[0,100]"},
+    "data.enrich": {"patients": "int>=0", "members_per_cohort": "int>=1", "other_rate": "(0,1]",
+                    "pairs_fraction": "(0,1)", "workers": "int>=1"},
     "lstm": {"embed_dim": "int>=1", "hidden_dim": "int>=1", "num_layers": "int>=1",
              "learning_rate": ">0", "batch_size": "int>=1", "epochs": "int>=1", "max_len": "int>=3",
              "max_new_tokens": "int>=1", "beam_width": "int>=1", "length_penalty": ">=0"},
@@ -235,7 +255,7 @@ RANGES = {
     "sft": dict(_OPTIMISER, epochs="int>=1", aux_weight=">=0"),
     "eval": {"truncate_events": "int>=1", "min_prompt_events": "int>=0", "max_new_events": "int>=1",
              "num_test_patients": "int>=0", "num_train_patients": "int>=0",
-             "num_membership_patients": "int>=0", "model_fraction": "(0,1)",
+             "num_membership_patients": "int>=0", "model_fraction": "(0,1)", "member_fraction": "(0,1]",
              "bootstrap_samples": "int>=0", "catboost_iterations": "int>=1", "catboost_depth": "int>=1",
              "catboost_threads": "int>=1", "temperature": ">0", "top_k": "int>=0", "top_p": "(0,1]"},
     "model": {"width": "int>=1", "num_layers": "int>=1", "num_heads": "int>=0", "mlp_ratio": "int>=1",

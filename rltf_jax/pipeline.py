@@ -40,8 +40,9 @@ from absl import logging as absl_logging
 from configs import base as base_config
 from rltf_jax import io, methods, runs
 from rltf_jax.data.cohorts import COHORTS, Cohort, get_cohort, require_positives
-from rltf_jax.data.events import PatientEvents
-from rltf_jax.data.load import load_dataset
+from rltf_jax.data import enrich
+from rltf_jax.data.events import PatientEvents, concat
+from rltf_jax.data.load import load_dataset, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
 from rltf_jax.evaluation import evaluate, report
@@ -60,17 +61,19 @@ class Context:
   dataset: PatientEvents
   vocab: Vocabulary
   base_dir: Path
+  design: enrich.Design  # where pairs and evaluation draw from, and the inclusion probabilities
 
   @functools.cached_property
   def pairs(self) -> preference.PreferenceData:
     """The cohort's preference pairs (built on first use, then reused from disk)."""
     rc = self.cfg.rltf
     print(f"[preference] {self.cohort.name}: {rc.num_pairs} pairs, P={rc.positive_fraction}", flush=True)
-    return preference.build_preference_data(self.dataset, self.cohort, rc, self.cohort_dir / "preference")
+    return preference.build_preference_data(self.dataset, self.cohort, rc, self.cohort_dir / "preference",
+                                            design=self.design)
 
   @functools.cached_property
   def plan(self) -> evaluate.EvalPatients:
-    return evaluate.select_patients(self.dataset, self.cohort, self.cfg.eval)
+    return evaluate.select_patients(self.dataset, self.cohort, self.cfg.eval, self.design)
 
   @functools.cached_property
   def modelling(self) -> PatientEvents:
@@ -109,7 +112,10 @@ def check_ranges(cfg, ranges: dict) -> None:
   otherwise fail deep inside a stage, or not at all."""
   for section, fields in ranges.items():
     for name, spec in fields.items():
-      value, m = cfg[section][name], _RANGE.match(spec)
+      part = cfg
+      for key in section.split("."):
+        part = part[key]
+      value, m = part[name], _RANGE.match(spec)
       integer, op, bound, lo_br, lo, hi, hi_br = m.groups()
       ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
       if ok and integer:
@@ -153,10 +159,11 @@ def _run(cfg, root: Path) -> int:
     print(f"[data] finished in {time.time() - t0:.0f}s", flush=True)
   dataset = PatientEvents.load(data_run.path / "dataset.npz")
   vocab = Vocabulary.load(data_run.path / "vocab.json")
-  require_positives(dataset.subset("train"), cohort, "the training split")
-  require_positives(dataset.subset("test"), cohort, "the test split")
+  design = enrich.load_design(data_run.path, dataset, cohort)
+  require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
+  require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
   base_dir = root / f"base-{runs.digest(cfg.data, cfg.model, cfg.pretrain)[:10]}"
-  ctx = Context(cfg, cohort, cohort_dir, dataset, vocab, base_dir)
+  ctx = Context(cfg, cohort, cohort_dir, dataset, vocab, base_dir, design)
   ctx.plan  # the evaluation's patients exist (eval.truncate_events fits them): fail before training
   cohort_dir.mkdir(parents=True, exist_ok=True)
 
@@ -179,7 +186,7 @@ def _run(cfg, root: Path) -> int:
     t0 = _announce(f"eval {name}", out)
     evaluate.evaluate_generator(
         method.generator(ctx, checkpoints[name]), dataset, cohort, cfg.eval, out,
-        trained_on=method.trained_on(ctx), training=method.describe(ctx),
+        trained_on=method.trained_on(ctx), training=method.describe(ctx), design=design,
         inputs=dict(model=runs.finished_key(checkpoints[name]), sampling=runs.digest(cfg.sampling)))
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
@@ -206,9 +213,18 @@ def _build_data(cfg, data_run: RunDir) -> None:
   """The data stage: load the configured source, split it, build the vocabulary."""
   dataset = load_dataset(cfg.data)
   targets = [c for cohort in COHORTS.values() for c in cohort.codes]
+  # The vocabulary is the population's (training split), before the enriched sample joins.
   vocab = Vocabulary.build(dataset, min_count=cfg.data.vocab_min_count, always_include=targets,
                            max_size=cfg.data.vocab_max_size or None)
+  inclusion, enriched = np.ones(dataset.num_patients), ()
+  if cfg.data.source == "simulator" and cfg.data.enrich.patients > 0:
+    print(f"[data] enriched sample: {cfg.data.enrich.patients:,} further patients", flush=True)
+    pool, pool_inclusion = enrich.draw_pool(simulator_config(cfg.data), cfg.data)
+    dataset = concat([dataset, pool])
+    inclusion = np.concatenate([inclusion, pool_inclusion])
+    enriched = enrich.enriched_cohorts()
   data_run.start()
+  enrich.save_design(data_run.path, dataset.subject_id, inclusion, enriched)
   dataset.save(data_run.path / "dataset.npz")
   vocab.save(data_run.path / "vocab.json")
   summary = dict(dataset.summary(), vocab_size=len(vocab))

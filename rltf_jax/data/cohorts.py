@@ -26,6 +26,12 @@ class Cohort:
   paper_frequency_percent: float
   rare_in_paper: bool
 
+  @property
+  def acute(self) -> bool:
+    """An acute condition (episodes that begin during a record), as opposed to a chronic one that a
+    record mostly carries from its start: for acute cohorts the new-onset stratum is the claim."""
+    return self.name not in CHRONIC_COHORTS
+
 
 _TABLE4 = [
     ("sep", "Sep.", "Septicemia Except In Labor",
@@ -57,6 +63,9 @@ _TABLE4 = [
     ("renal", "Renal.", "Acute And Unspecified Renal Failure", "N170 N178 N179 N19", 1.319, False),
     ("shock", "Shock", "Shock", "R579 R570 R6521 R578", 0.341, True),
 ]
+
+# Chronic cohorts (the simulator's story treats the same ones as chronic; a test checks).
+CHRONIC_COHORTS = ("scd", "dm", "lipid", "dys", "cond")
 
 COHORTS: dict[str, Cohort] = {
     name: Cohort(name, abbrev, disease, tuple(icd10cm(c) for c in codes.split()), freq, rare)

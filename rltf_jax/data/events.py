@@ -24,7 +24,9 @@ from rltf_jax import io
 from rltf_jax.data.codes import CodeType, code_types
 from rltf_jax.errors import DataError
 
-SPLITS = ("train", "valid", "test")
+# "pairs" and "eval": the cohort-enriched sample's two parts (rltf_jax/data/enrich.py); the
+# population's own patients are in train / valid / test.
+SPLITS = ("train", "valid", "test", "pairs", "eval")
 TRAIN, VALID, TEST = 0, 1, 2
 SEX_FEMALE, SEX_MALE, SEX_UNKNOWN = 0, 1, -1
 DAYS_PER_YEAR = 365.25
@@ -51,7 +53,7 @@ class PatientEvents:
   subject_id: np.ndarray  # int64 [P]
   sex: np.ndarray         # int8 [P]: 0 female, 1 male, -1 unknown
   birth_day: np.ndarray   # int32 [P]: days since 1970-01-01
-  split: np.ndarray       # int8 [P]: 0 train, 1 valid, 2 test
+  split: np.ndarray       # int8 [P]: index into SPLITS (0 train, 1 valid, 2 test, ...)
   offsets: np.ndarray     # int64 [P + 1]
   code: np.ndarray        # int32 [E]: index into `codes`
   day: np.ndarray         # int32 [E]: day of the event's visit
@@ -116,8 +118,8 @@ class PatientEvents:
     if len(bad):
       p = int(np.searchsorted(self.offsets, bad[0], side="right") - 1)
       raise DataError(f"{source}: visit indices of subject {self.subject_id[p]} decrease")
-    if np.any(self.split < 0) or np.any(self.split > 2):
-      raise DataError(f"{source}: split must be 0 (train), 1 (valid) or 2 (test)")
+    if np.any(self.split < 0) or np.any(self.split >= len(SPLITS)):
+      raise DataError(f"{source}: split must be an index into {SPLITS}")
     # Dates a reader got wrong (a year 1800 or 2200 timestamp): every event lies between the
     # patient's birth and MAX_AGE_YEARS after it.
     for bad, what in ((np.flatnonzero(self.age < 0), "before its birth"),

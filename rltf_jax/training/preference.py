@@ -45,7 +45,7 @@ import numpy as np
 
 from rltf_jax import io
 from rltf_jax.data.cohorts import Cohort, require_positives
-from rltf_jax.data.events import TRAIN, PatientEvents, gather_ranges
+from rltf_jax.data.events import SPLITS, TRAIN, PatientEvents, gather_ranges
 from rltf_jax.errors import ConfigError, DataError
 from rltf_jax.runs import RunDir
 
@@ -152,8 +152,11 @@ def _build_params(cfg, cohort: Cohort) -> dict[str, Any]:
 
 
 def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
-                          out_path: str | Path | None = None) -> PreferenceData:
-  """Draws the pairs of `cohort` from the training split of `dataset` (method.md).
+                          out_path: str | Path | None = None, design=None) -> PreferenceData:
+  """Draws the pairs of `cohort` from the training split of `dataset` (method.md), or from the
+  enriched sample's `pairs` split when `design` (`rltf_jax.data.enrich.Design`) says so; there
+  negatives are drawn with probability proportional to their weight (1 / inclusion probability),
+  so that they are as the population's non-members are, not as the enriched sample's.
 
   `cfg` is `config.rltf`. With `out_path` (a directory, a `rltf_jax.runs.RunDir` whose identity is
   the build parameters and the training split's fingerprint) the pairs are saved there; when that
@@ -162,26 +165,33 @@ def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
   Raises `DataError` when the training split has no positive patient.
   """
   params = _build_params(cfg, cohort)
-  train = dataset.select(np.flatnonzero((dataset.split == TRAIN) & (dataset.lengths > 0)))
+  split = design.pairs_split if design is not None else SPLITS[TRAIN]
+  rows = np.flatnonzero((dataset.split == SPLITS.index(split)) & (dataset.lengths > 0))
+  train = dataset.select(rows)
   if train.num_patients == 0:
-    raise DataError(f"cohort {cohort.name!r}: the dataset has no training patient with events "
-                    "to draw preference pairs from")
+    raise DataError(f"cohort {cohort.name!r}: the dataset has no patient with events in its {split} "
+                    "split to draw preference pairs from")
+  weights = design.weights[rows] if design is not None else np.ones(len(rows))
   params["source_fingerprint"] = train.fingerprint()
+  if split != SPLITS[TRAIN]:  # (absent for the training split: earlier pairs keep their identity)
+    params["source_split"] = split
+    params["source_weights"] = hashlib.sha256(np.ascontiguousarray(weights).tobytes()).hexdigest()[:16]
   if out_path is None:
-    return _draw_pairs(train, cohort, params)
+    return _draw_pairs(train, cohort, params, weights)
   run = RunDir(out_path, "preference", params)
   if run.done:
     log.info("preference pairs for %s: reusing %s", cohort.name, out_path)
     return PreferenceData.load(out_path)
-  data = _draw_pairs(train, cohort, params)
+  data = _draw_pairs(train, cohort, params, weights)
   run.start()
   data.save(out_path)
   run.finish(positive=int(data.positive.sum()), negative=int((~data.positive).sum()))
   return dataclasses.replace(data, directory=Path(out_path))
 
 
-def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any]) -> PreferenceData:
-  member = require_positives(train, cohort, "the training split")
+def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any],
+                weights: np.ndarray | None = None) -> PreferenceData:
+  member = require_positives(train, cohort, f"the {params.get('source_split', 'train')} split")
   n, p = params["num_pairs"], params["positive_fraction"]
   max_prompt, window = params["max_prompt_events"], params["max_continuation_events"]
   pos_pool, neg_pool = np.flatnonzero(member), np.flatnonzero(~member)
@@ -189,8 +199,9 @@ def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any]) ->
 
   split_rng = np.random.default_rng(params["split_seed"])
   insert_rng = np.random.default_rng(params["insert_seed"])
+  neg_w = None if weights is None or np.all(weights == weights[0]) else weights[neg_pool] / weights[neg_pool].sum()
   drawn = np.concatenate([split_rng.choice(pos_pool, n_pos, replace=False),
-                          split_rng.choice(neg_pool, n_neg, replace=False)])
+                          split_rng.choice(neg_pool, n_neg, replace=False, p=neg_w)])
   positive = np.arange(len(drawn)) < n_pos
   order = split_rng.permutation(len(drawn))  # mix positives and negatives
   drawn, positive = drawn[order], positive[order]
@@ -277,7 +288,7 @@ def _pair_counts(n: int, p: float, pos_avail: int, neg_avail: int, keep_proporti
     n_neg = min(neg_avail, n - n_pos)
   log.warning(
       "cohort %r: asked for %d preference pairs with positive proportion %.2f (%d positive, %d "
-      "negative) but the training split has %d positive and %d negative patients; using %d "
+      "negative) but the pairs' source split has %d positive and %d negative patients; using %d "
       "positive and %d negative pairs (%s)", cohort.name, n, p, want_pos, want_neg, pos_avail,
       neg_avail, n_pos, n_neg, "proportion kept, N reduced" if keep_proportion else
       "N kept where negatives allow, proportion changed")

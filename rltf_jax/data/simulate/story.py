@@ -184,6 +184,34 @@ def simulate(cfg, num_patients: int, seed: int, verbose: bool = False) -> Patien
   log(f"enrolled {num_patients} patients")
   sim.conditions()
   log("conditions drawn")
+  return _finish(sim, log)
+
+
+def simulate_subsample(cfg, num_patients: int, seed: int, rates: dict[str, float], other_rate: float,
+                       id_offset: int = 0) -> tuple[PatientEvents, np.ndarray]:
+  """A stratified (Poisson) subsample of the draw `simulate(cfg, num_patients, seed)` would be:
+  each patient is kept with probability max(`other_rate`, rates[c] for every condition c of
+  `rates` the patient has), independently. Returns the kept patients' records (subject ids
+  `id_offset` + their 1-based index in the draw) and each one's inclusion probability.
+
+  Exact, and about twice as fast as the whole draw: who has which condition is drawn for all
+  patients (the exact-count races couple them), then visits and codes only for the kept ones,
+  which is the same distribution because those two steps treat patients independently given
+  their enrolment and conditions.
+  """
+  validate_config(cfg)
+  sim = _Simulation(cfg, int(num_patients), int(seed))
+  sim.enrol()
+  sim.conditions()
+  inclusion = np.full(sim.P, float(other_rate))
+  for name, rate in rates.items():
+    inclusion = np.where(sim.onset_month[name] < _NEVER, np.maximum(inclusion, rate), inclusion)
+  kept = np.flatnonzero(sim.rng("subsample").random(sim.P) < inclusion)
+  sim.keep(kept, id_offset)
+  return _finish(sim, lambda msg: None), inclusion[kept]
+
+
+def _finish(sim: "_Simulation", log) -> PatientEvents:
   sim.visits()
   log(f"{len(sim.v_patient)} visits")
   ds = sim.events()
@@ -203,6 +231,23 @@ class _Simulation:
     self.onset_day: dict[str, np.ndarray] = {}
     self.episodes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # patient, month, day
     self._recent_cache: dict[tuple[str, int], np.ndarray] = {}
+    self.ids = np.arange(1, num_patients + 1, dtype=np.int64)  # subject ids
+
+  def keep(self, idx: np.ndarray, id_offset: int) -> None:
+    """Restricts the draw to patients `idx` after the conditions are drawn (`simulate_subsample`)."""
+    for name in ("sex", "start", "end", "birth_day", "active", "age_pm", "age_start"):
+      setattr(self, name, getattr(self, name)[idx])
+    for table in (self.onset_month, self.onset_day):
+      for name in table:
+        table[name] = table[name][idx]
+    new_index = np.full(self.P, -1, np.int64)
+    new_index[idx] = np.arange(len(idx))
+    for name, (pat, mon, day) in self.episodes.items():
+      ok = new_index[pat] >= 0
+      self.episodes[name] = (new_index[pat[ok]], mon[ok], day[ok])
+    self._recent_cache.clear()
+    self.ids = id_offset + np.asarray(idx, np.int64) + 1
+    self.P = len(idx)
 
   def rng(self, *stage) -> np.random.Generator:
     """An independent stream per step, so editing one step does not reshuffle the others."""
@@ -555,7 +600,7 @@ class _Simulation:
     remap = np.full(len(table), -1, np.int64)
     remap[order] = np.arange(len(order))
     return PatientEvents.build(
-        subject_id=np.arange(1, self.P + 1, dtype=np.int64), sex=self.sex, birth_day=self.birth_day,
+        subject_id=self.ids, sex=self.sex, birth_day=self.birth_day,
         offsets=offsets, code=remap[ev_c], day=self.v_day[ev_v], visit=self.v_index[ev_v],
         pos=self.v_pos[ev_v], codes=table[order], source="simulator")
 
