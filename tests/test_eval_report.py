@@ -18,7 +18,7 @@ T = 3
 def eval_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       truncate_events=T, min_prompt_events=1, max_new_events=2 * T, num_test_patients=0,
-      num_train_patients=20, num_membership_patients=30, model_fraction=0.7, bootstrap_samples=50,
+      num_train_patients=20, num_membership_patients=30, model_fraction=0.7, member_fraction=0.5, bootstrap_samples=50,
       catboost_iterations=10, catboost_depth=4, catboost_threads=1, temperature=1.0, top_k=0,
       top_p=1.0, seed=0))
   cfg.update(overrides)

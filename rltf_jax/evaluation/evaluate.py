@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from rltf_jax import io, runs
+from rltf_jax.data import enrich
 from rltf_jax.data.cohorts import Cohort, get_cohort
 from rltf_jax.data.events import SPLITS, PatientEvents
 from rltf_jax.errors import DataError
@@ -45,39 +46,63 @@ from rltf_jax.runs import RunDir
 log = logging.getLogger(__name__)
 
 METRICS_KIND = "rltf_jax.generator_eval"
-METRICS_VERSION = 2  # 2: fidelity on the validation patients, length-matched, trained_on populations
+METRICS_VERSION = 3  # 3: stratified draw, design weights; 2: validation patients, length-matched
 
 # Fields of cfg.eval that change the numbers (and so must match for a cached metrics.json).
 _RESULT_FIELDS = ("truncate_events", "min_prompt_events", "max_new_events", "num_test_patients",
-                  "num_train_patients", "num_membership_patients", "model_fraction",
+                  "num_train_patients", "num_membership_patients", "model_fraction", "member_fraction",
                   "bootstrap_samples", "catboost_iterations", "catboost_depth", "seed",
                   "temperature", "top_k", "top_p")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalPatients:
-  """Which patients the evaluation uses: fixed by the data, the cohort and cfg.eval only, so every
-  method of a run sees the same ones (and LSTM/HALO can be trained on the modelling set)."""
-  test: np.ndarray            # indices into the dataset (test split, long enough)
+  """Which patients the evaluation uses: fixed by the data, the cohort, the design and cfg.eval
+  only, so every method of a run sees the same ones (and LSTM/HALO can be trained on the
+  modelling set)."""
+  test: np.ndarray            # indices into the dataset (eval split, long enough), sorted
+  inclusion: np.ndarray       # float64 [len(test)]: each one's inclusion probability (population)
   model_subject_id: np.ndarray
   valid_subject_id: np.ndarray
   stratified: bool
   counts: dict
 
+  @property
+  def weights(self) -> np.ndarray:
+    """1 / inclusion probability: what each evaluated patient stands for in the population."""
+    return 1.0 / self.inclusion
 
-def select_patients(dataset: PatientEvents, cohort: Cohort | str, cfg) -> EvalPatients:
-  """Draws the evaluated test patients and their 70/30 modelling/validation split (the training
-  patients of memorization are `select_trained_on`'s)."""
+
+def select_patients(dataset: PatientEvents, cohort: Cohort | str, cfg, design=None) -> EvalPatients:
+  """Draws the evaluated patients and their modelling/validation split (the training patients of
+  memorization are `select_trained_on`'s).
+
+  From the long-enough patients of the design's evaluation split (`rltf_jax.data.enrich`; default
+  the test split), `cfg.num_test_patients` are drawn stratified by cohort membership: members
+  first, at most `cfg.member_fraction` of them (`enrich.stratified_sample`). Each patient's
+  inclusion probability (the design's prior times this draw's) is kept: the weights that make
+  prevalence-dependent numbers estimate the population's values. The split is stratified by
+  membership at `cfg.model_fraction` in both strata, so it changes no weight."""
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
   T, min_prompt, seed = int(cfg.truncate_events), int(cfg.min_prompt_events), int(cfg.seed)
-  test, test_counts = conditional.sample_patients(dataset, "test", int(cfg.num_test_patients), seed,
-                                                  T, min_prompt)
-  labels = dataset.select(test).patients_with_any(cohort.codes)
+  split = design.eval_split if design is not None else "test"
+  prior = design.inclusion if design is not None else np.ones(dataset.num_patients)
+  pool, pool_counts = conditional.sample_patients(dataset, split, 0, seed, T, min_prompt)
+  member = dataset.select(pool).patients_with_any(cohort.codes)
+  pick, inclusion = enrich.stratified_sample(prior[pool], member, int(cfg.num_test_patients),
+                                             float(cfg.member_fraction), seed)
+  test = pool[pick]
+  labels = member[pick]
   model, valid, stratified = utility.model_validation_split(labels, float(cfg.model_fraction), seed)
-  return EvalPatients(test=test, model_subject_id=dataset.subject_id[test][model],
+  counts = dict(test=dict(split=split, split_patients=pool_counts["split_patients"],
+                          too_short=pool_counts["too_short"], eligible=int(len(pool)),
+                          eligible_members=int(member.sum()), selected=int(len(test)),
+                          selected_members=int(labels.sum())),
+                test_positive=int(labels.sum()),
+                population_member_estimate=float((labels / inclusion).sum() / (1 / inclusion).sum()))
+  return EvalPatients(test=test, inclusion=inclusion, model_subject_id=dataset.subject_id[test][model],
                       valid_subject_id=dataset.subject_id[test][valid], stratified=stratified,
-                      counts=dict(test=test_counts,
-                                  test_positive=int(labels.sum())))
+                      counts=counts)
 
 
 def _subject_ids(patients) -> np.ndarray | None:
@@ -117,24 +142,28 @@ def select_trained_on(dataset: PatientEvents, trained_on, cfg) -> tuple[np.ndarr
 
 
 def _fidelity(in_prompt, in_true, in_generated, rouge_prf, B: int, seed: int, population: str,
-              continuation: str) -> dict:
+              continuation: str, weights: np.ndarray) -> dict:
+  strata = (("all", np.ones_like(in_prompt)), ("new_onset", ~in_prompt), ("repeat", in_prompt))
+  w = weights
   return dict(
-      target=metrics.target_fidelity(in_generated, in_true, B, seed),
-      target_new_onset=metrics.target_fidelity(in_generated[~in_prompt], in_true[~in_prompt], B, seed),
-      target_repeat=metrics.target_fidelity(in_generated[in_prompt], in_true[in_prompt], B, seed),
-      calibration={stratum: metrics.calibration_ratio(in_generated[m], in_true[m], B, seed)
-                   for stratum, m in (("all", np.ones_like(in_prompt)), ("new_onset", ~in_prompt),
-                                      ("repeat", in_prompt))},
-      rouge1=metrics.mean_ci(rouge_prf[:, 2], B, seed),
-      rouge1_precision=metrics.mean_ci(rouge_prf[:, 0], B, seed),
-      rouge1_recall=metrics.mean_ci(rouge_prf[:, 1], B, seed),
+      target=metrics.target_fidelity(in_generated, in_true, B, seed, w),
+      target_new_onset=metrics.target_fidelity(in_generated[~in_prompt], in_true[~in_prompt], B, seed,
+                                               w[~in_prompt]),
+      target_repeat=metrics.target_fidelity(in_generated[in_prompt], in_true[in_prompt], B, seed,
+                                            w[in_prompt]),
+      calibration={stratum: metrics.calibration_ratio(in_generated[m], in_true[m], B, seed, w[m])
+                   for stratum, m in strata},
+      rouge1=metrics.mean_ci(rouge_prf[:, 2], B, seed, w),
+      rouge1_precision=metrics.mean_ci(rouge_prf[:, 0], B, seed, w),
+      rouge1_recall=metrics.mean_ci(rouge_prf[:, 1], B, seed, w),
+      weighted=bool(len(w) and np.ptp(w) > 0),
       population=population, continuation=continuation)
 
 
 def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, cfg,
                        out_dir: str | Path, *, trained_on=None,
                        members: PatientEvents | None = None, inputs: dict | None = None,
-                       training: dict | None = None) -> dict:
+                       training: dict | None = None, design=None) -> dict:
   """Runs the whole evaluation of `generator` (see the module doc) and returns the metrics dict.
 
   `cfg` is `cfg.eval`. `trained_on` names the patients the method was trained on (subject ids, or
@@ -153,6 +182,12 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   `truncate_events`, the true continuation's length); `fidelity_uncut` and `utility_uncut` give
   the same numbers for the whole generation (up to `max_new_events`). `training` (the caller's
   description of the method's training data, e.g. its pairs' counts) is stored as it is.
+
+  `design` (`rltf_jax.data.enrich.Design`; default: the test split, every patient weight 1) says
+  which split the evaluated patients come from and their prior inclusion probabilities; every
+  prevalence-dependent number (precision, F1, prevalences, calibration, ROUGE-1 means, AUROC and
+  AUPRC, code prevalences) is weighted by 1 / inclusion probability to estimate its population
+  value, and the target's numbers are given unweighted too.
   """
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
   out = Path(out_dir)
@@ -162,7 +197,9 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   run = RunDir(out, "eval", dict(settings=settings, method=method), dict(
       inputs or {}, dataset=dataset.fingerprint(), cohort=runs.digest(dataclasses.asdict(cohort)),
       trained_on=runs.digest(None if trained_ids is None else trained_ids.tolist()),
-      members=runs.digest(None if members is None else members.fingerprint())))
+      members=runs.digest(None if members is None else members.fingerprint()),
+      **({} if design is None else dict(design=runs.digest(
+          [design.eval_split, np.round(design.inclusion, 12).tolist()])))))
   if run.done:
     log.info("%s: finished with the same identity; not recomputed", out)
     return json.loads((out / "metrics.json").read_text())
@@ -172,7 +209,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   timing = {}
   t0 = time.perf_counter()
 
-  plan = select_patients(dataset, cohort, cfg)
+  plan = select_patients(dataset, cohort, cfg, design)
   trained_pool, trained_draw, trained_counts = select_trained_on(dataset, trained_on, cfg)
   leaked = np.intersect1d(dataset.subject_id[trained_pool], plan.valid_subject_id)
   if len(leaked):
@@ -203,10 +240,12 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   rouge_test = metrics.rouge1(true_codes, conditional.code_sequences(cut))
   rouge_test_uncut = metrics.rouge1(true_codes, conditional.code_sequences(generated))
   v = valid
+  weights = plan.weights
+  wv = weights[v]
   fidelity = _fidelity(in_prompt[v], in_true[v], in_generated[v], rouge_test[v], B, seed,
-                       "validation", f"first {T} generated events")
+                       "validation", f"first {T} generated events", wv)
   fidelity_uncut = _fidelity(in_prompt[v], in_true[v], in_generated_uncut[v], rouge_test_uncut[v], B,
-                             seed, "validation", f"whole generation (at most {max_new} events)")
+                             seed, "validation", f"whole generation (at most {max_new} events)", wv)
   timing["fidelity_s"] = time.perf_counter() - t
 
   # ---------------------------------------------------------------- utility (modelling -> validation)
@@ -223,7 +262,9 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
       prompts=prompts, prompt_labels=in_prompt)
   assert np.array_equal(data.model_subject_id, plan.model_subject_id)  # one split for every method
   utility.save_utility_data(out / "utility.npz", data)
-  util = utility.evaluate_utility(data, **util_kw)
+  util_kw["weights"] = wv  # the utility split is the plan's (asserted above), in test order
+  utility_scores = {}
+  util = utility.evaluate_utility(data, scores_out=utility_scores, **util_kw)
   util["stratified_split"] = plan.stratified
   data_uncut, _ = utility.build_utility_data(
       real_records, synthetic_uncut, real_labels, synthetic_uncut.patients_with_any(cohort.codes),
@@ -284,13 +325,14 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   vi = np.flatnonzero(v)
   prev, prev_arrays = prevalence.prevalence_fidelity(
       real_records.select(vi), synthetic_records.select(vi), true.select(vi), cut.select(vi),
-      cohort.codes, B, seed)
+      cohort.codes, B, seed, wv)
   prev["population"], prev["continuation"] = "validation", f"first {T} generated events"
   timing["prevalence_s"] = time.perf_counter() - t
   io.atomic_savez(out / "prevalence.npz", **prev_arrays)
 
   io.atomic_savez(
-      out / "per_patient.npz", test_subject_id=test.subject_id, test_validation=valid,
+      out / "per_patient.npz", test_subject_id=test.subject_id, test_validation=valid, test_weight=weights,
+      **{f"utility_scores_{k}": v for k, v in utility_scores.items()},
       test_target_in_prompt=in_prompt, test_target_in_true=in_true,
       test_target_in_generated=in_generated, test_target_in_generated_uncut=in_generated_uncut,
       test_rouge1_prf=rouge_test, test_rouge1_prf_uncut=rouge_test_uncut,
@@ -302,6 +344,9 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   result = dict(
       kind=METRICS_KIND, version=METRICS_VERSION, method=method, cohort=cohort.name,
       cohort_abbrev=cohort.abbrev, settings=settings,
+      design=dict(split=plan.counts["test"]["split"], weighted=fidelity["weighted"],
+                  validation_weight_range=[float(wv.min()), float(wv.max())] if len(wv) else None,
+                  validation_effective_patients=float(wv.sum() ** 2 / (wv ** 2).sum()) if len(wv) else 0.0),
       patients=dict(**plan.counts, train={k: v for k, v in trained_counts.items()
                                           if k not in ("source", "patients")},
                     modelling=int(len(plan.model_subject_id)),

@@ -10,6 +10,11 @@ Conventions (the paper's tables print 0.00/0.00/0.00 where a method never genera
     recall = 0 are 0.0, never NaN; `counts` in the result says when a convention applied;
   * AUROC and AUPRC need both classes: with only one they are NaN (and so is that resample);
   * bootstrap intervals are percentile intervals over the resamples where the statistic is defined.
+
+Design weights (`weights=`, one per patient: 1 / inclusion probability, `rltf_jax.data.enrich`)
+multiply the resample counts, so a number from a cohort-enriched sample estimates its value in the
+population (a ratio estimator), and its interval resamples the patients actually drawn. Functions
+given design weights also report the unweighted numbers and the raw counts beside them.
 """
 
 from __future__ import annotations
@@ -71,15 +76,29 @@ def _py(x):
   return [_py(v) for v in np.asarray(x)]
 
 
-def mean_ci(x: np.ndarray, num_samples: int, seed: int) -> dict:
-  """Mean of `x` with its bootstrap interval."""
+def _design(weights, n: int) -> np.ndarray | None:
+  """Design weights as float64 [n], or None when absent or all equal (nothing to undo)."""
+  if weights is None:
+    return None
+  w = np.asarray(weights, np.float64)
+  if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+    raise ValueError(f"design weights must be {n} positive finite numbers, got shape {w.shape}")
+  return None if n == 0 or np.all(w == w[0]) else w
+
+
+def _weighted(stat: Callable[[np.ndarray], np.ndarray], design: np.ndarray | None):
+  return stat if design is None else (lambda w: stat(w * design))
+
+
+def mean_ci(x: np.ndarray, num_samples: int, seed: int, weights: np.ndarray | None = None) -> dict:
+  """Mean of `x` with its bootstrap interval (weighted by design `weights` when given)."""
   x = np.asarray(x, np.float64)
   n = len(x)
 
   def stat(w):
     with np.errstate(invalid="ignore", divide="ignore"):
       return (w @ x) / w.sum(axis=1) if n else np.full(len(w), np.nan)
-  return bootstrap(stat, n, num_samples, seed)
+  return bootstrap(_weighted(stat, _design(weights, n)), n, num_samples, seed)
 
 
 # ---------------------------------------------------------------- classification of the target
@@ -90,9 +109,9 @@ def precision_recall_f1(pred: np.ndarray, true: np.ndarray, weights: np.ndarray 
   if pred.shape != true.shape:
     raise ValueError(f"pred and true differ in shape: {pred.shape} vs {true.shape}")
   w = np.ones((1, len(pred)), np.int64) if weights is None else np.atleast_2d(weights)
-  tp = w @ (pred & true).astype(np.int64)
-  fp = w @ (pred & ~true).astype(np.int64)
-  fn = w @ (~pred & true).astype(np.int64)
+  tp = w @ (pred & true).astype(w.dtype)
+  fp = w @ (pred & ~true).astype(w.dtype)
+  fn = w @ (~pred & true).astype(w.dtype)
   precision = np.divide(tp, tp + fp, out=np.zeros(len(w)), where=(tp + fp) > 0)
   recall = np.divide(tp, tp + fn, out=np.zeros(len(w)), where=(tp + fn) > 0)
   f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(w)),
@@ -100,12 +119,30 @@ def precision_recall_f1(pred: np.ndarray, true: np.ndarray, weights: np.ndarray 
   return np.stack([precision, recall, f1], axis=1)
 
 
-def target_fidelity(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: int) -> dict:
-  """Precision, recall and F1 of "the target is generated" vs "the target is in the truth"."""
+def target_fidelity(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: int,
+                    weights: np.ndarray | None = None) -> dict:
+  """Precision, recall and F1 of "the target is generated" vs "the target is in the truth", and
+  the two prevalences (fractions of patients predicted / truly positive). With design `weights`
+  these estimate the population's values; `unweighted` holds the sample's own, and `counts` are
+  always raw patient counts."""
   pred, true = np.asarray(pred, bool), np.asarray(true, bool)
-  boot = bootstrap(lambda w: precision_recall_f1(pred, true, w), len(pred), num_samples, seed)
-  out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
-         for i, name in enumerate(("precision", "recall", "f1"))}
+  design = _design(weights, len(pred))
+
+  def stat(w):
+    with np.errstate(invalid="ignore", divide="ignore"):
+      total = w.sum(axis=1, keepdims=True)
+      prevalence = np.concatenate([w @ pred.astype(np.float64)[:, None], w @ true.astype(np.float64)[:, None]],
+                                  axis=1) / total
+    return np.concatenate([precision_recall_f1(pred, true, w), prevalence], axis=1)
+  names = ("precision", "recall", "f1", "predicted_prevalence", "true_prevalence")
+
+  def table(boot):
+    return {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
+            for i, name in enumerate(names)}
+  out = table(bootstrap(_weighted(stat, design), len(pred), num_samples, seed))
+  out["weighted"] = design is not None
+  if design is not None:
+    out["unweighted"] = table(bootstrap(stat, len(pred), num_samples, seed))
   out["counts"] = dict(
       patients=int(len(pred)), true_positive=int((pred & true).sum()),
       predicted_positive=int(pred.sum()), actual_positive=int(true.sum()),
@@ -113,39 +150,71 @@ def target_fidelity(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: 
   return out
 
 
-def calibration_ratio(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: int) -> dict:
+def calibration_ratio(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: int,
+                      weights: np.ndarray | None = None) -> dict:
   """Target prevalence in the generated continuations over that in the true ones (1: the
   generator writes the target as often as the truth has it; <1 under-, >1 over-generation), with
-  its bootstrap interval over patients and the two counts."""
+  its bootstrap interval over patients and the two raw counts (weighted by design `weights`)."""
   pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
 
   def stat(w):
     with np.errstate(invalid="ignore", divide="ignore"):
       return np.where(w @ true > 0, (w @ pred) / (w @ true), np.nan)
-  out = bootstrap(stat, len(pred), num_samples, seed)
+  out = bootstrap(_weighted(stat, _design(weights, len(pred))), len(pred), num_samples, seed)
   out.update(generated=int(pred.sum()), true=int(true.sum()), patients=int(len(pred)))
   return out
 
 
-def paired_difference(pred_a: np.ndarray, pred_b: np.ndarray, true: np.ndarray, rouge_a: np.ndarray,
-                      rouge_b: np.ndarray, num_samples: int, seed: int) -> dict:
+def _runs(x) -> list[np.ndarray]:
+  """One array per run: an array is one run, a list holds several (seeds)."""
+  return [np.asarray(r) for r in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
+
+
+def paired_difference(pred_a, pred_b, true: np.ndarray, rouge_a, rouge_b, num_samples: int, seed: int,
+                      weights: np.ndarray | None = None) -> dict:
   """Method A minus method B on the same patients: precision, recall, F1 of the target and mean
   ROUGE-1, each with a paired bootstrap interval (one resample of patients scores both methods, so
-  the interval reflects the difference, not two independent spreads)."""
-  pred_a, pred_b, true = (np.asarray(a, bool) for a in (pred_a, pred_b, true))
-  rouge_a, rouge_b = np.asarray(rouge_a, np.float64), np.asarray(rouge_b, np.float64)
-  if not (len(pred_a) == len(pred_b) == len(true) == len(rouge_a) == len(rouge_b)):
+  the interval reflects the difference, not two independent spreads).
+
+  Each of pred_a, pred_b, rouge_a, rouge_b may be a list with one array per training seed (runs
+  of the same patients): the difference is then the mean over seeds of each seed's difference,
+  inside every resample, so the interval pools the seeds over the same patients."""
+  pa, pb = [r.astype(bool) for r in _runs(pred_a)], [r.astype(bool) for r in _runs(pred_b)]
+  ra, rb = [r.astype(np.float64) for r in _runs(rouge_a)], [r.astype(np.float64) for r in _runs(rouge_b)]
+  true = np.asarray(true, bool)
+  if not (len(pa) == len(pb) == len(ra) == len(rb)) or \
+      any(len(x) != len(true) for x in pa + pb + ra + rb):
     raise ValueError("paired_difference needs one row per patient, the same patients for both methods")
 
   def stat(w):
-    prf = precision_recall_f1(pred_a, true, w) - precision_recall_f1(pred_b, true, w)
-    with np.errstate(invalid="ignore", divide="ignore"):
-      rouge = (w @ (rouge_a - rouge_b)) / w.sum(axis=1)
-    return np.concatenate([prf, rouge[:, None]], axis=1)
-  boot = bootstrap(stat, len(true), num_samples, seed)
+    diffs = []
+    for a, b, x, y in zip(pa, pb, ra, rb):
+      prf = precision_recall_f1(a, true, w) - precision_recall_f1(b, true, w)
+      with np.errstate(invalid="ignore", divide="ignore"):
+        rouge = (w @ (x - y)) / w.sum(axis=1)
+      diffs.append(np.concatenate([prf, rouge[:, None]], axis=1))
+    return np.mean(diffs, axis=0)
+  boot = bootstrap(_weighted(stat, _design(weights, len(true))), len(true), num_samples, seed)
   out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
          for i, name in enumerate(("precision", "recall", "f1", "rouge1"))}
-  out["patients"], out["actual_positive"] = int(len(true)), int(true.sum())
+  out["patients"], out["actual_positive"], out["seeds"] = int(len(true)), int(true.sum()), len(pa)
+  return out
+
+
+def paired_auroc_difference(scores_a, scores_b, labels: np.ndarray, num_samples: int, seed: int,
+                            weights: np.ndarray | None = None) -> dict:
+  """AUROC of scores A minus that of scores B on the same patients, with a paired bootstrap
+  interval (one resample of patients scores both); lists of arrays pool seeds as
+  `paired_difference` does."""
+  sa, sb = _runs(scores_a), _runs(scores_b)
+  labels = np.asarray(labels, bool)
+  if len(sa) != len(sb) or any(len(x) != len(labels) for x in sa + sb):
+    raise ValueError("paired_auroc_difference needs one score per patient from each method")
+
+  def stat(w):
+    return np.mean([auroc(a, labels, w) - auroc(b, labels, w) for a, b in zip(sa, sb)], axis=0)
+  out = bootstrap(_weighted(stat, _design(weights, len(labels))), len(labels), num_samples, seed)
+  out["seeds"] = len(sa)
   return out
 
 
@@ -196,11 +265,13 @@ def auprc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = N
   return np.where((total_pos[:, 0] > 0) & (total_neg[:, 0] > 0), ap, np.nan)
 
 
-def ranking_metrics(scores: np.ndarray, labels: np.ndarray, num_samples: int, seed: int) -> dict:
-  """AUROC and AUPRC with bootstrap intervals (the same resamples for both)."""
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray, num_samples: int, seed: int,
+                    weights: np.ndarray | None = None) -> dict:
+  """AUROC and AUPRC with bootstrap intervals (the same resamples for both; weighted by design
+  `weights` when given: AUPRC depends on prevalence, AUROC on the mix within each class)."""
   def stat(w):
     return np.stack([auroc(scores, labels, w), auprc(scores, labels, w)], axis=1)
-  boot = bootstrap(stat, len(scores), num_samples, seed)
+  boot = bootstrap(_weighted(stat, _design(weights, len(scores))), len(scores), num_samples, seed)
   return {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
           for i, name in enumerate(("auroc", "auprc"))}
 

@@ -36,14 +36,16 @@ def presence(ds: PatientEvents, codes: np.ndarray) -> sp.csr_matrix:
   return m
 
 
-def prevalence_agreement(real: PatientEvents, synthetic: PatientEvents, num_samples: int, seed: int
-                         ) -> tuple[dict, dict[str, np.ndarray]]:
-  """Pearson r and R^2 over codes with intervals; arrays (codes, real and synthetic prevalence)."""
+def prevalence_agreement(real: PatientEvents, synthetic: PatientEvents, num_samples: int, seed: int,
+                         weights: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+  """Pearson r and R^2 over codes with intervals; arrays (codes, real and synthetic prevalence).
+  Prevalences are weighted by design `weights` (per patient) when given."""
   codes = common_codes(real, synthetic)
   x_real, x_syn = presence(real, codes), presence(synthetic, codes)
   n = real.num_patients
-  p_real = np.asarray(x_real.sum(axis=0)).ravel() / max(n, 1)
-  p_syn = np.asarray(x_syn.sum(axis=0)).ravel() / max(n, 1)
+  w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+  p_real = np.asarray(x_real.T @ w).ravel() / max(w.sum(), 1e-300)
+  p_syn = np.asarray(x_syn.T @ w).ravel() / max(w.sum(), 1e-300)
   present = (p_real > 0) | (p_syn > 0)
   p_real, p_syn = p_real[present], p_syn[present]
   boot = metrics.bootstrap(lambda w_bxc: metrics.agreement_rows(p_real, p_syn, w_bxc),
@@ -56,18 +58,19 @@ def prevalence_agreement(real: PatientEvents, synthetic: PatientEvents, num_samp
 
 def prevalence_fidelity(real_records: PatientEvents, synthetic_records: PatientEvents,
                         real_continuations: PatientEvents, generated: PatientEvents,
-                        target_codes: Iterable[str], num_samples: int, seed: int
-                        ) -> tuple[dict, dict[str, np.ndarray]]:
+                        target_codes: Iterable[str], num_samples: int, seed: int,
+                        weights: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
   """(metrics, arrays for the scatter plot and for recomputation, keys `<part>_codes`,
-  `<part>_real`, `<part>_synthetic` for part in records, continuations)."""
+  `<part>_real`, `<part>_synthetic` for part in records, continuations); design `weights`
+  make every prevalence the population's."""
   target_codes = list(target_codes)
   out, arrays = {}, {}
   for part, real, syn in (("records", real_records, synthetic_records),
                           ("continuations", real_continuations, generated)):
-    agree, arr = prevalence_agreement(real, syn, num_samples, seed)
+    agree, arr = prevalence_agreement(real, syn, num_samples, seed, weights)
     out[part] = dict(
         **agree,
-        cohort_real=metrics.mean_ci(real.patients_with_any(target_codes), num_samples, seed),
-        cohort_synthetic=metrics.mean_ci(syn.patients_with_any(target_codes), num_samples, seed))
+        cohort_real=metrics.mean_ci(real.patients_with_any(target_codes), num_samples, seed, weights),
+        cohort_synthetic=metrics.mean_ci(syn.patients_with_any(target_codes), num_samples, seed, weights))
     arrays.update({f"{part}_{k}": v for k, v in arr.items()})
   return out, arrays

@@ -26,7 +26,7 @@ from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation.plots import write_plots
 from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
-REPORT_VERSION = 2  # bump when the report's content changes, so finished runs rewrite it
+REPORT_VERSION = 3  # bump when the report's content changes, so finished runs rewrite it
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 
@@ -58,44 +58,79 @@ def _paper_auroc(table: dict, cohort: str, method: str) -> str:
 
 
 # ---------------------------------------------------------------- sections
-def _summary(results: dict) -> list[str]:
-  """Plain sentences a reader can take away without reading the tables."""
+def _design_sentence(first: dict) -> str:
+  """Where the evaluated patients come from and what the weights do, in words."""
+  d = first.get("design") or {}
+  t = lookup(first, "patients", "test") or {}
+  n, members = t.get("selected"), t.get("selected_members")
+  if d.get("split") == "eval":
+    where = (f"{n} patients evaluated from the cohort-enriched evaluation sample ({members} of them "
+             "in the cohort, drawn first; the rest not)")
+  else:
+    where = f"{n} held-out (test-split) patients evaluated ({members} of them in the cohort, drawn first)"
+  if not d.get("weighted"):
+    return where + "; every patient counts once."
+  lo, hi = d.get("validation_weight_range") or [None, None]
+  return (where + ". Each patient is weighted by 1 / its inclusion probability (weights "
+          f"{fmt(lo, 0)} to {fmt(hi, 0)}), so precision, F1, prevalences, calibration, ROUGE-1, AUROC "
+          "and AUPRC estimate their values in the population, where the cohort is at its true "
+          f"prevalence (estimated {fmt(100 * (lookup(first, 'patients', 'population_member_estimate') or 0), 3)}% "
+          "of the evaluated population); recall and the counts are shown unweighted too "
+          f"(effective validation sample {fmt(d.get('validation_effective_patients'), 0)} patients).")
+
+
+def _stratum_text(t: dict | None) -> str:
+  if not t:
+    return "n/a"
+  c = t.get("counts", {})
+  return (f"recall {fmt(lookup(t, 'recall', 'value'), 2)} ({c.get('true_positive')}/{c.get('actual_positive')}), "
+          f"precision {fmt(lookup(t, 'precision', 'value'), 2)}, F1 {fmt(lookup(t, 'f1', 'value'), 2)}")
+
+
+def _summary(results: dict, comparisons: dict) -> list[str]:
+  """Plain sentences a reader can take away without reading the tables; acute cohorts lead with
+  the new-onset stratum (the target is not in the prompt: the model must write it unprompted)."""
   out = []
   for cohort, ms in results.items():
     c = get_cohort(cohort)
     first = next(iter(ms.values()))
-    n = lookup(first, "patients", "test", "selected")
-    pos = lookup(first, "patients", "test_positive")
     n_valid = lookup(first, "patients", "validation")
-    out.append(f"**{c.abbrev} ({c.disease})**: {n} held-out patients evaluated, {pos} of them in the "
-               f"cohort; the last {lookup(first, 'settings', 'truncate_events')} events of each were "
-               f"regenerated. Fidelity is scored on the {n_valid} validation patients, which no method "
-               "trained on, with each generation cut to the true continuation's length.")
+    counts = lookup(first, "fidelity", "target", "counts") or {}
+    new = lookup(first, "fidelity", "target_new_onset", "counts", "actual_positive") or 0
+    rep = lookup(first, "fidelity", "target_repeat", "counts", "actual_positive") or 0
+    out.append(f"**{c.abbrev} ({c.disease})**, {'an acute' if c.acute else 'a chronic'} cohort: "
+               f"{_design_sentence(first)} The last {lookup(first, 'settings', 'truncate_events')} "
+               f"events of each were regenerated; fidelity is scored on the {n_valid} validation "
+               "patients, which no method trained on, with each generation cut to the true "
+               f"continuation's length. {counts.get('actual_positive')} of their true continuations "
+               f"contain the target: {new} new onset (no target in the prompt), {rep} repeat.")
+    strata = (("target_new_onset", "new onset"), ("target", "all"), ("target_repeat", "repeat")) if c.acute \
+        else (("target", "all"), ("target_new_onset", "new onset"), ("target_repeat", "repeat"))
     for method, m in ms.items():
-      rec = lookup(m, "fidelity", "target", "recall", "value")
-      f1 = lookup(m, "fidelity", "target", "f1", "value")
-      rouge = lookup(m, "fidelity", "rouge1", "value")
-      syn = lookup(m, "utility", "synthetic", "auroc", "value")
-      out.append(f"- {label(method)}: generates the target for {fmt(rec, 2)} of the patients whose "
-                 f"true continuation has it (F1 {fmt(f1, 2)}); ROUGE-1 {fmt(rouge, 3)}; a "
-                 f"classifier trained on its synthetic records reaches AUROC {fmt(syn, 3)}.")
+      parts = [f"{name}: {_stratum_text(lookup(m, 'fidelity', key))}" for key, name in strata]
+      cal = lookup(m, "fidelity", "calibration", "new_onset" if c.acute else "all", "value")
+      out.append(f"- {label(method)}: " + "; ".join(parts) +
+                 f"; calibration ({'new onset' if c.acute else 'all'}) {fmt(cal, 2)}; ROUGE-1 "
+                 f"{fmt(lookup(m, 'fidelity', 'rouge1', 'value'), 3)}; AUROC of a classifier trained on "
+                 f"its synthetic records {fmt(lookup(m, 'utility', 'synthetic', 'auroc', 'value'), 3)}.")
     real = lookup(first, "utility", "real", "auroc", "value")
     out.append(f"- The same classifier trained on real records reaches AUROC {fmt(real, 3)}.")
-    in_truth = lookup(first, "fidelity", "target", "counts", "actual_positive") or 0
+    in_truth = counts.get("actual_positive") or 0
     in_valid = lookup(first, "utility", "validation", "positives") or 0
-    if min(in_truth, in_valid) < FEW_POSITIVES:
-      out.append(f"- **Caution**: only {in_truth} true continuations contain the target and only "
-                 f"{in_valid} validation patients are in the cohort, so recall, precision and AUROC "
-                 "for this cohort rest on a handful of patients (see the intervals). Evaluate more "
-                 "patients (`eval.num_test_patients`, a larger `data.num_patients`) for firm numbers.")
-    if "base" in ms and "rltf" in ms:
-      rb = lookup(ms["base"], "fidelity", "target", "recall", "value")
-      rr = lookup(ms["rltf"], "fidelity", "target", "recall", "value")
-      ub = lookup(ms["base"], "fidelity", "rouge1", "value")
-      ur = lookup(ms["rltf"], "fidelity", "rouge1", "value")
-      if None not in (rb, rr, ub, ur):
-        out.append(f"- RLTF vs base: target recall {rb:.2f} -> {rr:.2f}, ROUGE-1 {ub:.3f} -> {ur:.3f}. "
-                   "The paper's claim is that recall rises sharply while ROUGE-1 barely moves.")
+    lead = new if c.acute else in_truth
+    if min(lead, in_valid) < FEW_POSITIVES:
+      out.append(f"- **Caution**: only {lead} {'new-onset ' if c.acute else ''}true continuations "
+                 f"contain the target and {in_valid} validation patients are in the cohort, so these "
+                 "numbers rest on a handful of patients (see the intervals). Evaluate more patients "
+                 "(`eval.num_test_patients`, `data.enrich.patients`) for firm numbers.")
+    for pair, by_stratum in comparisons.get(cohort, {}).items():
+      key = "new_onset" if c.acute else "all"
+      d = by_stratum.get(key)
+      if d:
+        out.append(f"- {label(pair.split('-')[0])} minus base ({key.replace('_', ' ')}, paired): recall "
+                   f"{_ci(d['recall'], 2)}, F1 {_ci(d['f1'], 2)}, ROUGE-1 {_ci(d['rouge1'])}"
+                   + (f"; synthetic-data AUROC (all) {_ci(by_stratum['all'].get('auroc_synthetic'))}"
+                      if by_stratum.get("all", {}).get("auroc_synthetic") else "") + ".")
     out.append("")
   return out
 
@@ -110,7 +145,7 @@ def _fidelity_section(results: dict) -> list[str]:
                    _ci(t.get("recall"), 2), _ci(t.get("f1"), 2),
                    f"{counts.get('true_positive', 0)}/{counts.get('predicted_positive', 0)}/"
                    f"{counts.get('actual_positive', 0)}",
-                   _ci(lookup(m, "fidelity", "rouge1")), _paper_prf(cohort, method)])
+                   _ci(lookup(m, "fidelity", "rouge1")), _unweighted(t), _paper_prf(cohort, method)])
   rouge_paper = ", ".join(f"{k} {v:.3f}" for k, v in paper.ROUGE1_AVERAGE.items())
   return [
       "## 1. Generating the target (the paper's Tables 1 and 5)", "",
@@ -123,9 +158,11 @@ def _fidelity_section(results: dict) -> list[str]:
       "fraction whose generated continuation does. When a method never generates the target, "
       "precision is 0 by convention (the paper prints 0.00 too). *TP/pred/true* are the counts behind "
       "them. ROUGE-1 compares the generated with the true continuation, codes as words (F-measure, "
-      "mean over patients). Brackets: 95% bootstrap intervals over patients.", "",
+      "mean over patients). Brackets: 95% bootstrap intervals over patients. Where the evaluated "
+      "patients come from an enriched sample, every number is weighted back to the population "
+      "(see the summary) and *unweighted P/R/F1* gives the sample's own values beside them.", "",
       _table(["Cohort", "Method", "Precision", "Recall", "F1", "TP/pred/true", "ROUGE-1",
-              f"P/R/F1 ({PAPER_NOTE})"], rows), "",
+              "Unweighted P/R/F1", f"P/R/F1 ({PAPER_NOTE})"], rows), "",
       f"ROUGE-1 averaged over the paper's cohorts ({PAPER_NOTE}): {rouge_paper} "
       "(CHIRON is the paper's base model, DPO its RLTF model).", "",
       "The same on the uncut generations (up to `max_new_events`), with their mean length against "
@@ -281,8 +318,9 @@ def _ablation_section(results: dict) -> list[str]:
 
 def paired_comparisons(results: dict) -> dict:
   """{cohort: {"rltf-base": {stratum: difference}, ...}}: each fine-tune minus the base model on the
-  same validation patients (`metrics.paired_difference`, from the evaluations' per_patient.npz),
-  overall and for new-onset and repeat patients."""
+  same validation patients (`metrics.paired_difference`, from the evaluations' per_patient.npz,
+  with their design weights), overall and for new-onset and repeat patients; overall also the
+  synthetic-data AUROC difference (`metrics.paired_auroc_difference`)."""
   out = {}
   for cohort, ms in results.items():
     if "base" not in ms:
@@ -294,15 +332,32 @@ def paired_comparisons(results: dict) -> dict:
       if not (np.array_equal(base["test_subject_id"], other["test_subject_id"])
               and "test_validation" in base and "test_validation" in other):
         continue  # not the same patients (or an older evaluation): no paired comparison
-      v = base["test_validation"]
-      strata = dict(all=np.ones(int(v.sum()), bool), new_onset=~base["test_target_in_prompt"][v],
-                    repeat=base["test_target_in_prompt"][v])
-      out.setdefault(cohort, {})[f"{method}-base"] = {
-          name: metrics.paired_difference(
-              other["test_target_in_generated"][v][m], base["test_target_in_generated"][v][m],
-              base["test_target_in_true"][v][m], other["test_rouge1_prf"][v][m][:, 2],
-              base["test_rouge1_prf"][v][m][:, 2], int(s["bootstrap_samples"]), int(s["seed"]))
-          for name, m in strata.items()}
+      out.setdefault(cohort, {})[f"{method}-base"] = paired_strata(
+          other, base, int(s["bootstrap_samples"]), int(s["seed"]))
+  return out
+
+
+def paired_strata(a, b, num_samples: int, seed: int, extra: list | None = None) -> dict:
+  """A minus B (two per_patient.npz of the same patients) per stratum; `extra`: further (A, B)
+  pairs of the same patients (other seeds), averaged with the first inside each resample."""
+  pairs = [(a, b)] + list(extra or [])
+  v = b["test_validation"]
+  w = b["test_weight"][v] if "test_weight" in b else None
+  in_prompt = b["test_target_in_prompt"][v]
+  strata = dict(all=np.ones(int(v.sum()), bool), new_onset=~in_prompt, repeat=in_prompt)
+  out = {}
+  for name, m in strata.items():
+    out[name] = metrics.paired_difference(
+        [x["test_target_in_generated"][v][m] for x, _ in pairs],
+        [y["test_target_in_generated"][v][m] for _, y in pairs], b["test_target_in_true"][v][m],
+        [x["test_rouge1_prf"][v][m][:, 2] for x, _ in pairs],
+        [y["test_rouge1_prf"][v][m][:, 2] for _, y in pairs], num_samples, seed,
+        None if w is None else w[m])
+  if all("utility_scores_synthetic" in x and "utility_scores_synthetic" in y for x, y in pairs):
+    labels = (b["test_target_in_prompt"] | b["test_target_in_true"])[v]
+    out["all"]["auroc_synthetic"] = metrics.paired_auroc_difference(
+        [x["utility_scores_synthetic"] for x, _ in pairs], [y["utility_scores_synthetic"] for _, y in pairs],
+        labels, num_samples, seed, w)
   return out
 
 
@@ -314,7 +369,8 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
       for stratum, d in strata.items():
         rows.append([get_cohort(cohort).abbrev, f"{label(method)} - base", stratum.replace("_", " "),
                      f"{d['actual_positive']}/{d['patients']}", _ci(d["recall"], 2), _ci(d["f1"], 2),
-                     _ci(d["precision"], 2), _ci(d["rouge1"])])
+                     _ci(d["precision"], 2), _ci(d["rouge1"]),
+                     _ci(d.get("auroc_synthetic")) if "auroc_synthetic" in d else "-"])
   cal = []
   for cohort, ms in results.items():
     for method, m in ms.items():
@@ -331,10 +387,12 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
           "bootstrap (one resample of patients scores both). *New onset*: patients whose prompt holds "
           "no target code; *repeat*: the prompt already holds one, so generating it again mostly "
           "re-emits a code the prompt shows. *Positives/patients*: true continuations with the "
-          "target among the stratum's patients. An interval that contains 0 is no evidence of a "
+          "target among the stratum's patients. *AUROC synthetic*: the difference of the synthetic-data "
+          "classifiers' AUROC on the same real validation patients. Weighted by the design weights "
+          "where the evaluation has them. An interval that contains 0 is no evidence of a "
           "difference.", "",
           _table(["Cohort", "Difference", "Stratum", "Positives/patients", "Recall", "F1", "Precision",
-                  "ROUGE-1"], rows), "",
+                  "ROUGE-1", "AUROC synthetic"], rows), "",
           "*Calibration*: target prevalence in the generated continuations over that in the true ones "
           "(1 = as often as the truth; counts generated/true in brackets), length-matched, validation "
           "patients.", "",
@@ -353,11 +411,20 @@ def _pairs_cell(training: dict) -> str:
   return cell
 
 
+def _unweighted(t: dict) -> str:
+  u = t.get("unweighted")
+  if not u:
+    return "= weighted" if t else "-"
+  return "/".join(fmt(lookup(u, k, "value"), 2) for k in ("precision", "recall", "f1"))
+
+
 def _population(results: dict) -> str:
   """Who fidelity is scored on, in words, with the count."""
   first = next(iter(next(iter(results.values())).values()))
   n = lookup(first, "patients", "validation")
-  return (f"{n} validation patients of the held-out split (the 30% no method trains on; the LSTM "
+  split = lookup(first, "design", "split") or "test"
+  where = "the enriched evaluation sample" if split == "eval" else "the held-out split"
+  return (f"{n} validation patients of {where} (the 30% no method trains on; the LSTM "
           "and HALO baselines train on the other 70%)")
 
 
@@ -405,7 +472,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "database and a much larger base model, so only the *shape* should carry over: fine-tuning "
       "should raise the target's recall far above the base model's, leave ROUGE-1 about where it was, "
       "and bring synthetic-data AUROC closer to the real-data AUROC.", "",
-      "## Summary", "", *_summary(results),
+      "## Summary", "", *_summary(results, comparisons),
       *_fidelity_section(results),
       *[f"![recall and F1]({p})" for p in plots["fidelity"]], "",
       *_comparison_section(results, comparisons),

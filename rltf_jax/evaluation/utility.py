@@ -153,11 +153,14 @@ TRAIN_SETS = ("real", "synthetic", "augmentation", "prompt_only")
 
 
 def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: int,
-                     bootstrap_samples: int, depth: int = 6, rows: Iterable[str] | None = None) -> dict:
+                     bootstrap_samples: int, depth: int = 6, rows: Iterable[str] | None = None,
+                     weights: np.ndarray | None = None, scores_out: dict | None = None) -> dict:
   """AUROC and AUPRC (with intervals) on the real validation set for the real, synthetic,
   augmentation and (when `data` has the prompts) prompt-only training sets, with each training
   set's size and positives; `rows` picks some of them. Also `label_table` (real x synthetic labels
-  of the modelling patients) and `validation` (its size)."""
+  of the modelling patients) and `validation` (its size). `weights`: design weights of the
+  validation patients (the classifiers train unweighted: ranking needs no population mix).
+  `scores_out`, when given, receives each training set's validation scores (paired comparisons)."""
   train_sets = {
       "real": lambda: (data.X["real_model"], data.y["real_model"]),
       "synthetic": lambda: (data.X["synthetic_model"], data.y["synthetic_model"]),
@@ -179,8 +182,10 @@ def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: 
     X, y = make()
     scores, constant = fit_and_score(X, y, data.X["real_valid"], iterations=iterations,
                                      threads=threads, seed=seed, depth=depth)
+    if scores_out is not None:
+      scores_out[name] = scores
     out[name] = dict(
-        **metrics.ranking_metrics(scores, y_valid, bootstrap_samples, seed),
+        **metrics.ranking_metrics(scores, y_valid, bootstrap_samples, seed, weights),
         train_patients=int(len(y)), train_positives=int(np.sum(y)), constant_scorer=constant)
   out["label_table"] = label_table(data.y["real_model"], data.y["synthetic_model"],
                                    data.y.get("prompt_model"))

@@ -1,0 +1,289 @@
+"""The README's Reproduction section: each claim of the paper, our numbers with intervals beside the
+paper's, and a plain verdict, from a sweep's finished runs.
+
+  python -m rltf_jax.evaluation.reproduction [--sweep configs/sweeps/rare_cohorts.py]
+      [--workdir DIR] [--readme README.md]
+
+It reads the evaluations of every run and seed of the sweep (those not finished yet are listed as
+missing), compares each fine-tune with the base model of the same seed on the same validation
+patients, and pools the seeds inside each bootstrap resample of patients
+(`report.paired_strata`). Numbers are design-weighted population estimates where the evaluation
+drew an enriched sample (`rltf_jax.data.enrich`). The section is written to
+`<workdir>/sweeps/<sweep>/reproduction.md`; with `--readme` it also replaces the README's text
+between `<!-- reproduction:start -->` and `<!-- reproduction:end -->`.
+
+Verdicts (fixed rules, so that the outcome is not chosen after seeing it). A claim about a
+difference *holds* for a cohort when its pooled 95% interval lies wholly on the claimed side,
+*fails* when it lies wholly on the other side, and is *undecided* otherwise. Over cohorts: *holds*
+when it holds in at least 5 of the 7 (5/7 of those measured), *does not hold* when it holds in at
+most 2 (2/7), else *mixed*; fewer than 3 cohorts measured give no verdict. The
+recall claim is judged on the new-onset stratum for acute cohorts and on all patients for chronic
+ones, and reported for the other strata beside it ("holds only in one stratum").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from rltf_jax import io, pipeline
+from rltf_jax.data.cohorts import get_cohort
+from rltf_jax.errors import DataError, cli_main
+from rltf_jax.evaluation import metrics, paper_numbers as paper
+from rltf_jax.evaluation.report import paired_strata
+from rltf_jax.sweep import load_sweep, with_seeds
+
+DEFAULT_SWEEP = "configs/sweeps/rare_cohorts.py"
+START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
+ROUGE_MARGIN = 0.02  # "ROUGE-1 barely moves": the pooled difference's interval lies within +-0.02
+MEMBERSHIP_MARGIN = 0.02  # "memorization does not rise": membership AUC rises by less than this
+
+
+def _fmt(cell, digits=2) -> str:
+  if not cell or cell.get("value") is None:
+    return "n/a"
+  lo, hi = cell.get("ci95") or [None, None]
+  v = f"{cell['value']:+.{digits}f}"
+  return v if lo is None or hi is None else f"{v} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _side(cell, margin: float = 0.0) -> str:
+  """"above" / "below" / "within" / "undecided" for an interval against 0 (or +-margin)."""
+  if not cell or cell.get("ci95") is None or None in cell["ci95"]:
+    return "undecided"
+  lo, hi = cell["ci95"]
+  if margin:
+    return "within" if -margin <= lo and hi <= margin else "undecided"
+  return "above" if lo > 0 else ("below" if hi < 0 else "undecided")
+
+
+def collect_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, list[str]]:
+  """(work directory, {cohort: {seed: {method: eval dir}}}, missing run/method labels)."""
+  base_cfg, runs, _, seeds = load_sweep(sweep)
+  root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  found, missing = {}, []
+  for run in with_seeds(base_cfg, runs, seeds):
+    cohort = run["overrides"].get("cohort", base_cfg.cohort)
+    name = run.get("run_name", run["name"])
+    cohort_dir = root / (get_cohort(cohort).name + (f"-{name}" if name else ""))
+    for method in base_cfg.methods:
+      d = cohort_dir / "eval" / method
+      if (d / "metrics.json").exists() and (d / "per_patient.npz").exists():
+        found.setdefault(cohort, {}).setdefault(run["seed"], {})[method] = d
+      else:
+        missing.append(f"{cohort} seed {run['seed']} {method}")
+  return root, found, missing
+
+
+def _load(d: Path) -> tuple[dict, dict]:
+  return json.loads((d / "metrics.json").read_text()), io.load_npz(d / "per_patient.npz")
+
+
+def cohort_evidence(by_seed: dict) -> dict:
+  """Pooled paired differences and per-seed numbers of one cohort."""
+  seeds = sorted(s for s, ms in by_seed.items() if "base" in ms)
+  loaded = {s: {m: _load(d) for m, d in by_seed[s].items()} for s in seeds}
+  if not seeds:
+    return {}
+  m0, _ = loaded[seeds[0]]["base"]
+  B, seed = int(m0["settings"]["bootstrap_samples"]), int(m0["settings"]["seed"])
+  out = dict(seeds=seeds, counts=dict(
+      validation=m0["patients"]["validation"],
+      positives=m0["fidelity"]["target"]["counts"]["actual_positive"],
+      new_onset=m0["fidelity"]["target_new_onset"]["counts"]["actual_positive"],
+      repeat=m0["fidelity"]["target_repeat"]["counts"]["actual_positive"],
+      weighted=bool(m0["fidelity"].get("weighted"))))
+  for a, b in (("rltf", "base"), ("sft", "base"), ("rltf", "sft")):
+    have = [s for s in seeds if a in loaded[s] and b in loaded[s]]
+    if have:
+      pairs = [(loaded[s][a][1], loaded[s][b][1]) for s in have]
+      out[f"{a}-{b}"] = dict(seeds=have, **paired_strata(pairs[0][0], pairs[0][1], B, seed, pairs[1:]))
+  # Augmentation minus real (same validation patients, the real classifier is the same per seed).
+  aug = [s for s in seeds if "rltf" in loaded[s] and "utility_scores_augmentation" in loaded[s]["rltf"][1]]
+  if aug:
+    pp = [loaded[s]["rltf"][1] for s in aug]
+    v = pp[0]["test_validation"]
+    labels = (pp[0]["test_target_in_prompt"] | pp[0]["test_target_in_true"])[v]
+    w = pp[0]["test_weight"][v] if "test_weight" in pp[0] else None
+    out["augmentation-real"] = metrics.paired_auroc_difference(
+        [p["utility_scores_augmentation"] for p in pp], [p["utility_scores_real"] for p in pp],
+        labels, B, seed, w)
+  per_seed = {}
+  for s in seeds:
+    for method, (m, _) in loaded[s].items():
+      t = m["fidelity"]
+      mem = m.get("memorization", {})
+      per_seed.setdefault(method, []).append(dict(
+          seed=s, recall=t["target"]["recall"]["value"], f1=t["target"]["f1"]["value"],
+          recall_new_onset=t["target_new_onset"]["recall"]["value"],
+          calibration=(t.get("calibration", {}).get("all") or {}).get("value"),
+          rouge1=t["rouge1"]["value"],
+          auroc_synthetic=m["utility"]["synthetic"]["auroc"]["value"],
+          auroc_real=m["utility"]["real"]["auroc"]["value"],
+          membership_auc=(mem.get("membership_inference") or {}).get("value"),
+          rouge1_train=(mem.get("rouge1_train") or {}).get("value")))
+  out["per_seed"] = per_seed
+  return out
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+  vals = [r[key] for r in rows if r.get(key) is not None]
+  return float(np.mean(vals)) if vals else None
+
+
+def _verdict(outcomes: list[str], claimed: str) -> str:
+  """Over cohorts: holds in at least 5/7 of them -> "holds", in at most 2/7 -> "does not hold"."""
+  n, held = len(outcomes), sum(o == claimed for o in outcomes)
+  if n == 0:
+    return "not measured"
+  if n < 3:
+    return f"too few cohorts ({n})"
+  if held >= math.ceil(5 * n / 7):
+    return "holds"
+  if held <= math.floor(2 * n / 7):
+    return "does not hold"
+  return "mixed"
+
+
+def build_section(root: Path, found: dict, missing: list[str], sweep: str) -> tuple[str, dict]:
+  evidence = {c: cohort_evidence(by_seed) for c, by_seed in found.items()}
+  evidence = {c: e for c, e in evidence.items() if e}
+  lines = [START, "", "## Reproduction", "",
+           f"Regenerated by `python -m rltf_jax.evaluation.reproduction --sweep {sweep} --readme README.md` "
+           f"from the runs of `python -m rltf_jax.sweep --config={sweep}` in `{root}`. Each cohort's base "
+           "model pretrains on 50,000 simulated patients with every cohort at the paper's Table-4 "
+           "prevalence; pairs and evaluation come from a cohort-enriched sample of 3 million further "
+           "patients, weighted back to the population (precision, F1, ROUGE-1, AUROC are population "
+           "estimates; recall is the same weighted or not). Differences are paired (the same validation "
+           "patients score both methods) and pooled over the training seeds inside each bootstrap "
+           "resample; brackets are 95% intervals. Verdict rules: see "
+           "`rltf_jax/evaluation/reproduction.py` (fixed before the runs).", ""]
+  if missing:
+    lines += [f"**Not finished** ({len(missing)} evaluations): " + ", ".join(missing[:30]) +
+              (" ..." if len(missing) > 30 else "") + ". The verdicts below use what exists.", ""]
+  header = ["Cohort", "Seeds", "Validation positives (new onset / repeat)", "Recall, RLTF - base (lead stratum)",
+            "Recall, other strata", "F1, RLTF - base", "ROUGE-1, RLTF - base", "AUROC syn., RLTF - base",
+            "Recall base -> RLTF (mean)", "Paper recall CHIRON -> DPO"]
+  rows, verdicts = [], {k: [] for k in ("recall", "recall_other", "rouge", "auroc", "augmentation",
+                                         "memorization", "sft")}
+  for cohort, e in evidence.items():
+    c = get_cohort(cohort)
+    d = e.get("rltf-base")
+    if not d:
+      continue
+    lead, other = ("new_onset", "all") if c.acute else ("all", "new_onset")
+    verdicts["recall"].append(_side(d[lead]["recall"]))
+    verdicts["recall_other"].append(_side(d["repeat"]["recall"]))
+    verdicts["rouge"].append(_side(d["all"]["rouge1"], ROUGE_MARGIN))
+    real = _mean(e["per_seed"]["base"], "auroc_real")
+    base_syn = _mean(e["per_seed"]["base"], "auroc_synthetic")
+    toward = "above" if (real is not None and base_syn is not None and base_syn < real) else "below"
+    verdicts["auroc"].append("closer" if _side(d["all"].get("auroc_synthetic")) == toward else
+                             _side(d["all"].get("auroc_synthetic")))
+    if "augmentation-real" in e:
+      verdicts["augmentation"].append(_side(e["augmentation-real"]))
+    mb, mr = _mean(e["per_seed"]["base"], "membership_auc"), _mean(e["per_seed"]["rltf"], "membership_auc")
+    if mb is not None and mr is not None:
+      verdicts["memorization"].append("within" if mr - mb < MEMBERSHIP_MARGIN else "rises")
+    if "rltf-sft" in e:
+      verdicts["sft"].append(_side(e["rltf-sft"][lead]["recall"]))
+    paper_base, paper_dpo = paper.prf(cohort, "base"), paper.prf(cohort, "rltf")
+    counts = e["counts"]
+    rows.append([c.abbrev, ",".join(map(str, d["seeds"])),
+                 f"{counts['positives']} ({counts['new_onset']} / {counts['repeat']})",
+                 f"{_fmt(d[lead]['recall'])} ({lead.replace('_', ' ')})",
+                 f"{other.replace('_', ' ')} {_fmt(d[other]['recall'])}; repeat {_fmt(d['repeat']['recall'])}",
+                 _fmt(d[lead]["f1"]), _fmt(d["all"]["rouge1"], 3), _fmt(d["all"].get("auroc_synthetic"), 3),
+                 f"{_mean(e['per_seed']['base'], 'recall'):.2f} -> {_mean(e['per_seed']['rltf'], 'recall'):.2f}",
+                 f"{paper_base[1]:.2f} -> {paper_dpo[1]:.2f}" if paper_base and paper_dpo else "-"])
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  util_rows = []
+  for cohort, e in evidence.items():
+    ps = e["per_seed"]
+    util_rows.append([get_cohort(cohort).abbrev, f"{_mean(ps['base'], 'auroc_real'):.3f}",
+                      f"{_mean(ps['base'], 'auroc_synthetic'):.3f}",
+                      f"{_mean(ps['rltf'], 'auroc_synthetic'):.3f}" if "rltf" in ps else "-",
+                      _fmt(e.get("augmentation-real"), 3),
+                      f"{paper.auroc(paper.TABLE6, cohort, 'real') or float('nan'):.3f} / "
+                      f"{paper.auroc(paper.TABLE6, cohort, 'base') or float('nan'):.3f} / "
+                      f"{paper.auroc(paper.TABLE6, cohort, 'rltf') or float('nan'):.3f}",
+                      " / ".join(f"{_mean(ps[m], 'membership_auc'):.3f}" if m in ps and
+                                 _mean(ps[m], 'membership_auc') is not None else "-" for m in ("base", "rltf")),
+                      _fmt((e.get("rltf-sft") or {}).get("new_onset" if get_cohort(cohort).acute else "all",
+                                                         {}).get("recall"))])
+  lines += ["", "Utility, memorization and SFT (means over seeds; differences pooled):", "",
+            "| Cohort | AUROC real | AUROC syn. base | AUROC syn. RLTF | Augmented - real (RLTF) | "
+            "Paper AUROC real / CHIRON / DPO | Membership AUC base / RLTF | Recall RLTF - SFT (lead stratum) |",
+            "|---|---|---|---|---|---|---|---|"]
+  lines += ["| " + " | ".join(r) + " |" for r in util_rows]
+  claims = [
+      ("Recall of rare targets rises far above the base model's (lead stratum: new onset for acute "
+       "cohorts, all for chronic)", verdicts["recall"], "above"),
+      ("... and in the repeat stratum (the target already in the prompt)", verdicts["recall_other"], "above"),
+      (f"ROUGE-1 barely moves (pooled difference within +-{ROUGE_MARGIN})", verdicts["rouge"], "within"),
+      ("Synthetic-data AUROC comes closer to the real one", verdicts["auroc"], "closer"),
+      ("Augmentation helps (augmented minus real AUROC, RLTF)", verdicts["augmentation"], "above"),
+      (f"Memorization does not rise (membership AUC up by less than {MEMBERSHIP_MARGIN})",
+       verdicts["memorization"], "within"),
+      ("SFT does worse than RLTF (recall, RLTF - SFT)", verdicts["sft"], "above"),
+  ]
+  lines += ["", "| Claim of the paper | Per cohort | Verdict here |", "|---|---|---|"]
+  summary = {}
+  for text, outcomes, claimed in claims:
+    verdict = _verdict(outcomes, claimed)
+    summary[text] = dict(outcomes=outcomes, verdict=verdict)
+    tally = ", ".join(f"{o} {outcomes.count(o)}" for o in sorted(set(outcomes))) or "-"
+    lines.append(f"| {text} | {tally} (of {len(outcomes)}) | **{verdict}** |")
+  lines += ["", END]
+  return "\n".join(lines), dict(evidence=_plain(evidence), verdicts=summary, missing=missing)
+
+
+def _plain(x):
+  if isinstance(x, dict):
+    return {str(k): _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  if isinstance(x, Path):
+    return str(x)
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def splice(readme: Path, section: str) -> None:
+  text = readme.read_text()
+  pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+  if not pattern.search(text):
+    raise DataError(f"{readme} has no {START} ... {END} block to replace; add one where the section goes")
+  io.atomic_write_text(readme, pattern.sub(lambda _: section, text))
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--sweep", default=DEFAULT_SWEEP)
+  p.add_argument("--workdir", default=None)
+  p.add_argument("--readme", type=Path, default=None)
+  args = p.parse_args(argv)
+  root, found, missing = collect_runs(args.sweep, args.workdir)
+  if not found:
+    raise DataError(f"no finished evaluation of {args.sweep} under {root}; run "
+                    f"`python -m rltf_jax.sweep --config={args.sweep}` first")
+  section, data = build_section(root, found, missing, args.sweep)
+  name = Path(args.sweep.partition(":")[0]).stem
+  out = root / "sweeps" / name
+  io.atomic_write_json(out / "reproduction.json", data)
+  path = io.atomic_write_text(out / "reproduction.md", section + "\n")
+  if args.readme:
+    splice(args.readme, section)
+  print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  cli_main(main)
