@@ -77,11 +77,11 @@ def parse_seeds(seeds) -> tuple[int, ...]:
 
 
 def with_seeds(base_cfg, runs: list[dict], seeds: tuple[int, ...]) -> list[dict]:
-  """Each run once per seed: seed 0 as written, seed s > 0 with `TRAINING_SEEDS` offset by s and
+  """Each run once per seed, all runs of one seed before the next seed's: seed 0 as written, seed s > 0 with `TRAINING_SEEDS` offset by s and
   "-s<s>" appended to its directory suffix. Every run gains its `seed`."""
   out = []
-  for run in runs:
-    for seed in seeds:
+  for seed in seeds:  # seed-major: every run at the first seed before any at the next
+    for run in runs:
       if seed == 0:
         out.append(dict(run, seed=0))
         continue
