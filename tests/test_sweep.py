@@ -106,9 +106,16 @@ def test_table_shows_the_pairs_used_and_marks_one_experiment_under_two_names(tmp
 
 
 def test_table2_ablation_draws_enough_positives_for_every_row():
+  """At SCD's true rarity: the enriched sample's pairs part must hold N x P positives for every row
+  (all SCD patients kept: the members cap is above their expected number)."""
+  from configs import simulator
   cfg, runs, _, _ = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py"))
-  train_patients = cfg.data.num_patients * cfg.data.split_fractions[0]
-  positives = train_patients * cfg.data.min_cohort_percent / 100
+  ec = cfg.data.enrich
+  assert cfg.data.min_cohort_percent == 0
+  expected_scd = ec.patients * simulator.TABLE4_PERCENT["scd"] / 100
+  assert ec.members_per_cohort >= expected_scd  # every SCD patient of the sample is kept
+  positives = 0.95 * expected_scd * ec.pairs_fraction  # 5% margin for the exact-count rounding
+  others = ec.patients * ec.other_rate * ec.pairs_fraction
   for r in runs:
     n, p = r["overrides"].get("rltf.num_pairs", 0), r["overrides"].get("rltf.positive_fraction", 0)
-    assert n * p <= positives and n * (1 - p) <= train_patients - positives, r["name"]
+    assert n * p <= positives and n * (1 - p) <= others, r["name"]

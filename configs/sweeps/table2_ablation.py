@@ -1,14 +1,18 @@
 """The paper's Table 2 on sickle-cell disease: N in {100, 1000, 10000} x P in {0.5, 1.0} with
 DPO-Positive, plus SFT at N = 10000, P = 0.5, and the base model once for reference.
 
-  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py        # laptop size
+  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py        # laptop size (hours)
+  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py:smoke  # plumbing check
   python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py:paper  # batch job
 
-Every row must train on the N and P it names, so the laptop size draws enough SCD patients for
-N = 10000 at P = 1.0: 250,000 simulated patients with SCD raised to 6% gives 200,000 training
-patients, 12,000 of them positive (the simulator draws each cohort at exactly its prevalence).
-That is far from SCD's true rarity (0.036%); the sweep table marks (*) any row whose data still
-could not give its N and P, and names two rows that trained on the same pairs.
+Every row must train on the N and P it names, at SCD's true rarity. N = 10000 at P = 1.0 needs
+10,000 SCD patients in the pairs part of the enriched sample: the population stays the default
+one (50,000 patients at the paper's prevalences, so the base model is the default run's), and the
+enriched sample draws 70 million further patients (SCD 0.036%: ~25,200 of them, all kept, half for
+pairs) and keeps 26,000 members of each other rare cohort and 0.05% of everyone else. Drawing it
+takes about 30 minutes with two worker processes and ~250,000 kept patients; the N = 10000 rows
+train for 2,500 steps each. The sweep table marks (*) any row whose data still could not give its
+N and P, and names two rows that trained on the same pairs.
 """
 
 from configs import base
@@ -17,8 +21,10 @@ from configs import base
 def get_config(arg=None):
   cfg = base.get_config(arg, cohort="scd")
   if cfg.size == "default":
-    cfg.data.num_patients = 250_000
-    cfg.data.min_cohort_percent = 6.0
+    cfg.data.enrich.patients = 70_000_000
+    cfg.data.enrich.members_per_cohort = 26_000
+    cfg.data.enrich.other_rate = 0.0005
+    cfg.data.enrich.pairs_fraction = 0.5
   return cfg
 
 

@@ -103,6 +103,10 @@ def cohort_evidence(by_seed: dict) -> dict:
     if have:
       pairs = [(loaded[s][a][1], loaded[s][b][1]) for s in have]
       out[f"{a}-{b}"] = dict(seeds=have, **paired_strata(pairs[0][0], pairs[0][1], B, seed, pairs[1:]))
+      if len(have) > 1:  # each seed's own difference (point estimates), beside the pooled one
+        out[f"{a}-{b}"]["per_seed"] = {
+            s: {k: v["recall"]["value"] for k, v in paired_strata(x, y, 0, seed).items()}
+            for s, (x, y) in zip(have, pairs)}
   # Augmentation minus real (same validation patients, the real classifier is the same per seed).
   aug = [s for s in seeds if "rltf" in loaded[s] and "utility_scores_augmentation" in loaded[s]["rltf"][1]]
   if aug:
@@ -167,7 +171,7 @@ def build_section(root: Path, found: dict, missing: list[str], sweep: str) -> tu
     lines += [f"**Not finished** ({len(missing)} evaluations): " + ", ".join(missing[:30]) +
               (" ..." if len(missing) > 30 else "") + ". The verdicts below use what exists.", ""]
   header = ["Cohort", "Seeds", "Validation positives (new onset / repeat)", "Recall, RLTF - base (lead stratum)",
-            "Recall, other strata", "F1, RLTF - base", "ROUGE-1, RLTF - base", "AUROC syn., RLTF - base",
+            "Per seed", "Recall, other strata", "F1, RLTF - base", "ROUGE-1, RLTF - base", "AUROC syn., RLTF - base",
             "Recall base -> RLTF (mean)", "Paper recall CHIRON -> DPO"]
   rows, verdicts = [], {k: [] for k in ("recall", "recall_other", "rouge", "auroc", "augmentation",
                                          "memorization", "sft")}
@@ -197,6 +201,7 @@ def build_section(root: Path, found: dict, missing: list[str], sweep: str) -> tu
     rows.append([c.abbrev, ",".join(map(str, d["seeds"])),
                  f"{counts['positives']} ({counts['new_onset']} / {counts['repeat']})",
                  f"{_fmt(d[lead]['recall'])} ({lead.replace('_', ' ')})",
+                 ", ".join(f"{v[lead]:+.2f}" for v in d.get("per_seed", {}).values()) or "-",
                  f"{other.replace('_', ' ')} {_fmt(d[other]['recall'])}; repeat {_fmt(d['repeat']['recall'])}",
                  _fmt(d[lead]["f1"]), _fmt(d["all"]["rouge1"], 3), _fmt(d["all"].get("auroc_synthetic"), 3),
                  f"{_mean(e['per_seed']['base'], 'recall'):.2f} -> {_mean(e['per_seed']['rltf'], 'recall'):.2f}",
