@@ -44,11 +44,16 @@ def test_a_second_run_on_a_work_directory_is_refused_and_a_killed_one_leaves_no_
 
 @pytest.mark.parametrize("field, value", [("rltf.batch_size", 0), ("pretrain.batch_size", 0),
                                           ("pretrain.steps", -3), ("rltf.lr", float("nan")),
-                                          ("eval.top_p", 0.0)])
+                                          ("eval.top_p", 0.0), ("data.enrich.other_rate", 0.0),
+                                          ("eval.member_fraction", 1.5)])
 def test_out_of_range_values_are_refused_before_any_work(tmp_path, field, value):
   cfg = base_config.get_config("smoke")
-  section, name = field.split(".")
-  cfg[section][name] = value
+  *sections, name = field.split(".")
+  section = ".".join(sections)
+  node = cfg
+  for part in sections:
+    node = node[part]
+  node[name] = value
   with pytest.raises(ConfigError, match=f"{section}.{name}=.* is out of range"):
     pipeline.run(cfg, str(tmp_path))
   assert not list(tmp_path.iterdir())  # nothing written, not even the work directory
