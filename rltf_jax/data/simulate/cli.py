@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                                          thread_count=args.threads, seed=args.seed)
       props["aurocs"] = aurocs
     if args.report:
-      print(diagnostics.format_report(props, aurocs))
+      from rltf_jax.evaluation import paper_numbers  # the paper's column, printed beside ours
+      real = {name: paper_numbers.auroc(paper_numbers.TABLE6, name, "real") for name in props["cohorts"]}
+      print(diagnostics.format_report(props, aurocs, {k: v for k, v in real.items() if v is not None}))
     if args.report_json:
       rltf_io.atomic_write_json(args.report_json, props)
   return 0
