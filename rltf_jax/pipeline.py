@@ -149,27 +149,22 @@ def _run(cfg, root: Path) -> int:
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
   cohort = get_cohort(cfg.cohort)
   chosen = [methods.get(name) for name in cfg.methods]  # unknown names fail before any work
-  cohort_dir = root / (cohort.name + (f"-{cfg.run_name}" if cfg.run_name else ""))
+  cohort_dir = cohort_dir_of(cfg, root)
 
   # ---------------------------------------------------------------- data
-  data_run = RunDir(root / f"data-{runs.digest(cfg.data)[:10]}", "data", cfg.data)
+  data_run = RunDir(data_dir(cfg, root), "data", cfg.data)
   t0 = _announce("data", data_run.path)
   if not data_run.done:
     _build_data(cfg, data_run)
     print(f"[data] finished in {time.time() - t0:.0f}s", flush=True)
-  dataset = PatientEvents.load(data_run.path / "dataset.npz")
-  vocab = Vocabulary.load(data_run.path / "vocab.json")
-  design = enrich.load_design(data_run.path, dataset, cohort)
-  require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
-  require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
-  base_dir = root / f"base-{runs.digest(cfg.data, cfg.model, cfg.pretrain)[:10]}"
-  ctx = Context(cfg, cohort, cohort_dir, dataset, vocab, base_dir, design)
+  ctx = open_context(cfg, root)
+  dataset, base_dir, design = ctx.dataset, ctx.base_dir, ctx.design
   ctx.plan  # the evaluation's patients exist (eval.truncate_events fits them): fail before training
   cohort_dir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------- base model
   t0 = _announce("base model", base_dir)
-  pretrain.pretrain(cfg, dataset, vocab, base_dir)
+  pretrain.pretrain(cfg, dataset, ctx.vocab, base_dir)
   print(f"[base model] ready in {time.time() - t0:.0f}s", flush=True)
 
   # ---------------------------------------------------------------- each method's training
@@ -207,6 +202,30 @@ def _run(cfg, root: Path) -> int:
     report_run.finish()
   print(path.resolve(), flush=True)
   return 0
+
+
+def data_dir(cfg, root: Path) -> Path:
+  return root / f"data-{runs.digest(cfg.data)[:10]}"
+
+
+def cohort_dir_of(cfg, root: Path) -> Path:
+  return root / (get_cohort(cfg.cohort).name + (f"-{cfg.run_name}" if cfg.run_name else ""))
+
+
+def open_context(cfg, root: Path) -> Context:
+  """The `Context` of `cfg`'s cohort in work directory `root`, once its data stage is finished
+  (the pipeline's, and `rltf_jax.synthesize`'s for a finished run)."""
+  cohort = get_cohort(cfg.cohort)
+  path = data_dir(cfg, root)
+  if not runs.is_done(path):
+    raise ConfigError(f"{path}: the data stage of this config is not finished; run launch.py first")
+  dataset = PatientEvents.load(path / "dataset.npz")
+  vocab = Vocabulary.load(path / "vocab.json")
+  design = enrich.load_design(path, dataset, cohort)
+  require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
+  require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
+  base_dir = root / f"base-{runs.digest(cfg.data, cfg.model, cfg.pretrain)[:10]}"
+  return Context(cfg, cohort, cohort_dir_of(cfg, root), dataset, vocab, base_dir, design)
 
 
 def _build_data(cfg, data_run: RunDir) -> None:

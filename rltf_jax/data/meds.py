@@ -352,7 +352,8 @@ def _read_splits(root: Path, subject_ids: np.ndarray) -> tuple[np.ndarray | None
 # ------------------------------------------------------------------------------------ writing
 def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = False,
                descriptions: Mapping[str, str] | None = None, splits: bool = True,
-               subjects_per_shard: int = 100_000, dataset_name: str | None = None) -> Path:
+               subjects_per_shard: int = 100_000, dataset_name: str | None = None,
+               metadata: Mapping | None = None, files: Mapping[str, str] | None = None) -> Path:
   """Writes `ds` as a MEDS directory, atomically; returns its path.
 
   Each patient gets a `MEDS_BIRTH` row (time = birth day), a `GENDER//F` or `GENDER//M` row when
@@ -361,7 +362,9 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
   `ds`, `subjects_per_shard` to a shard (`data/0.parquet`, `data/1.parquet`, ...).
   `descriptions` (code -> text) fills `metadata/codes.parquet`'s description column. With
   `splits=False` no `subject_splits.parquet` is written, so `load_dataset` assigns splits from the
-  config. An existing `out_dir` is refused unless `overwrite`.
+  config. An existing `out_dir` is refused unless `overwrite`. `metadata` is merged into
+  `metadata/dataset.json` (provenance), `files` (name -> text) are written at the top level (a data
+  card), inside the same atomic rename.
   """
   out = Path(out_dir)
   if out.exists() and not overwrite:
@@ -390,7 +393,10 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
                 extra_columns=dict(visit="0-based visit index within the subject",
                                    place_of_service="CMS place-of-service code of the visit "
                                                     "(0 unknown)"))
-    (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta.update(metadata or {})
+    (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    for name, text in (files or {}).items():
+      (tmp / name).write_text(text)
   return out
 
 

@@ -1,0 +1,83 @@
+"""A synthetic MEDS dataset from a finished smoke run: the three modes, provenance, data card,
+read-back, refusal to overwrite, and resuming an interrupted request from its shards."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from configs import base as base_config  # noqa: E402
+from rltf_jax import pipeline, synthesize  # noqa: E402
+from rltf_jax.data import meds  # noqa: E402
+from rltf_jax.data.cohorts import get_cohort  # noqa: E402
+from rltf_jax.errors import ConfigError, DataError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("work")
+  cfg = base_config.get_config("smoke", cohort="scd")
+  cfg.methods = ("base", "rltf")
+  assert pipeline.run(cfg, str(root)) == 0
+  return root / "scd"
+
+
+def test_whole_patients_read_back_with_provenance_and_card(run_dir, tmp_path):
+  out = synthesize.synthesize(run_dir, "rltf", 25, "patients", tmp_path / "syn", shard=10)
+  ds, _ = meds.read_meds(out)
+  assert ds.num_patients == 25 and ds.num_events > 0
+  assert np.array_equal(np.sort(ds.subject_id), np.arange(1, 26))
+  meta = json.loads((out / "metadata" / "dataset.json").read_text())
+  prov = meta["provenance"]
+  assert meta["synthetic"] and prov["method"] == "rltf" and prov["mode"] == "patients"
+  assert prov["model"] and prov["config"]["cohort"] == "scd" and prov["synthetic_patients"] == 25
+  card = (out / "README.md").read_text()
+  assert "Patients: 25" in card and "membership-inference AUC" in card
+  assert not (tmp_path / "syn.partial").exists()
+  with pytest.raises(DataError, match="already exists"):
+    synthesize.synthesize(run_dir, "rltf", 25, "patients", out)
+
+
+def test_continuations_and_enriched_share(run_dir, tmp_path):
+  codes = get_cohort("scd").codes
+  plain = synthesize.synthesize(run_dir, "base", 40, "continue", tmp_path / "cont")
+  rich = synthesize.synthesize(run_dir, "base", 40, "enriched", tmp_path / "rich", share=0.5)
+  plain_ds, _ = meds.read_meds(plain)
+  rich_ds, _ = meds.read_meds(rich)
+  assert plain_ds.num_patients == rich_ds.num_patients == 40
+  # Half the enriched prompts come from cohort members: far more records carry the target.
+  assert rich_ds.patients_with_any(codes).sum() >= 10 > plain_ds.patients_with_any(codes).sum()
+  assert "real histories" in (rich / "README.md").read_text()
+
+
+def test_an_interrupted_request_resumes_and_another_request_is_refused(run_dir, tmp_path, monkeypatch):
+  out = tmp_path / "syn"
+  real_save = synthesize.PatientEvents.save
+  calls = {"n": 0}
+
+  def dies_after_first(self, path):
+    calls["n"] += 1
+    if calls["n"] > 1:
+      raise KeyboardInterrupt()
+    return real_save(self, path)
+  monkeypatch.setattr(synthesize.PatientEvents, "save", dies_after_first)
+  with pytest.raises(KeyboardInterrupt):
+    synthesize.synthesize(run_dir, "base", 20, "patients", out, shard=10)
+  assert (tmp_path / "syn.partial" / "shard-00000.npz").exists() and not out.exists()
+  with pytest.raises(ConfigError, match="another request"):
+    synthesize.synthesize(run_dir, "base", 20, "patients", out, shard=10, seed=5)
+  saved = []
+
+  def counting(self, path):
+    saved.append(path.name)
+    return real_save(self, path)
+  monkeypatch.setattr(synthesize.PatientEvents, "save", counting)
+  synthesize.synthesize(run_dir, "base", 20, "patients", out, shard=10)
+  assert saved == ["shard-00001.npz"]  # the finished shard was read back, not regenerated
+  assert meds.read_meds(out)[0].num_patients == 20
+  with pytest.raises(ConfigError, match="no finished run"):
+    synthesize.synthesize(run_dir, "sft", 5, "patients", tmp_path / "x")
