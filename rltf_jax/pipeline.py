@@ -39,7 +39,8 @@ from absl import logging as absl_logging
 
 from configs import base as base_config
 from rltf_jax import io, methods, runs
-from rltf_jax.data.cohorts import COHORTS, Cohort, get_cohort, require_positives
+from rltf_jax.data.cohorts import (COHORTS, Cohort, get_cohort, is_definition, read_definition,
+                                   require_positives, resolve_definition)
 from rltf_jax.data import enrich
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_dataset, simulator_config
@@ -147,7 +148,10 @@ def run(cfg, workdir: str | None = None) -> int:
 def _run(cfg, root: Path) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
-  cohort = get_cohort(cfg.cohort)
+  if is_definition(cfg.cohort):
+    read_definition(cfg.cohort)  # a malformed definition fails before any work
+  else:
+    get_cohort(cfg.cohort)  # an unknown cohort fails before any work
   chosen = [methods.get(name) for name in cfg.methods]  # unknown names fail before any work
   cohort_dir = cohort_dir_of(cfg, root)
 
@@ -158,7 +162,7 @@ def _run(cfg, root: Path) -> int:
     _build_data(cfg, data_run)
     print(f"[data] finished in {time.time() - t0:.0f}s", flush=True)
   ctx = open_context(cfg, root)
-  dataset, base_dir, design = ctx.dataset, ctx.base_dir, ctx.design
+  dataset, base_dir, design, cohort = ctx.dataset, ctx.base_dir, ctx.design, ctx.cohort
   ctx.plan  # the evaluation's patients exist (eval.truncate_events fits them): fail before training
   cohort_dir.mkdir(parents=True, exist_ok=True)
 
@@ -208,19 +212,33 @@ def data_dir(cfg, root: Path) -> Path:
   return root / f"data-{runs.digest(cfg.data)[:10]}"
 
 
+def cohort_name(spec: str) -> str:
+  """A built-in cohort's key, or a user definition's name (`rltf_jax.data.cohorts`)."""
+  return read_definition(spec)["name"] if is_definition(spec) else get_cohort(spec).name
+
+
 def cohort_dir_of(cfg, root: Path) -> Path:
-  return root / (get_cohort(cfg.cohort).name + (f"-{cfg.run_name}" if cfg.run_name else ""))
+  return root / (cohort_name(cfg.cohort) + (f"-{cfg.run_name}" if cfg.run_name else ""))
 
 
 def open_context(cfg, root: Path) -> Context:
   """The `Context` of `cfg`'s cohort in work directory `root`, once its data stage is finished
   (the pipeline's, and `rltf_jax.synthesize`'s for a finished run)."""
-  cohort = get_cohort(cfg.cohort)
   path = data_dir(cfg, root)
   if not runs.is_done(path):
     raise ConfigError(f"{path}: the data stage of this config is not finished; run launch.py first")
   dataset = PatientEvents.load(path / "dataset.npz")
   vocab = Vocabulary.load(path / "vocab.json")
+  if is_definition(cfg.cohort):
+    # Resolved against the population's codes (what the model can write); saved beside the run.
+    cohort = resolve_definition(read_definition(cfg.cohort), vocab.codes, cfg.cohort)
+    resolved = cohort_dir_of(cfg, root) / "cohort.json"
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    record = dict(definition=str(cfg.cohort), cohort=dataclasses.asdict(cohort), acute=cohort.acute)
+    if not resolved.exists() or json.loads(resolved.read_text()) != json.loads(json.dumps(record)):
+      io.atomic_write_json(resolved, record)
+  else:
+    cohort = get_cohort(cfg.cohort)
   design = enrich.load_design(path, dataset, cohort)
   require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
   require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")

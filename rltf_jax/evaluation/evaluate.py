@@ -343,7 +343,8 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   timing["total_s"] = time.perf_counter() - t0
   result = dict(
       kind=METRICS_KIND, version=METRICS_VERSION, method=method, cohort=cohort.name,
-      cohort_abbrev=cohort.abbrev, settings=settings,
+      cohort_abbrev=cohort.abbrev, cohort_definition=dataclasses.asdict(cohort),
+      cohort_acute=cohort.acute, settings=settings,
       design=dict(split=plan.counts["test"]["split"], weighted=fidelity["weighted"],
                   validation_weight_range=[float(wv.min()), float(wv.max())] if len(wv) else None,
                   validation_effective_patients=float(wv.sum() ** 2 / (wv ** 2).sum()) if len(wv) else 0.0),

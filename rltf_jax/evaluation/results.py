@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from rltf_jax import methods
-from rltf_jax.data.cohorts import COHORTS
+from rltf_jax.data.cohorts import COHORTS, Cohort, register
 from rltf_jax.errors import DataError
 from rltf_jax.evaluation.evaluate import METRICS_KIND
 
@@ -31,6 +31,9 @@ def collect(run_dir: str | Path, skip: Path | None = None) -> dict[str, dict[str
     if not isinstance(m, dict) or m.get("kind") != METRICS_KIND:
       continue
     cohort, method = m["cohort"], m["method"]
+    if cohort not in COHORTS and "cohort_definition" in m:  # a user cohort: known from its evaluation
+      d = dict(m["cohort_definition"], codes=tuple(m["cohort_definition"]["codes"]))
+      register(Cohort(**d), chronic=not m.get("cohort_acute", True))
     if method in found.get(cohort, {}):
       raise DataError(f"two evaluations of {method!r} on {cohort!r} under {run_dir}: "
                       f"{found[cohort][method]['_dir']} and {path.parent}; keep one")

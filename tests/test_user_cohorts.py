@@ -1,0 +1,84 @@
+"""Cohorts defined by the user: exact codes, prefixes and regexes, ACES predicates, clear errors for
+bad definitions, and a whole smoke run on a user cohort."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from configs import base as base_config  # noqa: E402
+from rltf_jax import pipeline  # noqa: E402
+from rltf_jax.data import cohorts  # noqa: E402
+from rltf_jax.errors import ConfigError  # noqa: E402
+
+TABLE = np.array(["ICD10CM/D5700", "ICD10CM/D573", "ICD10CM/I10", "ICD10CM/E119", "ICD9CM/2826",
+                  "ATC/C09AA05", "CCSPX/152", "ICD10CM/J189", "ICD10CM/N179", "ICD10CM/R509",
+                  "ICD10CM/Z0000", "ICD10CM/K219"])
+
+
+def _write(tmp_path, name, obj):
+  path = tmp_path / name
+  path.write_text(json.dumps(obj) if name.endswith(".json") else obj)
+  return str(path)
+
+
+def test_exact_prefix_and_regex_entries_resolve_against_the_data(tmp_path):
+  path = _write(tmp_path, "sickle.json", dict(name="sickle_any", disease="Sickle-cell disorders",
+                                               codes=["D57.3", "ICD10CM/D570*", {"regex": "^ICD9CM/282[56]"}],
+                                               chronic=True))
+  c = cohorts.resolve_definition(cohorts.read_definition(path), TABLE, path)
+  assert c.codes == ("ICD10CM/D5700", "ICD10CM/D573", "ICD9CM/2826")
+  assert cohorts.get_cohort("sickle_any") is c and cohorts.get_cohort(path) is c and not c.acute
+
+
+def test_aces_predicates_are_a_code_set_and_the_rest_is_refused(tmp_path):
+  yaml_text = ("predicates:\n  htn:\n    code: DIAGNOSIS//ICD//10//I10\n"
+               "  kidney:\n    code: {any: [ICD10CM/N179, {regex: '^ICD10CM/J18'}]}\n")
+  c = cohorts.resolve_definition(cohorts.read_definition(_write(tmp_path, "task.yaml", yaml_text)), TABLE)
+  assert c.codes == ("ICD10CM/I10", "ICD10CM/J189", "ICD10CM/N179") and c.name == "task"
+  with pytest.raises(ConfigError, match="windows define a task"):
+    cohorts.read_definition(_write(tmp_path, "t2.yaml", yaml_text + "windows: {}\n"))
+  bad = "predicates:\n  x:\n    code: I10\n    value_min: 3\n"
+  with pytest.raises(ConfigError, match="value_min are not honoured"):
+    cohorts.read_definition(_write(tmp_path, "t3.yaml", bad))
+
+
+@pytest.mark.parametrize("codes, message", [
+    ([], "non-empty list"),
+    ([{"regex": "^NOPE/"}], "matches no code"),
+    (["*"], "matches 12 of the data's 12 codes"),
+    (["ICD10CM/*"], "not most of the vocabulary"),
+    ([{"regex": "("}], "bad regex"),
+    ([3], "a code entry must be"),
+])
+def test_bad_definitions_name_the_cohort_and_the_pattern(tmp_path, codes, message):
+  path = _write(tmp_path, "bad.json", dict(name="bad_one", codes=codes))
+  with pytest.raises(ConfigError, match="bad_one") as e:
+    cohorts.resolve_definition(cohorts.read_definition(path), TABLE)
+  assert message in str(e.value)
+
+
+def test_a_builtin_name_or_a_missing_file_is_refused(tmp_path):
+  with pytest.raises(ConfigError, match="built-in"):
+    cohorts.resolve_definition(cohorts.read_definition(_write(tmp_path, "x.json", dict(name="scd", codes=["D573"]))), TABLE)
+  with pytest.raises(ConfigError, match="does not exist"):
+    cohorts.read_definition(str(tmp_path / "absent.json"))
+
+
+def test_a_smoke_run_on_a_user_cohort(tmp_path):
+  path = _write(tmp_path, "hypertension.json", dict(name="htn_any", disease="Hypertension",
+                                                     abbrev="HTN", codes=["I10*"], chronic=True))
+  cfg = base_config.get_config("smoke")
+  cfg.cohort = path
+  cfg.methods = ("base",)
+  assert pipeline.run(cfg, str(tmp_path / "work")) == 0
+  run = tmp_path / "work" / "htn_any"
+  saved = json.loads((run / "cohort.json").read_text())
+  assert saved["cohort"]["codes"] == ["ICD10CM/I10"] and saved["acute"] is False
+  metrics = json.loads((run / "eval" / "base" / "metrics.json").read_text())
+  assert metrics["cohort"] == "htn_any" and metrics["cohort_definition"]["abbrev"] == "HTN"
+  assert "**HTN (Hypertension)**, a chronic cohort" in (run / "report" / "report.md").read_text()
