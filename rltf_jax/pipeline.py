@@ -230,8 +230,9 @@ def open_context(cfg, root: Path) -> Context:
   dataset = PatientEvents.load(path / "dataset.npz")
   vocab = Vocabulary.load(path / "vocab.json")
   if is_definition(cfg.cohort):
-    # Resolved against the population's codes (what the model can write); saved beside the run.
-    cohort = resolve_definition(read_definition(cfg.cohort), vocab.codes, cfg.cohort)
+    # Resolved against the data's code table (membership is by the data's codes); saved beside
+    # the run, so the report and a later reader see the exact code set.
+    cohort = resolve_definition(read_definition(cfg.cohort), dataset.codes, cfg.cohort)
     resolved = cohort_dir_of(cfg, root) / "cohort.json"
     resolved.parent.mkdir(parents=True, exist_ok=True)
     record = dict(definition=str(cfg.cohort), cohort=dataclasses.asdict(cohort), acute=cohort.acute)

@@ -82,3 +82,30 @@ def test_a_smoke_run_on_a_user_cohort(tmp_path):
   metrics = json.loads((run / "eval" / "base" / "metrics.json").read_text())
   assert metrics["cohort"] == "htn_any" and metrics["cohort_definition"]["abbrev"] == "HTN"
   assert "**HTN (Hypertension)**, a chronic cohort" in (run / "report" / "report.md").read_text()
+
+
+def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp_path):
+  """The README's "Your own data" walk-through on the MIMIC-IV demo: convert to MEDS, define sepsis
+  over ICD-10-CM and ICD-9-CM, run at smoke size, synthesize a MEDS dataset that reads back."""
+  from conftest import shared_path
+  from rltf_jax import synthesize
+  from rltf_jax.data import meds, mimic
+  demo = shared_path("data", "mimic-iv-demo-2.2")
+  meds_dir = meds.write_meds(mimic.read_mimic(demo), tmp_path / "mimic_meds", splits=False)
+  definition = _write(tmp_path, "sepsis.json", dict(
+      name="sepsis_icd9_10", abbrev="Sepsis", disease="Sepsis (ICD-10-CM A40-A41, ICD-9-CM 038, 995.91-2)",
+      codes=["ICD10CM/A40*", "ICD10CM/A41*", {"regex": "^ICD9CM/(038|9959[12])"}]))
+  cfg = base_config.get_config("smoke")
+  cfg.cohort = definition
+  cfg.methods = ("base", "rltf")
+  cfg.data.source, cfg.data.path = "meds", str(meds_dir)
+  cfg.data.split_fractions = (0.6, 0.1, 0.3)  # 100 patients: keep cohort positives in both halves
+  cfg.eval.num_train_patients = cfg.eval.num_membership_patients = 20
+  work = tmp_path / "work"
+  assert pipeline.run(cfg, str(work)) == 0
+  resolved = json.loads((work / "sepsis_icd9_10" / "cohort.json").read_text())["cohort"]["codes"]
+  assert any(c.startswith("ICD9CM/038") for c in resolved) and "ICD10CM/A419" in resolved
+  out = synthesize.synthesize(work / "sepsis_icd9_10", "rltf", 12, "continue", tmp_path / "synthetic")
+  ds, _ = meds.read_meds(out)
+  assert ds.num_patients == 12 and "real histories" in (out / "README.md").read_text()
+  assert json.loads((out / "metadata" / "dataset.json").read_text())["provenance"]["cohort"] == "sepsis_icd9_10"
