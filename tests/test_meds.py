@@ -140,6 +140,8 @@ def test_foreign_meds_spellings_visits_and_meta_codes(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     ds, has_splits = meds.read_meds(d)
   assert "subject 3" in caplog.text and "1 of 3 subjects" in caplog.text
+  # The official schema wants timestamp[us]: the variant is reported, then read after casting.
+  assert "x.parquet: the data shard does not match the MEDS" in caplog.text and "timestamp[ms" in caplog.text
   assert not has_splits
   assert list(ds.subject_id) == [7, 9] and list(ds.sex) == [0, 1]
   p = ds.patient(0)
@@ -206,3 +208,14 @@ def test_existing_directory_is_refused_unless_overwrite(tmp_path, tiny_dataset):
   meds.write_meds(tiny_dataset.select([0]), out, overwrite=True)
   assert meds.read_meds(out)[0].equals(tiny_dataset.select([0]))
   assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary directories left
+
+
+def test_written_datasets_declare_their_meds_version_and_extension_columns(tmp_path, tiny_dataset):
+  import meds as meds_package
+  out = meds.write_meds(tiny_dataset, tmp_path / "out")
+  meta = json.loads((out / "metadata" / "dataset.json").read_text())
+  assert meta["meds_version"] == meds_package.__version__
+  assert meta["other_extension_columns"] == ["visit", "place_of_service"]
+  meds_package.DatasetMetadataSchema.validate(meta)
+  for shard in (out / "data").glob("*.parquet"):
+    meds_package.DataSchema.validate(pq.read_table(shard))

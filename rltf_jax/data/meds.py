@@ -47,6 +47,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+import meds as meds_schema
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,7 +61,7 @@ from rltf_jax.errors import DataError, cli_main
 
 log = logging.getLogger(__name__)
 
-MEDS_VERSION = "0.3.3"
+MEDS_VERSION = meds_schema.__version__  # what write_meds validates against
 BIRTH_CODE = "MEDS_BIRTH"
 DEATH_CODE = "MEDS_DEATH"
 SEX_CODES = {SEX_FEMALE: "GENDER//F", SEX_MALE: "GENDER//M"}
@@ -224,6 +225,21 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
   return ds, has_splits
 
 
+def _official(what: str, path, schema, value, strict: bool = True):
+  """Checks `value` (a table or a JSON object) against the official `meds` package's schema: an
+  error when writing (`strict`), a warning when reading, since the reader also accepts common
+  variants it can cast safely (another timestamp unit or a time zone, int32 ids)."""
+  try:
+    schema.validate(value)
+  except Exception as e:  # the package raises its own error types, per schema kind
+    if not strict:
+      log.warning("%s: the %s does not match the MEDS %s schema (%s); read after casting", path,
+                  what, meds_schema.__version__, e)
+      return
+    raise DataError(f"{path}: the {what} does not match the MEDS {meds_schema.__version__} schema "
+                    f"({type(e).__name__}: {e})") from e
+
+
 def _read_shard(path: Path) -> pa.Table:
   """One shard with its columns checked and cast to the common schema.
 
@@ -252,6 +268,7 @@ def _read_shard(path: Path) -> pa.Table:
     t = pf.read(columns=columns)
   except (pa.ArrowInvalid, OSError) as e:
     raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
+  _official("data shard", path, meds_schema.DataSchema, t, strict=False)
   if t.column("subject_id").null_count:
     raise DataError(f"{path}: column 'subject_id' has {t.column('subject_id').null_count} null "
                     "values; every row needs a subject")
@@ -379,20 +396,27 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
     (tmp / "metadata").mkdir()
     for shard, start in enumerate(range(0, max(ds.num_patients, 1), subjects_per_shard)):
       part = ds.select(np.arange(start, min(start + subjects_per_shard, ds.num_patients)))
-      pq.write_table(_rows(part), tmp / "data" / f"{shard}.parquet")
-    pq.write_table(_codes_table(ds, descriptions or {}), tmp / "metadata" / "codes.parquet")
+      rows = _rows(part)
+      _official("data shard", f"data/{shard}.parquet", meds_schema.DataSchema, rows)
+      pq.write_table(rows, tmp / "data" / f"{shard}.parquet")
+    codes = _codes_table(ds, descriptions or {})
+    _official("code metadata", "metadata/codes.parquet", meds_schema.CodeMetadataSchema, codes)
+    pq.write_table(codes, tmp / "metadata" / "codes.parquet")
     if splits:
-      pq.write_table(pa.table({
+      table = pa.table({
           "subject_id": pa.array(ds.subject_id, pa.int64()),
           "split": pa.DictionaryArray.from_arrays(pa.array(ds.split, pa.int8()),
-                                                  pa.array(SPLIT_NAMES)).cast(pa.string())}),
-          tmp / "metadata" / "subject_splits.parquet")
+                                                  pa.array(SPLIT_NAMES)).cast(pa.string())})
+      _official("subject splits", "metadata/subject_splits.parquet", meds_schema.SubjectSplitSchema, table)
+      pq.write_table(table, tmp / "metadata" / "subject_splits.parquet")
     meta = dict(dataset_name=dataset_name or out.name, dataset_version="1",
                 etl_name="rltf_jax", etl_version=rltf_jax.__version__, meds_version=MEDS_VERSION,
                 created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                other_extension_columns=["visit", "place_of_service"],
                 extra_columns=dict(visit="0-based visit index within the subject",
                                    place_of_service="CMS place-of-service code of the visit "
                                                     "(0 unknown)"))
+    _official("dataset metadata", "metadata/dataset.json", meds_schema.DatasetMetadataSchema, meta)
     meta.update(metadata or {})
     (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     for name, text in (files or {}).items():
