@@ -18,7 +18,8 @@ Generation runs in shards of `--shard` patients, each saved as it finishes under
 with the request it belongs to, so an interrupted command resumes; the MEDS directory appears
 only when every shard is done (one atomic rename). An existing DIR is refused unless
 `--overwrite`. The dataset's `metadata/dataset.json` holds the provenance (generator, its
-checkpoint's run key, config, mode, seed, code version) and `README.md` the data card.
+checkpoint's run key, config, mode, seed, code version), `README.md` the data card and
+`labels/<cohort>.parquet` each synthetic patient's cohort membership in the MEDS label schema.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
                          metadata=dict(synthetic=True, provenance=dict(
                              request, generator=methods.get(method).LABEL,
                              config=runs.plain(ctx.cfg), code_version=rltf_jax.__version__, **facts)),
-                         files={"README.md": card})
+                         files={"README.md": card},
+                         labels={ctx.cohort.name: meds.cohort_labels(ds, ctx.cohort.codes)})
   shutil.rmtree(partial)
   print(path.resolve(), flush=True)
   return path

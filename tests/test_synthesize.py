@@ -4,7 +4,9 @@ read-back, refusal to overwrite, and resuming an interrupted request from its sh
 import json
 import sys
 
+import meds as meds_package
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
@@ -35,6 +37,10 @@ def test_whole_patients_read_back_with_provenance_and_card(run_dir, tmp_path):
   prov = meta["provenance"]
   assert meta["synthetic"] and prov["method"] == "rltf" and prov["mode"] == "patients"
   assert prov["model"] and prov["config"]["cohort"] == "scd" and prov["synthetic_patients"] == 25
+  labels = pq.read_table(out / "labels" / "scd.parquet")
+  meds_package.LabelSchema.validate(labels)
+  assert labels.num_rows == 25 and labels.column("boolean_value").to_pylist().count(True) == \
+      prov["synthetic_in_cohort"]
   card = (out / "README.md").read_text()
   assert "Patients: 25" in card and "membership-inference AUC" in card
   assert not (tmp_path / "syn.partial").exists()

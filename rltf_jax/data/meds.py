@@ -370,7 +370,8 @@ def _read_splits(root: Path, subject_ids: np.ndarray) -> tuple[np.ndarray | None
 def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = False,
                descriptions: Mapping[str, str] | None = None, splits: bool = True,
                subjects_per_shard: int = 100_000, dataset_name: str | None = None,
-               metadata: Mapping | None = None, files: Mapping[str, str] | None = None) -> Path:
+               metadata: Mapping | None = None, files: Mapping[str, str] | None = None,
+               labels: Mapping[str, pa.Table] | None = None) -> Path:
   """Writes `ds` as a MEDS directory, atomically; returns its path.
 
   Each patient gets a `MEDS_BIRTH` row (time = birth day), a `GENDER//F` or `GENDER//M` row when
@@ -381,7 +382,8 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
   `splits=False` no `subject_splits.parquet` is written, so `load_dataset` assigns splits from the
   config. An existing `out_dir` is refused unless `overwrite`. `metadata` is merged into
   `metadata/dataset.json` (provenance), `files` (name -> text) are written at the top level (a data
-  card), inside the same atomic rename.
+  card), and `labels` (name -> a `cohort_labels` table) as `labels/<name>.parquet`, inside the same
+  atomic rename.
   """
   out = Path(out_dir)
   if out.exists() and not overwrite:
@@ -421,7 +423,25 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
     (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     for name, text in (files or {}).items():
       (tmp / name).write_text(text)
+    if labels:
+      (tmp / "labels").mkdir()
+      for name, table in labels.items():
+        _official("label file", f"labels/{name}.parquet", meds_schema.LabelSchema, table)
+        pq.write_table(table, tmp / "labels" / f"{name}.parquet")
   return out
+
+
+def cohort_labels(ds: PatientEvents, codes) -> pa.Table:
+  """MEDS label rows (the `meds.LabelSchema`): one per patient, `boolean_value` = a code of `codes`
+  occurs in the record, `prediction_time` = the end of the record's last day (the label uses the
+  whole record)."""
+  member = ds.patients_with_any(codes)
+  last = np.array([ds.day[ds.offsets[i + 1] - 1] if ds.offsets[i + 1] > ds.offsets[i] else ds.birth_day[i]
+                   for i in range(ds.num_patients)], np.int64)
+  end_us = (last + 1) * 86_400 * 10**6 - 1
+  return pa.table({"subject_id": pa.array(ds.subject_id, pa.int64()),
+                   "prediction_time": pa.array(end_us, pa.int64()).cast(pa.timestamp("us")),
+                   "boolean_value": pa.array(member, pa.bool_())})
 
 
 def _rows(ds: PatientEvents) -> pa.Table:
