@@ -1,0 +1,266 @@
+"""Privacy of a released synthetic dataset, measured from the data alone (no model access), overall
+and on the rare cohort's patients on their own.
+
+  python -m rltf_jax.evaluation.dataset_privacy --synthetic DIR --run RUN_DIR [--patients 10000]
+
+Representation and distance. A patient is the set of distinct codes in their record (a binary
+code-presence vector); the distance between two patients is the Jaccard distance of their sets,
+1 - |A & B| / |A | B|. Sets, because a synthetic record that reuses a training patient's rare
+combination of codes is the disclosure risk, whatever their order or counts; Jaccard, because it
+ignores the thousands of codes neither patient has (cosine on binary vectors behaves alike; an
+L2 distance would be dominated by record length). Intersections are sparse matrix products
+(scipy), taken in blocks so that 10,000 x 40,000 patients fit in memory; nearest neighbours are
+the minima over those blocks (no library offers Jaccard nearest neighbours on sparse sets).
+
+Metrics (each `all` and `cohort`, the patients with a target code; `train` = patients the
+generator's base model trained on, `holdout` = real patients no method saw):
+  dcr            distance to closest training record: medians for synthetic and holdout patients,
+                 and the fraction of synthetic patients closer than the holdout's 5th percentile;
+                 `nndr`, the median ratio of nearest to second-nearest training distance.
+  nnaa           nearest-neighbour adversarial accuracy (Yale et al. 2020, as HALO reports it):
+                 AA(real, syn) = (P[d_rs > d_rr] + P[d_sr > d_ss]) / 2 with leave-one-out
+                 within-set distances, on equal-sized samples; for train and holdout real sets;
+                 `privacy_loss` = AA(holdout) - AA(train): > 0 means the synthetic data sits closer
+                 to training patients than to unseen ones.
+  membership     a black-box attack from the released data: score = -(distance to the nearest
+                 synthetic patient); AUC of training members against holdout non-members.
+  attribute      an attacker who knows a real patient's codes except the cohort's predicts whether
+                 the patient has a cohort code from the k nearest synthetic patients (by the known
+                 codes): F1 on training patients and on holdout patients; the gap is the leak.
+  copies         exact copies: synthetic patients whose code set equals some training patient's,
+                 beside the same rate for holdout patients (coincidences, the chance level).
+Anchors (`anchors=True`): *copy* (the training records themselves) and *marginals* (each code
+drawn independently at its training prevalence) through the same metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from rltf_jax import io
+from rltf_jax.data.events import PatientEvents
+from rltf_jax.errors import DataError, cli_main
+from rltf_jax.evaluation import metrics
+
+_BLOCK = 512  # rows of the query set per sparse product
+
+
+def code_sets(ds: PatientEvents, table: np.ndarray) -> sp.csr_matrix:
+  """float32 csr [P, C]: 1 where the patient has at least one event of code `table[c]`."""
+  col = np.searchsorted(table, ds.codes)
+  known = (col < len(table)) & (table[np.minimum(col, len(table) - 1)] == ds.codes)
+  col = np.where(known, col, -1)[ds.code]
+  keep = col >= 0
+  m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (ds.event_patient()[keep], col[keep])),
+                    shape=(ds.num_patients, len(table)))
+  m.sum_duplicates()
+  m.data[:] = 1.0
+  return m
+
+
+def nearest(query: sp.csr_matrix, ref: sp.csr_matrix, k: int = 2, exclude_self: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(distances [Q, k], indices [Q, k]) of each query row's k nearest reference rows by Jaccard
+  distance, ascending. `exclude_self` (query is ref): a row is not its own neighbour."""
+  qn = np.asarray(query.sum(axis=1)).ravel()
+  rn = np.asarray(ref.sum(axis=1)).ravel()
+  refT = ref.T.tocsc()
+  k = min(k, ref.shape[0] - (1 if exclude_self else 0))
+  dist = np.zeros((query.shape[0], k))
+  idx = np.zeros((query.shape[0], k), np.int64)
+  for start in range(0, query.shape[0], _BLOCK):
+    stop = min(start + _BLOCK, query.shape[0])
+    inter = (query[start:stop] @ refT).toarray()
+    union = qn[start:stop, None] + rn[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+      d = np.where(union > 0, 1.0 - inter / union, 0.0)  # two empty sets are identical
+    if exclude_self:
+      d[np.arange(stop - start), np.arange(start, stop)] = np.inf
+    part = np.argpartition(d, k - 1, axis=1)[:, :k]
+    pd = np.take_along_axis(d, part, axis=1)
+    order = np.argsort(pd, axis=1)
+    dist[start:stop] = np.take_along_axis(pd, order, axis=1)
+    idx[start:stop] = np.take_along_axis(part, order, axis=1)
+  return dist, idx
+
+
+def _equal_sample(n: int, size: int, rng) -> np.ndarray:
+  return np.sort(rng.choice(n, size, replace=False)) if n > size else np.arange(n)
+
+
+def nnaa(real: sp.csr_matrix, syn: sp.csr_matrix, rng) -> float:
+  """Nearest-neighbour adversarial accuracy on equal-sized samples of the two sets."""
+  n = min(real.shape[0], syn.shape[0])
+  if n < 2:
+    return float("nan")
+  r, s = real[_equal_sample(real.shape[0], n, rng)], syn[_equal_sample(syn.shape[0], n, rng)]
+  d_rs, d_sr = nearest(r, s, 1)[0][:, 0], nearest(s, r, 1)[0][:, 0]
+  d_rr, d_ss = nearest(r, r, 1, True)[0][:, 0], nearest(s, s, 1, True)[0][:, 0]
+  return float(0.5 * (np.mean(d_rs > d_rr) + np.mean(d_sr > d_ss)))
+
+
+def _keys(x: sp.csr_matrix) -> list[bytes]:
+  return [x.indices[x.indptr[i]:x.indptr[i + 1]].tobytes() for i in range(x.shape[0])]
+
+
+def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matrix,
+                  target_cols: np.ndarray, *, num_samples: int, seed: int, k: int = 5) -> dict:
+  """Every metric of the module doc for one population of patients."""
+  rng = np.random.default_rng(seed)
+  out = dict(patients=dict(synthetic=int(syn.shape[0]), train=int(train.shape[0]),
+                           holdout=int(holdout.shape[0])))
+  if min(syn.shape[0], train.shape[0], holdout.shape[0]) < 2:
+    out["reason"] = "fewer than 2 patients in one of the sets"
+    return out
+  d_syn, _ = nearest(syn, train, 2)
+  d_hold, _ = nearest(holdout, train, 2)
+  p5 = float(np.percentile(d_hold[:, 0], 5))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    nndr = np.where(d_syn[:, 1] > 0, d_syn[:, 0] / d_syn[:, 1], 0.0) if d_syn.shape[1] > 1 else np.zeros(0)
+  out["dcr"] = dict(synthetic_median=float(np.median(d_syn[:, 0])),
+                    holdout_median=float(np.median(d_hold[:, 0])), holdout_p5=p5,
+                    synthetic_below_holdout_p5=metrics.mean_ci(d_syn[:, 0] < p5, num_samples, seed),
+                    nndr_median=float(np.median(nndr)) if len(nndr) else None)
+  aa_train, aa_hold = nnaa(train, syn, rng), nnaa(holdout, syn, rng)
+  out["nnaa"] = dict(train=aa_train, holdout=aa_hold, privacy_loss=aa_hold - aa_train)
+  members = train[_equal_sample(train.shape[0], holdout.shape[0], rng)]
+  m_score = -nearest(members, syn, 1)[0][:, 0]
+  h_score = -nearest(holdout, syn, 1)[0][:, 0]
+  scores = np.concatenate([m_score, h_score])
+  labels = np.concatenate([np.ones(len(m_score), bool), np.zeros(len(h_score), bool)])
+  out["membership"] = dict(**metrics.ranking_metrics(scores, labels, num_samples, seed)["auroc"],
+                           members=int(len(m_score)), nonmembers=int(len(h_score)))
+  out["attribute"] = _attribute(syn, members, holdout, target_cols, k, num_samples, seed)
+  train_keys = set(_keys(train))
+  syn_copy = np.array([key in train_keys for key in _keys(syn)])
+  hold_copy = np.array([key in train_keys for key in _keys(holdout)])
+  out["copies"] = dict(synthetic=metrics.mean_ci(syn_copy, num_samples, seed),
+                       holdout_chance=metrics.mean_ci(hold_copy, num_samples, seed))
+  return out
+
+
+def _attribute(syn, members, holdout, target_cols, k, num_samples, seed) -> dict:
+  """Attribute inference of 'has a cohort code' from the k nearest synthetic patients by the
+  other codes; F1 for training members and for holdout patients."""
+  if len(target_cols) == 0:
+    return dict(reason="no cohort code in the code table")
+  keep = np.setdiff1d(np.arange(syn.shape[1]), target_cols)
+  has = lambda x: np.asarray(x[:, target_cols].sum(axis=1)).ravel() > 0
+  syn_has = has(syn)
+  out = {}
+  for name, real in (("train", members), ("holdout", holdout)):
+    _, idx = nearest(real[:, keep], syn[:, keep], k)
+    guess = syn_has[idx].mean(axis=1) >= 0.5
+    truth = has(real)
+    out[name] = dict(metrics.target_fidelity(guess, truth, num_samples, seed)["f1"],
+                     positives=int(truth.sum()))
+  out["gap"] = (out["train"]["value"] or 0.0) - (out["holdout"]["value"] or 0.0)
+  return out
+
+
+def marginals_anchor(train: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
+  """Each code independently at its training prevalence."""
+  p = np.asarray(train.mean(axis=0)).ravel()
+  rng = np.random.default_rng(seed)
+  rows, cols = [], []
+  for start in range(0, n, _BLOCK):
+    m = min(_BLOCK, n - start)
+    hit = rng.random((m, len(p))) < p[None, :]
+    r, c = np.nonzero(hit)
+    rows.append(r + start)
+    cols.append(c)
+  r, c = np.concatenate(rows), np.concatenate(cols)
+  return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, len(p)))
+
+
+def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: PatientEvents,
+                     cohort_codes, *, num_samples: int = 200, seed: int = 0, anchors: bool = True) -> dict:
+  """{"generator" | "copy" | "marginals": {"all": block, "cohort": block}} (`privacy_block`)."""
+  table = np.unique(np.concatenate([synthetic.codes, train.codes, holdout.codes]))
+  target_cols = np.flatnonzero(np.isin(table, list(cohort_codes)))
+  X = {name: code_sets(ds, table) for name, ds in
+       (("synthetic", synthetic), ("train", train), ("holdout", holdout))}
+  sets = {"generator": X["synthetic"]}
+  if anchors:
+    rng = np.random.default_rng(seed)
+    n = X["synthetic"].shape[0]
+    sets["copy"] = X["train"][_equal_sample(X["train"].shape[0], n, rng)]
+    sets["marginals"] = marginals_anchor(X["train"], n, seed)
+  in_cohort = lambda x: np.asarray(x[:, target_cols].sum(axis=1)).ravel() > 0
+  out = {}
+  for name, syn in sets.items():
+    t0 = time.perf_counter()
+    out[name] = dict(
+        all=privacy_block(syn, X["train"], X["holdout"], target_cols, num_samples=num_samples, seed=seed),
+        cohort=privacy_block(syn[in_cohort(syn)], X["train"][in_cohort(X["train"])],
+                             X["holdout"][in_cohort(X["holdout"])], target_cols,
+                             num_samples=num_samples, seed=seed),
+        seconds=round(time.perf_counter() - t0, 2))
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  from rltf_jax.data import meds
+  from rltf_jax.synthesize import _context  # the run's data, as synthesize reads it
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--synthetic", required=True, type=Path, help="a synthetic MEDS dataset (synthesize)")
+  p.add_argument("--run", required=True, type=Path, help="the cohort run directory it came from")
+  p.add_argument("--patients", type=int, default=10_000, help="real patients per side (at most)")
+  p.add_argument("--bootstrap", type=int, default=200)
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  synthetic, _ = meds.read_meds(args.synthetic)
+  ctx = _context(args.run)
+  rng = np.random.default_rng(args.seed)
+  pick = lambda ds: ds.select(_equal_sample(ds.num_patients, args.patients, rng))
+  train, holdout = pick(ctx.dataset.subset("train")), pick(ctx.dataset.subset("test"))
+  if min(train.num_patients, holdout.num_patients) == 0:
+    raise DataError(f"{args.run}: the data has no training or no test patients to compare with")
+  result = evaluate_dataset(synthetic, train, holdout, ctx.cohort.codes, num_samples=args.bootstrap,
+                            seed=args.seed)
+  path = io.atomic_write_json(args.synthetic / "privacy.json", dict(
+      kind="rltf_jax.dataset_privacy", cohort=ctx.cohort.name, train_source="train split",
+      holdout_source="test split", representation="code sets, Jaccard distance", **result))
+  table = privacy_table(result)
+  card = args.synthetic / "README.md"
+  if card.exists():  # the data card gains (or replaces) its privacy section
+    text = card.read_text().split(_CARD_HEADING)[0].rstrip() + "\n\n"
+    io.atomic_write_text(card, text + _CARD_HEADING + "\n\n" + table + "\n")
+  print(table)
+  print(path)
+  return 0
+
+
+_CARD_HEADING = "## Privacy from the released data alone (`privacy.json`)"
+
+
+def privacy_table(result: dict) -> str:
+  """Markdown rows per generator/anchor and population (all patients, cohort patients)."""
+  def f(x, d=3):
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+  rows = ["| Data | Patients | DCR median syn / holdout | Syn below holdout p5 | NNAA privacy loss | "
+          "Membership AUC | Attribute F1 train / holdout | Exact copies (chance) |",
+          "|---|---|---|---|---|---|---|---|"]
+  for name, r in result.items():
+    for pop in ("all", "cohort"):
+      b = r[pop]
+      if "dcr" not in b:
+        rows.append(f"| {name} | {pop} | {b.get('reason', 'n/a')} | | | | | |")
+        continue
+      att = b["attribute"]
+      rows.append(
+          f"| {name} | {pop} ({b['patients']['synthetic']}) | {f(b['dcr']['synthetic_median'])} / "
+          f"{f(b['dcr']['holdout_median'])} | {f(b['dcr']['synthetic_below_holdout_p5']['value'])} | "
+          f"{f(b['nnaa']['privacy_loss'])} | {f(b['membership']['value'])} | "
+          f"{f(att.get('train', {}).get('value'), 2)} / {f(att.get('holdout', {}).get('value'), 2)} | "
+          f"{f(b['copies']['synthetic']['value'])} ({f(b['copies']['holdout_chance']['value'])}) |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  cli_main(main)

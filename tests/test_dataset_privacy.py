@@ -1,0 +1,49 @@
+"""Privacy of a released synthetic dataset: distances checked by hand, and the copy and marginals
+anchors land where they must (copy: every record at distance 0, membership AUC ~1, positive
+privacy loss; marginals: no copies, membership AUC ~0.5)."""
+
+import numpy as np
+import scipy.sparse as sp
+
+from configs import simulator
+from rltf_jax.data.cohorts import get_cohort
+from rltf_jax.data.simulate import story
+from rltf_jax.evaluation import dataset_privacy as dp
+
+
+def test_jaccard_nearest_neighbours_by_hand():
+  q = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], np.float32))
+  r = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], np.float32))
+  d, i = dp.nearest(q, r, 2)
+  assert np.allclose(d[0], [0.0, 2 / 3]) and list(i[0]) == [0, 1]  # {0,1} vs {0,2}: 1 - 1/3
+  assert np.allclose(d[1], [2 / 3, 1.0])  # {2,3} vs {0,2}: 1 - 1/3; vs {0,1}: 1; vs {}: 1
+  assert d[2, 0] == 0.0 and i[2, 0] == 2  # two empty records are identical
+  d_self, i_self = dp.nearest(r, r, 1, exclude_self=True)
+  assert not np.any(i_self[:, 0] == np.arange(3))
+
+
+def test_anchors_bracket_the_privacy_metrics():
+  cfg = simulator.get_config()
+  ds = story.simulate(cfg, 1200, 11)
+  train, holdout = ds.select(np.arange(0, 600)), ds.select(np.arange(600, 1200))
+  cohort = get_cohort("dm")  # common enough for a cohort block at this size
+  out = dp.evaluate_dataset(train, train, holdout, cohort.codes, num_samples=50, seed=0)
+  copy, marg = out["copy"]["all"], out["marginals"]["all"]
+  assert copy["dcr"]["synthetic_median"] == 0.0 and copy["copies"]["synthetic"]["value"] == 1.0
+  assert copy["membership"]["value"] > 0.95 and copy["nnaa"]["privacy_loss"] > 0.2
+  assert marg["copies"]["synthetic"]["value"] == 0.0 and abs(marg["membership"]["value"] - 0.5) < 0.1
+  assert marg["dcr"]["synthetic_median"] > copy["dcr"]["synthetic_median"]
+  # The generator here is the training set itself: it scores as the copy anchor does.
+  assert out["generator"]["all"]["membership"]["value"] > 0.95
+  assert out["copy"]["cohort"]["patients"]["synthetic"] > 10  # the cohort measured on its own
+  assert out["copy"]["all"]["attribute"]["train"]["value"] >= out["marginals"]["all"]["attribute"]["train"]["value"]
+
+
+def test_the_table_has_a_row_per_data_and_population():
+  cfg = simulator.get_config()
+  ds = story.simulate(cfg, 400, 12)
+  out = dp.evaluate_dataset(ds.select(np.arange(0, 100)), ds.select(np.arange(100, 300)),
+                            ds.select(np.arange(300, 400)), get_cohort("scd").codes, num_samples=20)
+  table = dp.privacy_table(out)
+  assert table.count("\n") == 1 + 3 * 2 and "| copy | all (100) |" in table
+  assert "fewer than 2 patients" in table  # no SCD patient in 400: the cohort rows say so
