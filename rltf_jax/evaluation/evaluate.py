@@ -343,7 +343,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   timing["total_s"] = time.perf_counter() - t0
   result = dict(
       kind=METRICS_KIND, version=METRICS_VERSION, method=method, cohort=cohort.name,
-      cohort_abbrev=cohort.abbrev, cohort_definition=dataclasses.asdict(cohort),
+      cohort_abbrev=cohort.abbrev, cohort_definition=runs.plain(dataclasses.asdict(cohort)),
       cohort_acute=cohort.acute, settings=settings,
       design=dict(split=plan.counts["test"]["split"], weighted=fidelity["weighted"],
                   validation_weight_range=[float(wv.min()), float(wv.max())] if len(wv) else None,
