@@ -1,5 +1,5 @@
 """Cohorts defined by the user: exact codes, prefixes and regexes, ACES predicates, clear errors for
-bad definitions, and a whole smoke run on a user cohort."""
+bad definitions, and a whole smoke run on a user cohort of the MIMIC-IV demo."""
 
 import json
 import sys
@@ -69,21 +69,6 @@ def test_a_builtin_name_or_a_missing_file_is_refused(tmp_path):
     cohorts.read_definition(str(tmp_path / "absent.json"))
 
 
-def test_a_smoke_run_on_a_user_cohort(tmp_path):
-  path = _write(tmp_path, "hypertension.json", dict(name="htn_any", disease="Hypertension",
-                                                     abbrev="HTN", codes=["I10*"], chronic=True))
-  cfg = base_config.get_config("smoke")
-  cfg.cohort = path
-  cfg.methods = ("base",)
-  assert pipeline.run(cfg, str(tmp_path / "work")) == 0
-  run = tmp_path / "work" / "htn_any"
-  saved = json.loads((run / "cohort.json").read_text())
-  assert saved["cohort"]["codes"] == ["ICD10CM/I10"] and saved["acute"] is False
-  metrics = json.loads((run / "eval" / "base" / "metrics.json").read_text())
-  assert metrics["cohort"] == "htn_any" and metrics["cohort_definition"]["abbrev"] == "HTN"
-  assert "**HTN (Hypertension)**, a chronic cohort" in (run / "report" / "report.md").read_text()
-
-
 def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp_path):
   """The README's "Your own data" walk-through on the MIMIC-IV demo: convert to MEDS, define sepsis
   over ICD-10-CM and ICD-9-CM, run at smoke size, synthesize a MEDS dataset that reads back."""
@@ -103,8 +88,14 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   cfg.eval.num_train_patients = cfg.eval.num_membership_patients = 20
   work = tmp_path / "work"
   assert pipeline.run(cfg, str(work)) == 0
-  resolved = json.loads((work / "sepsis_icd9_10" / "cohort.json").read_text())["cohort"]["codes"]
+  saved = json.loads((work / "sepsis_icd9_10" / "cohort.json").read_text())
+  resolved = saved["cohort"]["codes"]
   assert any(c.startswith("ICD9CM/038") for c in resolved) and "ICD10CM/A419" in resolved
+  assert saved["acute"] is True
+  metrics = json.loads((work / "sepsis_icd9_10" / "eval" / "rltf" / "metrics.json").read_text())
+  assert metrics["cohort"] == "sepsis_icd9_10" and metrics["cohort_definition"]["abbrev"] == "Sepsis"
+  report = (work / "sepsis_icd9_10" / "report" / "report.md").read_text()
+  assert "**Sepsis (Sepsis (ICD-10-CM A40-A41" in report and "an acute cohort" in report
   out = synthesize.synthesize(work / "sepsis_icd9_10", "rltf", 12, "continue", tmp_path / "synthetic")
   ds, _ = meds.read_meds(out)
   assert ds.num_patients == 12 and "real histories" in (out / "README.md").read_text()
