@@ -2,6 +2,7 @@
 reproduction's evidence (the README's Reproduction section).
 
   python -m rltf_jax.sweep --config=configs/sweeps/rare_cohorts.py            # laptop size, hours
+  python -m rltf_jax.sweep --config=configs/sweeps/rare_cohorts.py:sft        # + SFT at seed 0
   python -m rltf_jax.evaluation.reproduction --readme README.md               # the verdicts
 
 The base model pretrains on the population at the paper's prevalences (the default run's data
@@ -20,10 +21,10 @@ RARE = ("scd", "sep", "surg", "ami", "cvd", "pleu", "shock")
 
 
 def get_config(arg=None):
-  cfg = base.get_config(arg)
-  # Base and RLTF only: 21 runs of both take about 1.5-2 hours on 2 cores; SFT's comparison is
-  # the default SCD run's (launch.py runs base, rltf and sft).
-  cfg.methods = ("base", "rltf")
+  cfg = base.get_config(arg if arg in ("smoke", "paper") else None)
+  # Base and RLTF over three seeds: 21 runs take about 1.5 hours on 2 cores. `:sft` adds SFT at
+  # seed 0 to the same run directories (the base model's evaluation is reused).
+  cfg.methods = ("base", "sft") if arg == "sft" else ("base", "rltf")
   cfg.eval.num_test_patients = 3_000
   cfg.eval.model_fraction = 0.5
   return cfg
@@ -34,4 +35,4 @@ def get_sweep(arg=None):
 
 
 def get_seeds(arg=None):
-  return (0, 1, 2)
+  return (0,) if arg == "sft" else (0, 1, 2)

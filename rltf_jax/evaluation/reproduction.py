@@ -71,11 +71,11 @@ def collect_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, list[str]
     cohort = run["overrides"].get("cohort", base_cfg.cohort)
     name = run.get("run_name", run["name"])
     cohort_dir = root / (get_cohort(cohort).name + (f"-{name}" if name else ""))
-    for method in base_cfg.methods:
+    for method in dict.fromkeys(tuple(base_cfg.methods) + ("base", "rltf", "sft")):
       d = cohort_dir / "eval" / method
       if (d / "metrics.json").exists() and (d / "per_patient.npz").exists():
         found.setdefault(cohort, {}).setdefault(run["seed"], {})[method] = d
-      else:
+      elif method in base_cfg.methods:
         missing.append(f"{cohort} seed {run['seed']} {method}")
   return root, found, missing
 
