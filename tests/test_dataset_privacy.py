@@ -45,5 +45,22 @@ def test_the_table_has_a_row_per_data_and_population():
   out = dp.evaluate_dataset(ds.select(np.arange(0, 100)), ds.select(np.arange(100, 300)),
                             ds.select(np.arange(300, 400)), get_cohort("scd").codes, num_samples=20)
   table = dp.privacy_table(out)
-  assert table.count("\n") == 1 + 3 * 2 and "| copy | all (100) |" in table
+  assert "| copy | all (100) |" in table and table.count("| marginals |") == 4
   assert "fewer than 2 patients" in table  # no SCD patient in 400: the cohort rows say so
+
+
+def test_fidelity_anchors_copy_is_close_and_marginals_lose_the_cooccurrences():
+  cfg = simulator.get_config()
+  ds = story.simulate(cfg, 1600, 13)
+  train, holdout = ds.select(np.arange(0, 800)), ds.select(np.arange(800, 1600))
+  out = dp.evaluate_dataset(train, train, holdout, get_cohort("dm").codes, num_samples=20, seed=0)
+  copy, marg = out["copy"]["fidelity"]["all"], out["marginals"]["fidelity"]["all"]
+  # Real records from the same population: prevalences agree, detection is near chance.
+  assert copy["prevalence"]["common"]["r2_identity"] > 0.9 and abs(copy["detection"]["auroc"] - 0.5) < 0.1
+  # Independent codes keep the prevalences but lose the co-occurrences, and are detectable.
+  assert marg["prevalence"]["common"]["r2_identity"] > 0.8
+  assert marg["cooccurrence"]["r2_identity"] < copy["cooccurrence"]["r2_identity"] - 0.1
+  assert marg["detection"]["auroc"] > copy["detection"]["auroc"] + 0.1
+  gen = out["generator"]["fidelity"]["all"]["distributions"]
+  assert set(gen) == {"record_events", "visits", "codes_per_visit", "age_years", "days_between_visits"}
+  assert gen["record_events"]["ks"] < 0.15  # two samples of one population
