@@ -7,7 +7,9 @@
 Modes:
   patients   whole synthetic patients from scratch (the decoder methods: base, rltf, sft);
   continue   real held-out prompts (the evaluation's patients, last T events removed) completed by
-             the generator: the paper's mode; the prompts are real histories, the data card says so;
+             the generator: the paper's mode; drawn in proportion to the design weights, so that a
+             cohort-enriched evaluation sample gives prompts as the population has them; the
+             prompts are real histories, the data card says so;
   enriched   as `continue`, with `--share` of the prompts taken from the cohort's members, so that
              about that share of the synthetic records belong to the cohort (the card says how many
              do).
@@ -69,10 +71,13 @@ def _prompts(ctx, num: int, share: float | None, seed: int) -> PatientEvents:
   T, min_prompt = int(cfg.truncate_events), int(cfg.min_prompt_events)
   pool, _ = conditional.sample_patients(ctx.dataset, ctx.design.eval_split, 0, seed, T, min_prompt)
   member = ctx.dataset.select(pool).patients_with_any(ctx.cohort.codes)
-  if share is None:  # as the population: a uniform draw
-    pick = np.sort(np.random.default_rng(seed).choice(len(pool), min(num, len(pool)), replace=False))
+  prior = ctx.design.inclusion[pool]
+  if share is None:  # as the population: drawn in proportion to the design weights
+    w = 1.0 / prior
+    pick = np.sort(np.random.default_rng(seed).choice(len(pool), min(num, len(pool)), replace=False,
+                                                      p=w / w.sum()))
   else:
-    pick, _ = enrich.stratified_sample(np.ones(len(pool)), member, num, share, seed)
+    pick, _ = enrich.stratified_sample(prior, member, num, share, seed)
   if len(pick) < num:
     raise DataError(f"only {len(pick)} held-out patients can be prompts ({ctx.design.eval_split} split, "
                     f"at least {T + min_prompt} events); ask for --patients {len(pick)} or fewer")

@@ -37,3 +37,36 @@ def tiny_dataset():
       day=[10000, 10000, 10400, 12000, 12000, 12100, 12100],
       visit=[0, 0, 1, 0, 0, 1, 1], pos=[11, 11, 11, 23, 23, 21, 21], codes=codes,
       split=[0, 0, 2])
+
+
+ENRICHED_SWEEP = """
+from configs import base
+
+def get_config(arg=None):
+  cfg = base.get_config("smoke", cohort="shock")
+  cfg.methods = ("base", "rltf")
+  cfg.data.min_cohort_percent = 0.0   # the population at the paper's prevalence
+  cfg.data.enrich.patients = 30_000   # and an enriched sample beside it
+  cfg.data.enrich.workers = 1
+  cfg.eval.num_test_patients = 120
+  return cfg
+
+def get_sweep(arg=None):
+  return [dict(name="shock", run_name="", overrides={})]
+"""
+
+
+@pytest.fixture(scope="session")
+def enriched_sweep(tmp_path_factory):
+  """(sweep config path, work directory): a one-cohort smoke sweep (Shock, base and RLTF) on a
+  population at the paper's prevalence with a cohort-enriched sample; finished once per session
+  and shared by the tests that read a finished run (reproduction, synthesize)."""
+  import sys
+  sys.path.insert(0, str(REPO))
+  from rltf_jax import sweep
+  root = tmp_path_factory.mktemp("enriched_sweep")
+  spec = root / "one_cohort.py"
+  spec.write_text(ENRICHED_SWEEP)
+  work = root / "work"
+  assert sweep.run_sweep(str(spec), str(work)) == 0
+  return spec, work

@@ -3,7 +3,6 @@ evaluation, and the Reproduction section built from it (and spliced into a READM
 
 import json
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -11,33 +10,16 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
-from rltf_jax import io, sweep  # noqa: E402
+from rltf_jax import io  # noqa: E402
 from rltf_jax.data import enrich  # noqa: E402
 from rltf_jax.errors import DataError  # noqa: E402
 from rltf_jax.evaluation import reproduction  # noqa: E402
 
-SWEEP = '''
-from configs import base
-
-def get_config(arg=None):
-  cfg = base.get_config("smoke", cohort="shock")
-  cfg.methods = ("base", "rltf")
-  cfg.data.min_cohort_percent = 0.0   # the population at the paper's prevalence
-  cfg.data.enrich.patients = 30_000   # and an enriched sample beside it
-  cfg.data.enrich.workers = 1
-  cfg.eval.num_test_patients = 120
-  return cfg
-
-def get_sweep(arg=None):
-  return [dict(name="shock", run_name="", overrides={})]
-'''
 
 
-def test_enriched_sweep_is_weighted_and_gives_a_reproduction_section(tmp_path):
-  spec = tmp_path / "one_cohort.py"
-  spec.write_text(textwrap.dedent(SWEEP))
-  work = tmp_path / "work"
-  assert sweep.run_sweep(str(spec), str(work)) == 0
+
+def test_enriched_sweep_is_weighted_and_gives_a_reproduction_section(enriched_sweep, tmp_path):
+  spec, work = enriched_sweep
 
   m = json.loads((work / "shock" / "eval" / "rltf" / "metrics.json").read_text())
   assert m["design"]["split"] == "eval" and m["design"]["weighted"]

@@ -12,20 +12,16 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
-from configs import base as base_config  # noqa: E402
-from rltf_jax import pipeline, synthesize  # noqa: E402
+from rltf_jax import synthesize  # noqa: E402
 from rltf_jax.data import meds  # noqa: E402
 from rltf_jax.data.cohorts import get_cohort  # noqa: E402
 from rltf_jax.errors import ConfigError, DataError  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("work")
-  cfg = base_config.get_config("smoke", cohort="scd")
-  cfg.methods = ("base", "rltf")
-  assert pipeline.run(cfg, str(root)) == 0
-  return root / "scd"
+@pytest.fixture
+def run_dir(enriched_sweep):
+  """A finished cohort run (the session's enriched smoke sweep: Shock, base and RLTF)."""
+  return enriched_sweep[1] / "shock"
 
 
 def test_whole_patients_read_back_with_provenance_and_card(run_dir, tmp_path):
@@ -36,8 +32,8 @@ def test_whole_patients_read_back_with_provenance_and_card(run_dir, tmp_path):
   meta = json.loads((out / "metadata" / "dataset.json").read_text())
   prov = meta["provenance"]
   assert meta["synthetic"] and prov["method"] == "rltf" and prov["mode"] == "patients"
-  assert prov["model"] and prov["config"]["cohort"] == "scd" and prov["synthetic_patients"] == 25
-  labels = pq.read_table(out / "labels" / "scd.parquet")
+  assert prov["model"] and prov["config"]["cohort"] == "shock" and prov["synthetic_patients"] == 25
+  labels = pq.read_table(out / "labels" / "shock.parquet")
   meds_package.LabelSchema.validate(labels)
   assert labels.num_rows == 25 and labels.column("boolean_value").to_pylist().count(True) == \
       prov["synthetic_in_cohort"]
@@ -49,7 +45,7 @@ def test_whole_patients_read_back_with_provenance_and_card(run_dir, tmp_path):
 
 
 def test_continuations_and_enriched_share(run_dir, tmp_path):
-  codes = get_cohort("scd").codes
+  codes = get_cohort("shock").codes
   plain = synthesize.synthesize(run_dir, "base", 40, "continue", tmp_path / "cont")
   rich = synthesize.synthesize(run_dir, "base", 40, "enriched", tmp_path / "rich", share=0.5)
   plain_ds, _ = meds.read_meds(plain)
