@@ -42,6 +42,7 @@ from rltf_jax.data import enrich, meds
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.errors import ConfigError, DataError, cli_main
 from rltf_jax.evaluation import conditional
+from rltf_jax.evaluation.results import fmt, lookup
 
 MODES = ("patients", "continue", "enriched")
 
@@ -168,7 +169,7 @@ def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict) ->
            f"- Patients: {ds.num_patients:,}; events: {ds.num_events:,}.",
            f"- In the cohort (a target code anywhere in the record): {int(in_cohort.sum()):,} "
            f"({100 * in_cohort.mean():.2f}%); in the real population (training split): "
-           f"{_f(None if facts['population_cohort_fraction'] is None else 100 * facts['population_cohort_fraction'], 3)}%."]
+           f"{fmt(None if facts['population_cohort_fraction'] is None else 100 * facts['population_cohort_fraction'], 3)}%."]
   if request["mode"] != "patients":
     lines.append("- **The prompts are real histories** of held-out patients (the evaluation's; the "
                  f"last {ctx.cfg.eval.truncate_events} events of each were replaced by generated "
@@ -176,7 +177,7 @@ def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict) ->
   if m_path.exists():
     m = json.loads(m_path.read_text())
     t, mem = m["fidelity"]["target"], m.get("memorization", {})
-    get = _get
+    get = lookup
     facts["evaluation"] = dict(
         recall=get(t, "recall", "value"), precision=get(t, "precision", "value"),
         rouge1=get(m, "fidelity", "rouge1", "value"),
@@ -188,27 +189,15 @@ def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict) ->
     e = facts["evaluation"]
     lines += ["", f"The evaluation of this generator (`{m_path}`; population-weighted where the "
               "evaluation sample was enriched):",
-              f"- target recall {_f(e['recall'])}, precision {_f(e['precision'])}; ROUGE-1 {_f(e['rouge1'], 3)};",
-              f"- CatBoost trained on its synthetic records: AUROC {_f(e['auroc_synthetic'], 3)} "
-              f"(on real records: {_f(e['auroc_real'], 3)});",
-              f"- membership-inference AUC {_f(e['membership_auc'], 3)} (0.5: training patients "
+              f"- target recall {fmt(e['recall'])}, precision {fmt(e['precision'])}; ROUGE-1 {fmt(e['rouge1'], 3)};",
+              f"- CatBoost trained on its synthetic records: AUROC {fmt(e['auroc_synthetic'], 3)} "
+              f"(on real records: {fmt(e['auroc_real'], 3)});",
+              f"- membership-inference AUC {fmt(e['membership_auc'], 3)} (0.5: training patients "
               f"cannot be told apart); generated continuations equal to a training one: "
-              f"{_f(e['copies_of_training_continuations'], 4)}."]
+              f"{fmt(e['copies_of_training_continuations'], 4)}."]
   else:
     lines += ["", f"No evaluation of this generator was found at `{m_path}`."]
   return "\n".join(lines) + "\n", facts
-
-
-def _get(d, *keys):
-  for k in keys:
-    if not isinstance(d, dict) or k not in d:
-      return None
-    d = d[k]
-  return d
-
-
-def _f(x, digits: int = 2) -> str:
-  return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
