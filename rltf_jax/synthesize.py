@@ -53,8 +53,6 @@ def _context(run_dir: Path):
     raise ConfigError(f"{run_dir}: no config.json; pass a finished cohort directory of launch.py "
                       "(e.g. runs/simulator-default/scd)")
   cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-  for section in ("sampling",):  # tuples come back from JSON as lists
-    cfg[section].buckets = tuple(cfg[section].buckets)
   return pipeline.open_context(cfg, run_dir.parent)
 
 

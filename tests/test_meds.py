@@ -219,3 +219,12 @@ def test_written_datasets_declare_their_meds_version_and_extension_columns(tmp_p
   meds_package.DatasetMetadataSchema.validate(meta)
   for shard in (out / "data").glob("*.parquet"):
     meds_package.DataSchema.validate(pq.read_table(shard))
+
+
+def test_cohort_labels_by_hand(tiny_dataset):
+  t = meds.cohort_labels(tiny_dataset, ["ICD10CM/D573"])
+  assert t.column("boolean_value").to_pylist() == [False, True, False]
+  day_us = 86_400 * 10**6
+  ends = t.column("prediction_time").cast(pa.int64()).to_pylist()
+  # the end of each record's last day; a record without events ends on its birth day
+  assert ends == [10401 * day_us - 1, 12101 * day_us - 1, 7306 * day_us - 1]

@@ -436,8 +436,9 @@ def cohort_labels(ds: PatientEvents, codes) -> pa.Table:
   occurs in the record, `prediction_time` = the end of the record's last day (the label uses the
   whole record)."""
   member = ds.patients_with_any(codes)
-  last = np.array([ds.day[ds.offsets[i + 1] - 1] if ds.offsets[i + 1] > ds.offsets[i] else ds.birth_day[i]
-                   for i in range(ds.num_patients)], np.int64)
+  ends = ds.offsets[1:]
+  last = np.where(ds.lengths > 0, ds.day[np.maximum(ends - 1, 0)] if ds.num_events else 0,
+                  ds.birth_day).astype(np.int64)
   end_us = (last + 1) * 86_400 * 10**6 - 1
   return pa.table({"subject_id": pa.array(ds.subject_id, pa.int64()),
                    "prediction_time": pa.array(end_us, pa.int64()).cast(pa.timestamp("us")),

@@ -36,8 +36,9 @@ def _agreement(real: np.ndarray, syn: np.ndarray) -> dict:
   r, s = real[keep], syn[keep]
   if len(r) < 2:
     return dict(codes=int(len(r)), pearson_r=None, r2_identity=None)
-  row = metrics.agreement_rows(r, s)
-  return dict(codes=int(len(r)), pearson_r=metrics._py(row[0, 0]), r2_identity=metrics._py(row[0, 1]))
+  r_value, r2 = metrics.agreement_rows(r, s)[0]
+  finite = lambda x: float(x) if np.isfinite(x) else None
+  return dict(codes=int(len(r)), pearson_r=finite(r_value), r2_identity=finite(r2))
 
 
 def prevalence_by_bucket(real: sp.csr_matrix, syn: sp.csr_matrix) -> dict:
