@@ -11,12 +11,20 @@ Orbax checkpoints for any trainer: `latest/` to resume, `best/` to use. Layout u
 
 Restoring needs the abstract state (shapes/dtypes, e.g. from `jax.eval_shape` of the init), so
 that arrays come back with the right structure (and, with shardings in the abstract leaves,
-directly in their sharded layout). Writes are synchronous: the trainers donate their state to the
-next step, and an asynchronous save would read buffers that the step is about to overwrite.
+directly in their sharded layout).
+
+Trainers write asynchronously (`Checkpointer(..., asynchronous=True)`): `save` returns once orbax has
+copied the arrays to host memory (its default, synchronous device-to-host transfer, which orbax
+documents as safe against donation: the trainers donate their state to the next step), and the
+files are written in a background thread while training goes on. `wait()` and `close()` wait for
+the writes; the loop closes its `Checkpointer` before returning or raising, so a run never reports
+a checkpoint (finished, preempted, diverged) that is still being written. Everyone else writes
+synchronously.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -44,9 +52,9 @@ BASELINE_ATTRIBUTES_FILE = "attributes.npz"  # visit statistics that date and pl
 LEGACY_MODEL_FIELDS = dict(compute_dtype="float32")
 
 
-def _manager(path: Path, keep: int = 1) -> ocp.CheckpointManager:
+def _manager(path: Path, keep: int = 1, asynchronous: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(path.absolute(), options=options)
 
 
@@ -66,14 +74,28 @@ def _split_params(state):
   return None, state
 
 
-def _save(mngr: ocp.CheckpointManager, step: int, args, where: Path) -> None:
+def _save(mngr: ocp.CheckpointManager, step: int, args, where: Path, wait: bool = True) -> None:
   """Saves `step` (replacing it: a rerun after a kill between two checkpoint writes saves a step
-  again, and the newer write wins); a storage failure becomes one `StorageError` line."""
-  try:
+  again, and the newer write wins); a storage failure becomes one `StorageError` line. Without
+  `wait` the files are written in the background (`_wait`)."""
+  with _storage_errors(where, step):
+    mngr.wait_until_finished()  # a pending write of this step would land after the delete
     if step in mngr.all_steps():
       mngr.delete(step)
     mngr.save(step, args=args, force=True)
+    if wait:
+      mngr.wait_until_finished()
+
+
+def _wait(mngr: ocp.CheckpointManager, where: Path) -> None:
+  with _storage_errors(where, mngr.latest_step()):
     mngr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _storage_errors(where: Path, step):
+  try:
+    yield
   except Exception as e:  # orbax wraps OSErrors in its own (asyncio, tensorstore) exceptions
     if is_storage_failure(e):
       raise StorageError(f"{where}/{step}: {storage_message(e)}") from e
@@ -83,10 +105,11 @@ def _save(mngr: ocp.CheckpointManager, step: int, args, where: Path) -> None:
 class Checkpointer:
   """Latest + best checkpoints of one run directory."""
 
-  def __init__(self, directory: str | Path):
+  def __init__(self, directory: str | Path, asynchronous: bool = False):
     self.dir = Path(directory)
-    self._latest = _manager(self.dir / LATEST)
-    self._best = _manager(self.dir / BEST)
+    self._wait_each = not asynchronous
+    self._latest = _manager(self.dir / LATEST, asynchronous=asynchronous)
+    self._best = _manager(self.dir / BEST, asynchronous=asynchronous)
 
   # ---------------------------------------------------------------- latest (resume)
   def latest_step(self) -> int | None:
@@ -97,7 +120,7 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(dict(meta or {}, step=step)))
     if params is not None:
       items["params"] = ocp.args.StandardSave(params)
-    _save(self._latest, step, ocp.args.Composite(**items), self.dir / LATEST)
+    _save(self._latest, step, ocp.args.Composite(**items), self.dir / LATEST, self._wait_each)
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
     """(state, meta) of the newest checkpoint, or None when there is none."""
@@ -120,6 +143,7 @@ class Checkpointer:
 
   # ---------------------------------------------------------------- best (use)
   def best_meta(self) -> dict | None:
+    _wait(self._best, self.dir / BEST)  # a step still being written cannot be read
     step = self._best.latest_step()
     if step is None:
       return None
@@ -128,22 +152,32 @@ class Checkpointer:
   def save_best(self, step: int, params: Any, meta: dict | None = None) -> None:
     _save(self._best, step, ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
-        self.dir / BEST)
+        self.dir / BEST, self._wait_each)
 
   def restore_params(self, abstract_params: Any, which: str = BEST) -> Any:
     """Parameters of the best (or latest) checkpoint."""
     if which not in (BEST, LATEST):
       raise ValueError(f"which must be {BEST!r} or {LATEST!r}, got {which!r}")
     mngr = self._best if which == BEST else self._latest
+    _wait(mngr, self.dir / which)
     step = mngr.latest_step()
     if step is None:
       raise DataError(f"{self.dir / which}: no checkpoint; train first (or point to another run)")
     got = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(abstract_params))))
     return got["params"]
 
+  def wait(self) -> None:
+    """Returns when every checkpoint saved so far is on disk."""
+    _wait(self._latest, self.dir / LATEST)
+    _wait(self._best, self.dir / BEST)
+
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    """Waits for the writes (`wait`), then releases the managers."""
+    try:
+      self.wait()
+    finally:
+      self._latest.close()
+      self._best.close()
 
 
 def restore_params(ckpt_dir: str | Path, abstract_params: Any, which: str = BEST) -> Any:

@@ -11,7 +11,11 @@ initial state and a batch function; `train` owns everything else:
   parameters with the lowest `best_metric` of the evaluation, or the final ones without one;
 - `metrics.jsonl`: one JSON line per logged step and per evaluation; a resumed run first drops the
   lines past its checkpoint, so the file holds each step once;
-- the progress line: tokens/s and ETA, leaving compilation, evaluation and checkpointing out.
+- the progress line: tokens/s and ETA, leaving compilation, evaluation and checkpointing out;
+- preemption: on SIGTERM the step in progress finishes, `latest/` is saved and `Preempted` ends
+  the process with status 143 (`rltf_jax.preemption`); a rerun resumes from that step.
+  Checkpoints are written asynchronously (orbax), and every write is waited for before `train`
+  returns or raises.
 
 A step is `(state, batch) -> (state, metrics)` with state = dict(params, opt_state, step), made by
 `make_step` from a loss and jitted once per configuration by `compile_step` (state replicated and
@@ -37,6 +41,7 @@ from jax.sharding import Mesh
 from rltf_jax import io
 from rltf_jax.checkpoints import Checkpointer
 from rltf_jax.errors import TrainingError
+from rltf_jax.preemption import Preempted, Watch
 from rltf_jax.training.mesh import data_sharding, replicated
 
 METRICS_FILE = "metrics.jsonl"
@@ -123,7 +128,21 @@ def train(run_dir: str | Path, step: CompiledStep, init_args: tuple, batches: Ca
   call after that many steps, as an interruption would (tests use it).
   """
   run_dir = Path(run_dir)
-  ckpt = Checkpointer(run_dir)
+  ckpt = Checkpointer(run_dir, asynchronous=True)
+  try:
+    with Watch() as preemption:
+      return _train(run_dir, ckpt, preemption, step, init_args, batches, name=name,
+                    total_steps=total_steps, log_every=log_every, ckpt_every=ckpt_every,
+                    eval_every=eval_every, evaluate=evaluate, best_metric=best_metric,
+                    finite_keys=finite_keys, show=show, log_fields=log_fields,
+                    stop_after=stop_after, verbose=verbose)
+  finally:
+    ckpt.close()  # waits for the background writes, also on the way out of an error
+
+
+def _train(run_dir: Path, ckpt: Checkpointer, preemption: Watch, step: CompiledStep, init_args,
+           batches, *, name, total_steps, log_every, ckpt_every, eval_every, evaluate, best_metric,
+           finite_keys, show, log_fields, stop_after, verbose) -> Result:
   writer = MetricsWriter(run_dir / METRICS_FILE)
   restored = ckpt.restore_latest(step.state_abstract)
   if restored is None:
@@ -165,7 +184,8 @@ def train(run_dir: str | Path, step: CompiledStep, init_args: tuple, batches: Ca
       record(*pending)
     pending = (i, metrics)
     do_eval = evaluate is not None and eval_every > 0 and ((i + 1) % eval_every == 0 or i + 1 == total_steps)
-    if do_eval or (i + 1) % ckpt_every == 0 or i + 1 == end:
+    stop = preemption.requested(i + 1)
+    if do_eval or (i + 1) % ckpt_every == 0 or i + 1 == end or stop:
       record(*pending)  # a checkpoint never holds a state whose step diverged
       pending = None
       paused = time.perf_counter()
@@ -181,6 +201,12 @@ def train(run_dir: str | Path, step: CompiledStep, init_args: tuple, batches: Ca
             ckpt.save_best(i + 1, state["params"], last_eval)
       ckpt.save_latest(i + 1, state, dict(last, best=best, evaluation=last_eval))
       progress.pause(time.perf_counter() - paused)  # evaluation and saving are not training speed
+    if stop:
+      ckpt.wait()
+      message = (f"{name}: SIGTERM: stopped after step {i + 1} of {total_steps} with a checkpoint in "
+                 f"{run_dir / 'latest'}; the same command resumes from it")
+      print(message, file=sys.stderr, flush=True)
+      raise Preempted(message)
   if pending is not None:
     record(*pending)
   finished = end == total_steps
@@ -188,7 +214,6 @@ def train(run_dir: str | Path, step: CompiledStep, init_args: tuple, batches: Ca
     # No evaluation chose a best step: the final parameters are the ones to use, so `best/` holds
     # them and every model is loaded the same way.
     ckpt.save_best(total_steps, state["params"], dict(last))
-  ckpt.close()
   return Result(finished, dict(last), best, last_eval)
 
 
