@@ -1,6 +1,8 @@
 """Runs one experiment from a config: `python launch.py --config=configs/scd.py [--workdir=DIR]`.
 
-Everything happens in `rltf_jax.pipeline`; this file only parses flags.
+Everything happens in `rltf_jax.pipeline`; this file only parses flags. `--distributed` (one
+process per host or GPU of a multi-process job, see `launch/`) starts `jax.distributed` first and
+builds the data and the base model with every process (`rltf_jax.batch.run_distributed`).
 """
 
 from absl import app, flags
@@ -9,14 +11,21 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "experiment config file (e.g. configs/scd.py:smoke)",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "work directory (default: runs/<cohort>-<size>)")
+flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the environment "
+                  "(SLURM, Open MPI, TPU VM), then the data and base model over all processes")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   del argv
-  from rltf_jax import pipeline
+  from rltf_jax import batch, pipeline
   from rltf_jax.errors import cli_main
-  cli_main(lambda: pipeline.run(flags.FLAGS.config, flags.FLAGS.workdir))
+  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if flags.FLAGS.distributed:
+    batch.initialize_distributed()  # once, before any JAX use
+    cli_main(lambda: batch.run_distributed(cfg, workdir))
+  else:
+    cli_main(lambda: pipeline.run(cfg, workdir))
 
 
 if __name__ == "__main__":

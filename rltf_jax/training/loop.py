@@ -238,13 +238,19 @@ def check_finite(metrics: Mapping[str, float], step: int, *, keys=("loss", "grad
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `path` (each line written and flushed in one call)."""
+  """Appends one JSON object per line to `path` (each line written and flushed in one call).
+
+  Of several processes (`jax.distributed`), process 0 alone writes: every process computes the
+  same replicated metrics, and appends from all of them would repeat each line."""
 
   def __init__(self, path: str | Path):
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.enabled = jax.process_index() == 0
 
   def write(self, record: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
     line = json.dumps({k: _plain(v) for k, v in record.items()}, sort_keys=True) + "\n"
     with open(self.path, "a") as f:
       f.write(line)
@@ -252,7 +258,7 @@ class MetricsWriter:
 
   def truncate_after(self, step: int) -> None:
     """Drops the lines of steps after `step` (written before an interruption, about to be redone)."""
-    if not self.path.exists():
+    if not self.enabled or not self.path.exists():
       return
     lines = self.path.read_text().splitlines(keepends=True)
     keep = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
