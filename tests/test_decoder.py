@@ -146,3 +146,39 @@ def test_explicit_mask_and_positions_pack_two_continuations(model):
                                      attention_mask=mask[None], targets=targets))
   np.testing.assert_allclose(got[0, :7], unpacked[0, :7], atol=2e-5)   # prompt + tail A
   np.testing.assert_allclose(got[0, 8:11], unpacked[1, 4:7], atol=2e-5)  # tail B
+
+
+def factorised_model(head_codes=10, tail_rank=8):
+  cfg = tiny_model_config()
+  cfg.head_codes, cfg.tail_rank = head_codes, tail_rank
+  return dec.init_decoder(cfg, 40, seed=3)
+
+
+def test_factorised_head_is_one_distribution_and_every_path_scores_it_alike():
+  """The frequency-factorised code head (model.head_codes): its [.., V] output is a normalised
+  log-distribution, and `code_logprobs` (which skips the full softmax and gathers the tail's
+  positions into a budget) gives the same numbers as picking from it, both when the tail codes fit
+  the budget and when they do not (the exact branch). The KV-cache path agrees with the full pass."""
+  graphdef, params = model = factorised_model()
+  assert "tail_unembed" in params and params["unembed"]["kernel"].shape == (32, 11)
+  for hi, within_budget in ((40, False), (12, True)):   # codes 10, 11 are the tail's first two
+    rng = np.random.default_rng(hi)
+    b = random_batch(rng, b=4, l=16, vocab=hi, lens=(16, 9, 12, 5))
+    targets = np.asarray(dec.next_tokens(b).tokens)
+    real = targets != PAD
+    assert ((targets[real] >= 10).sum() <= real.size // 4) == within_budget
+    logits = jax.jit(dec.forward, static_argnums=0)(graphdef, params, b)["code_logits"]
+    np.testing.assert_allclose(np.asarray(jax.nn.logsumexp(logits, -1)), 0.0, atol=1e-5)
+    picked = np.take_along_axis(np.asarray(logits), targets[..., None], -1)[..., 0]
+    lp = np.asarray(jax.jit(dec.code_logprobs, static_argnums=0)(graphdef, params, b))
+    np.testing.assert_allclose(lp[real], picked[real], atol=1e-5)
+    assert np.all(lp[~real] == 0.0)
+    # Gradients reach the tail's parameters exactly when some target is a tail code.
+    grad = jax.grad(lambda p: dec.code_logprobs(graphdef, p, b).sum())(params)
+    assert np.abs(np.asarray(grad["tail_unembed"]["kernel"])).sum() > 0
+  check_kv_cache_matches_full_forward(model, atol=2e-5)
+
+
+def test_factorised_head_falls_back_to_one_head_when_the_vocabulary_is_small():
+  graphdef, params = factorised_model(head_codes=40)
+  assert "tail_unembed" not in params and params["unembed"]["kernel"].shape == (32, 40)

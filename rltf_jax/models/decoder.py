@@ -13,6 +13,14 @@ At position t the model therefore predicts the NEXT event in two stages:
      visit (`gap`, half-octave buckets, see `GAP_EDGES`);
   2. the code head, conditioned on those attributes:
      code_logits = unembed(h_t + e_new_visit + e_pos + e_gap).
+     With `model.head_codes` = K > 0 (the default size) the head is factorised by frequency, as an
+     adaptive softmax: token ids are in descending training frequency (`vocab.py`), the K most
+     frequent (~93% of events at K = 1024 on the simulator) get a full-width output row plus one
+     "tail" row, and the remaining codes a softmax of their own behind a rank-`tail_rank`
+     projection: log p(c) = log p_head(c) for c < K, log p_head(tail) + log p_tail(c) otherwise.
+     It is a normalised distribution over the same vocabulary at about a third of the head's FLOPs
+     (the head was two thirds of a step), which buys the base model the steps it needs to converge
+     in the same time (configs/base.py says what it cost in loss).
 In training the attributes are teacher-forced from the data (the next token's own); in sampling
 they are drawn first and then the code (see `rltf_jax.sampling.sampler`). Within a visit the next
 event keeps the place of service and gap 0, so the pos and gap heads are trained on new visits
@@ -199,7 +207,15 @@ class Decoder(nnx.Module):
     self.cond_new_visit = nnx.Embed(2, d, embedding_init=emb, rngs=rngs)
     self.cond_pos = nnx.Embed(NUM_POS, d, embedding_init=emb, rngs=rngs)
     self.cond_gap = nnx.Embed(NUM_GAP, d, embedding_init=emb, rngs=rngs)
-    self.unembed = nnx.Linear(d, vocab_size, use_bias=False, kernel_init=emb, rngs=rngs)
+    head = int(cfg.get("head_codes", 0))
+    self.head_codes = head if 0 < head < vocab_size else vocab_size  # K; K = V: one full head
+    if self.head_codes < vocab_size:
+      self.unembed = nnx.Linear(d, self.head_codes + 1, use_bias=False, kernel_init=emb, rngs=rngs)
+      self.tail_proj = nnx.Linear(d, int(cfg.tail_rank), use_bias=False, kernel_init=emb, rngs=rngs)
+      self.tail_unembed = nnx.Linear(int(cfg.tail_rank), vocab_size - self.head_codes, use_bias=False,
+                                     kernel_init=_normal(1.0 / np.sqrt(int(cfg.tail_rank))), rngs=rngs)
+    else:
+      self.unembed = nnx.Linear(d, vocab_size, use_bias=False, kernel_init=emb, rngs=rngs)
 
   # ---------------------------------------------------------------- trunk
   def embed(self, batch: TokenBatch):
@@ -264,10 +280,57 @@ class Decoder(nnx.Module):
     """dict of new_visit [.., 2], pos [.., NUM_POS], gap [.., NUM_GAP] logits for the next event."""
     return dict(new_visit=self.new_visit_head(hidden), pos=self.pos_head(hidden), gap=self.gap_head(hidden))
 
+  def _conditioned(self, hidden, new_visit, pos_row, gap):
+    """The code head's input: the hidden state plus the next event's attribute embeddings."""
+    return hidden + self.cond_new_visit(new_visit) + self.cond_pos(pos_row) + self.cond_gap(gap)
+
+  def _tail_logits(self, x):
+    low = precision.matmul(x, self.tail_proj.kernel[...], self.dtype)
+    return precision.matmul(low, self.tail_unembed.kernel[...], self.dtype)
+
   def code_logits(self, hidden, new_visit, pos_row, gap):
-    """f32 [.., V]: next code given the next event's attributes (int arrays shaped like hidden[..., 0])."""
-    cond = self.cond_new_visit(new_visit) + self.cond_pos(pos_row) + self.cond_gap(gap)
-    return precision.matmul(hidden + cond, self.unembed.kernel[...], self.dtype)
+    """f32 [.., V]: next code given the next event's attributes (int arrays shaped like hidden[..., 0]).
+    With the factorised head these are normalised log-probabilities (softmax gives the same
+    distribution, so samplers and filters treat them as logits)."""
+    x = self._conditioned(hidden, new_visit, pos_row, gap)
+    head = precision.matmul(x, self.unembed.kernel[...], self.dtype)
+    if self.head_codes == self.vocab_size:
+      return head
+    head = jax.nn.log_softmax(head, -1)
+    tail = jax.nn.log_softmax(self._tail_logits(x), -1)
+    return jnp.concatenate([head[..., :-1], head[..., -1:] + tail], -1)
+
+  def code_logprob(self, hidden, new_visit, pos_row, gap, code):
+    """f32 [..]: log p(code | history, attributes) for int `code` shaped like hidden[..., 0],
+    without building the [.., V] log-softmax.
+
+    With the factorised head only positions whose code is in the tail need the tail's softmax
+    (~7% of training targets): they are gathered into a fixed budget of a quarter of the positions,
+    and a batch with more tail codes than that takes the exact all-positions branch instead
+    (`lax.cond` runs one of the two), so the value never depends on the budget."""
+    x = self._conditioned(hidden, new_visit, pos_row, gap)
+    head = precision.matmul(x, self.unembed.kernel[...], self.dtype)
+    if self.head_codes == self.vocab_size:
+      return _pick_logprob(head, code)
+    k = self.head_codes
+    lp = _pick_logprob(head, jnp.minimum(code, k))
+    flat_x, flat_code = x.reshape(-1, x.shape[-1]), code.reshape(-1)
+    n = flat_code.shape[0]
+    in_tail = flat_code >= k
+    tail_lp = lambda rows: _pick_logprob(self._tail_logits(flat_x[rows]),
+                                         jnp.maximum(flat_code[rows] - k, 0))
+    everywhere = lambda: jnp.where(in_tail, tail_lp(jnp.arange(n)), 0.0)
+    budget = max(16, n // 4)
+    if budget >= n:
+      return lp + everywhere().reshape(code.shape)
+
+    def within_budget():
+      rows = jnp.nonzero(in_tail, size=budget, fill_value=0)[0]
+      used = jnp.arange(budget) < in_tail.sum()   # unused slots repeat row 0 and add nothing
+      return jnp.zeros(n, lp.dtype).at[rows].add(jnp.where(used, tail_lp(rows), 0.0))
+
+    tail = jax.lax.cond(in_tail.sum() <= budget, within_budget, everywhere)
+    return lp + tail.reshape(code.shape)
 
   def __call__(self, batch: TokenBatch, *, positions=None, attention_mask=None, targets=None):
     """All head outputs; the code head is teacher-forced on `targets` (default: the next tokens)."""
@@ -321,14 +384,15 @@ def event_logprobs(graphdef, params, batch: TokenBatch, *, positions=None, atten
   `targets[b, t]` is the token that follows position t (default: the next column of `batch`).
   """
   targets = next_tokens(batch) if targets is None else targets
-  out = forward(graphdef, params, batch, positions=positions, attention_mask=attention_mask,
-                targets=targets)
+  model = nnx.merge(graphdef, params)
+  h = model.hidden(batch, positions=positions, attention_mask=attention_mask)
   attrs = next_attributes(batch, targets)
+  out = model.attribute_logits(h)
   real = jnp.asarray(targets.tokens) != PAD
-  code = _pick_logprob(out["code_logits"], jnp.asarray(targets.tokens))
-  attr = _pick_logprob(out["new_visit_logits"], attrs.new_visit)
-  attr += jnp.where(attrs.new_visit == 1, _pick_logprob(out["pos_logits"], attrs.pos_row)
-                    + _pick_logprob(out["gap_logits"], attrs.gap), 0.0)
+  code = model.code_logprob(h, attrs.new_visit, attrs.pos_row, attrs.gap, jnp.asarray(targets.tokens))
+  attr = _pick_logprob(out["new_visit"], attrs.new_visit)
+  attr += jnp.where(attrs.new_visit == 1, _pick_logprob(out["pos"], attrs.pos_row)
+                    + _pick_logprob(out["gap"], attrs.gap), 0.0)
   return dict(code=jnp.where(real, code, 0.0), attributes=jnp.where(real, attr, 0.0))
 
 

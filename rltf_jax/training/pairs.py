@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -180,10 +179,8 @@ def pair_logps(graphdef, params, packed: PackedPairs):
   current = TokenBatch(*(take(a, parent) for a in row))
   target = TokenBatch(packed.target_token, *(take(a, col) for a in row[1:]))
   attrs = next_attributes(current, target)
-  logits_BxTxV = model.code_logits(hidden_BxTxD, attrs.new_visit, attrs.pos_row, attrs.gap)
-  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits_BxTxV, packed.target_token[..., None], axis=-1)[..., 0]
-  logp_BxT = picked - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  logp_BxT = model.code_logprob(hidden_BxTxD, attrs.new_visit, attrs.pos_row, attrs.gap,
+                                packed.target_token)
   seg = packed.target_segment
   chosen = jnp.where((seg == SEG_SHARED) | (seg == SEG_CHOSEN), logp_BxT, 0.0).sum(-1)
   rejected = jnp.where((seg == SEG_SHARED) | (seg == SEG_REJECTED), logp_BxT, 0.0).sum(-1)
