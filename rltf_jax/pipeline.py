@@ -212,6 +212,13 @@ def data_dir(cfg, root: Path) -> Path:
   return root / f"data-{runs.digest(cfg.data)[:10]}"
 
 
+def base_digest(cfg) -> str:
+  """The base model's key: the data config without `data.enrich` (the enriched sample is not in
+  the pretraining splits), the model and pretraining. Sweeps over N, P or the enrichment share it."""
+  population = {k: v for k, v in runs.plain(cfg.data).items() if k != "enrich"}
+  return runs.digest(population, cfg.model, cfg.pretrain)
+
+
 def cohort_name(spec: str) -> str:
   """A built-in cohort's key, or a user definition's name (`rltf_jax.data.cohorts`)."""
   return read_definition(spec)["name"] if is_definition(spec) else get_cohort(spec).name
@@ -243,7 +250,7 @@ def open_context(cfg, root: Path) -> Context:
   design = enrich.load_design(path, dataset, cohort)
   require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
   require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
-  base_dir = root / f"base-{runs.digest(cfg.data, cfg.model, cfg.pretrain)[:10]}"
+  base_dir = root / f"base-{base_digest(cfg)[:10]}"
   return Context(cfg, cohort, cohort_dir_of(cfg, root), dataset, vocab, base_dir, design)
 
 

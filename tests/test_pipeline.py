@@ -120,3 +120,22 @@ def test_bad_input_exits_nonzero_with_a_message_and_leaves_no_stage(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("data-*")) and not list(tmp_path.glob("scd*"))
+
+
+def test_base_model_key_ignores_the_enriched_sample_but_not_the_population(tiny_dataset):
+  """Sweeps over the enrichment (Table 2's larger pools) share one base model: its directory key
+  and its pretraining identity depend on the patients pretraining reads, not on the pool."""
+  cfg = base_config.get_config()
+  other = base_config.get_config()
+  other.data.enrich.patients *= 20
+  other.data.enrich.members_per_cohort = 6_000
+  assert pipeline.base_digest(cfg) == pipeline.base_digest(other)
+  other.data.num_patients += 1
+  assert pipeline.base_digest(cfg) != pipeline.base_digest(other)
+  # A code table with codes no selected patient has leaves the fingerprint unchanged.
+  import dataclasses
+  import numpy as np
+  wider = dataclasses.replace(tiny_dataset, codes=np.append(tiny_dataset.codes, "ICD10CM/Z999"))
+  assert wider.fingerprint() != tiny_dataset.fingerprint()
+  assert wider.used_codes_only().fingerprint() == tiny_dataset.used_codes_only().fingerprint()
+  assert wider.used_codes_only().equals(tiny_dataset)

@@ -182,6 +182,12 @@ class PatientEvents:
         split=self.split[idx], offsets=offsets, code=self.code[ev], day=self.day[ev],
         visit=self.visit[ev], pos=self.pos[ev], age=self.age[ev])
 
+  def used_codes_only(self) -> "PatientEvents":
+    """The same records with a code table of only the codes they use (in the table's order), so
+    that a subset's fingerprint does not depend on codes only other patients had."""
+    used, code = np.unique(self.code, return_inverse=True)
+    return dataclasses.replace(self, codes=self.codes[used], code=code.astype(self.code.dtype))
+
   def split_indices(self, name: str) -> np.ndarray:
     if name not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {name!r}")

@@ -240,14 +240,17 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
   call after that many steps (as an interruption would; tests use it).
   """
   pc = cfg.pretrain
+  train_idx = dataset.split_indices("train")
+  valid_idx = dataset.split_indices("valid")[:pc.num_valid_patients]
+  # Identified by the patients it reads, not the whole dataset: the enriched sample (splits
+  # pairs/eval) can change without touching the base model, so sweeps over it share one.
+  read = dataset.select(np.concatenate([train_idx, valid_idx])).used_codes_only()
   run = RunDir(workdir, "pretrain", dict(model=cfg.model, pretrain=pc),
-               dict(dataset=dataset.fingerprint(), vocab=vocab.fingerprint))
+               dict(dataset=read.fingerprint(), vocab=vocab.fingerprint))
   if run.done:
     if verbose:
       print(f"pretrain: {run.path} is finished; reusing it", flush=True)
     return run.path
-  train_idx = dataset.split_indices("train")
-  valid_idx = dataset.split_indices("valid")[:pc.num_valid_patients]
   if not run.file.exists():  # the files first: run.json marks a prepared directory
     run.path.mkdir(parents=True, exist_ok=True)
     save_decoder_files(run.path, cfg.model, vocab, start_prior(dataset, train_idx))
