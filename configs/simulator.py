@@ -8,6 +8,30 @@ listed in the catalog's generative order: a condition's risk factors come before
 Every Table-4 cohort is drawn by exact count at the paper's frequency (`TABLE4_PERCENT`); the
 laptop-size floor `data.min_cohort_percent` is applied when the data is drawn, not here, so that
 a command-line override of the floor takes effect.
+
+CALIBRATION. How well a cohort's non-target history predicts it is set per cohort so that the
+evaluation's real-record AUROC (CatBoost on non-target code counts, members vs non-members, as
+`rltf_jax/evaluation/utility.py` measures it) lies near the paper's Table 6 "Real" column: the
+paper's claims are that hard, and a simulator that is easier (or harder) would let a generator
+look better (or worse) than it could on the paper's data. The knobs, all acting in the visits and
+codes step, so prevalence (exact counts) and which condition emits a cohort's target codes do not
+change:
+  workup_prob  (acute cohorts) the share of episodes seen with their work-up (presenting
+               complaint, related codes, procedures, drugs, an emergency or inpatient place of
+               service, a follow-up visit); the rest are coded at an office visit with no
+               companions, visible to a classifier only through their risk factors.
+               AUROC rises with it, from the risk-factor floor to about 0.99.
+  item_scale   (every condition; used on dm, lipid and cond) a multiplier on the catalog's
+               probabilities of related codes, procedures and drugs; AUROC rises with it.
+and, for the surgical-complication cohort, whose floor at `workup_prob` 0 was 0.87 (paper 0.79),
+its hazard ratios after a recent surgery (60 -> 12) and with cancer (4 -> 1.5): conditions-step
+knobs (the count stays exact); the history still shows a relative risk near 4 after surgery.
+The values were found by bisection on `rltf_jax.data.simulate.diagnostics.calibration_aurocs`
+(200,000-patient enriched draws, 500 members per cohort, CatBoost 200 iterations, depth 6) and
+checked on an independent draw with `python -m rltf_jax.data.simulate --patients 50000 --report`,
+which prints the measured AUROC beside the paper's. SCD is not calibrated (paper 0.58, ours about
+0.9-0.99): the foundation issue requires the sickle-cell care pattern (crises, hydroxyurea, ER
+visits) in most SCD patients, which a classifier cannot miss.
 """
 
 import math
@@ -31,7 +55,8 @@ def _gompertz(slope: float, start: int = 0, center: int = 50) -> tuple[float, ..
 
 def _cond(prevalence=0.0, rate_per_year=0.0, age_curve=None, male_rr=1.0, risk=None, recent=None,
           recent_months=1, requires=(), p_code=0.5, recur_per_year=0.0, frailty_sigma=0.5,
-          visit_burden=0.0, prevalent_only=False, workup_prob=1.0) -> ml_collections.ConfigDict:
+          visit_burden=0.0, prevalent_only=False, workup_prob=1.0, item_scale=1.0
+          ) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.prevalence = float(prevalence)        # > 0: exactly round(prevalence * N) patients (at least 1)
   c.rate_per_year = float(rate_per_year)  # used when prevalence == 0: absolute hazard per year
@@ -47,6 +72,10 @@ def _cond(prevalence=0.0, rate_per_year=0.0, age_curve=None, male_rr=1.0, risk=N
   c.visit_burden = float(visit_burden)    # chronic: added to the routine visit rate multiplier
   c.prevalent_only = bool(prevalent_only)  # chronic: present from birth (a genotype)
   c.workup_prob = float(workup_prob)      # acute: chance an episode comes with its work-up
+  # Multiplies the catalog's probabilities of the condition's related codes, procedures, drugs
+  # (and, acute, follow-up codes); probabilities above 1 act as 1. With `workup_prob` it sets how
+  # well the history predicts a cohort (calibrated, see CALIBRATION below).
+  c.item_scale = float(item_scale)
   return c
 
 
@@ -102,14 +131,14 @@ def get_config() -> ml_collections.ConfigDict:
                 visit_burden=0.15)
   c.lipid = _cond(freq["lipid"], age_curve=adult, male_rr=1.2,
                   risk={"obesity": 1.8, "htn": 1.5, "smoking": 1.2}, p_code=0.45, visit_burden=0.1,
-                  frailty_sigma=0.8)
+                  frailty_sigma=0.8, item_scale=1.2)
   c.dyslipidemia_other = _cond(0.07, age_curve=adult, male_rr=1.2,
                                risk={"obesity": 1.8, "htn": 1.5}, p_code=0.45, visit_burden=0.1)
   c.prediabetes = _cond(0.07, age_curve=adult, risk={"obesity": 2.5, "htn": 1.3}, p_code=0.4)
   c.dm = _cond(freq["dm"], age_curve=rising,
                risk={"obesity": 2.5, "prediabetes": 4.0, "htn": 1.5, "lipid": 1.4,
                      "dyslipidemia_other": 1.4},
-               p_code=0.55, visit_burden=0.3, frailty_sigma=0.8)
+               p_code=0.55, visit_burden=0.3, frailty_sigma=0.8, item_scale=1.4)
   c.ckd = _cond(0.035, age_curve=steep, risk={"dm": 3.0, "htn": 2.5}, p_code=0.45,
                 visit_burden=0.4)
   c.cad = _cond(0.05, age_curve=steep, male_rr=1.8,
@@ -126,7 +155,7 @@ def get_config() -> ml_collections.ConfigDict:
                       "copd": 1.3},
                 p_code=0.4, visit_burden=0.2, frailty_sigma=0.9)
   c.cond = _cond(freq["cond"], age_curve=steep, risk={"dys": 2.5, "hf": 2.5, "cad": 2.0},
-                 p_code=0.35, visit_burden=0.1, frailty_sigma=0.9)
+                 p_code=0.35, visit_burden=0.1, frailty_sigma=0.9, item_scale=3.5)
   # ------------------------------------------------------------ acute events (non-cohort)
   c.surgery = _cond(rate_per_year=0.025, age_curve=rising,
                     risk={"obesity": 1.5, "cancer": 2.0, "cad": 1.3})
@@ -141,11 +170,11 @@ def get_config() -> ml_collections.ConfigDict:
                 risk={"cad": 6.0, "lipid": 2.0, "dyslipidemia_other": 1.5, "dm": 2.0, "htn": 1.8,
                       "smoking": 2.2, "ckd": 1.5},
                 recur_per_year=0.05)
-  c.pneu = _cond(freq["pneu"], workup_prob=0.5, age_curve=u_shape,
+  c.pneu = _cond(freq["pneu"], workup_prob=0.6, age_curve=u_shape,
                  risk={"copd": 3.0, "asthma": 1.5, "smoking": 1.5, "hf": 2.0, "dm": 1.3, "ckd": 1.5,
                        "cancer": 1.5, "scd": 4.0, "sickle_other": 4.0},
                  recent={"uri": 4.0}, recent_months=1, recur_per_year=0.1)
-  c.sep = _cond(freq["sep"], workup_prob=0.5, age_curve=u_shape,
+  c.sep = _cond(freq["sep"], workup_prob=0.94, age_curve=u_shape,
                 risk={"dm": 1.8, "ckd": 2.0, "cancer": 2.5, "copd": 1.5, "hf": 1.5, "alcohol": 1.5},
                 recent={"pneu": 12.0, "uti": 6.0, "surgery": 4.0, "sickle_crisis": 3.0},
                 recent_months=1, recur_per_year=0.05)
@@ -153,25 +182,25 @@ def get_config() -> ml_collections.ConfigDict:
                 risk={"dys": 4.0, "htn": 2.5, "dm": 1.7, "smoking": 1.8, "lipid": 1.5, "cad": 1.5,
                       "hf": 1.5, "scd": 5.0, "sickle_other": 5.0},
                 recent={"tia": 8.0}, recent_months=3, recur_per_year=0.05)
-  c.gi_hem = _cond(freq["gi_hem"], workup_prob=0.5, age_curve=rising,
+  c.gi_hem = _cond(freq["gi_hem"], workup_prob=0.27, age_curve=rising,
                    risk={"alcohol": 3.0, "dys": 1.8, "vte": 2.0, "ckd": 1.8, "cancer": 1.5, "cad": 1.3},
                    recur_per_year=0.1)
-  c.pleu = _cond(freq["pleu"], workup_prob=0.5, age_curve=rising,
+  c.pleu = _cond(freq["pleu"], workup_prob=0.75, age_curve=rising,
                  risk={"copd": 2.5, "cancer": 3.0, "hf": 2.0, "smoking": 1.5},
                  recent={"pneu": 10.0, "surgery": 3.0}, recent_months=1, recur_per_year=0.05)
-  c.resp = _cond(freq["resp"], workup_prob=0.5, age_curve=rising,
+  c.resp = _cond(freq["resp"], workup_prob=0.88, age_curve=rising,
                  risk={"copd": 6.0, "hf": 2.5, "obesity": 1.3, "asthma": 1.5},
                  recent={"pneu": 15.0, "sep": 10.0}, recent_months=1, recur_per_year=0.1)
   c.renal = _cond(freq["renal"], workup_prob=0.6, age_curve=steep,
                   risk={"ckd": 5.0, "dm": 1.8, "hf": 2.0, "htn": 1.4},
                   recent={"sep": 10.0, "pneu": 2.0, "gi_hem": 3.0, "surgery": 2.0, "ami": 3.0},
                   recent_months=1, recur_per_year=0.1)
-  c.shock = _cond(freq["shock"], workup_prob=0.6, age_curve=rising, risk={"hf": 2.0, "cad": 1.3},
+  c.shock = _cond(freq["shock"], workup_prob=1.0, age_curve=rising, risk={"hf": 2.0, "cad": 1.3},
                   recent={"sep": 80.0, "ami": 20.0, "gi_hem": 15.0, "pneu": 4.0, "surgery": 5.0},
                   recent_months=1, recur_per_year=0.02)
-  c.surg = _cond(freq["surg"], workup_prob=0.6, age_curve=rising, risk={"cancer": 4.0, "dm": 1.5, "obesity": 1.3},
-                 recent={"surgery": 60.0}, recent_months=3, recur_per_year=0.05)
-  c.fluid = _cond(freq["fluid"], workup_prob=0.3, age_curve=u_shape,
+  c.surg = _cond(freq["surg"], workup_prob=0.0, age_curve=rising, risk={"cancer": 1.5, "dm": 1.5, "obesity": 1.3},
+                 recent={"surgery": 12.0}, recent_months=3, recur_per_year=0.05)
+  c.fluid = _cond(freq["fluid"], workup_prob=0.55, age_curve=u_shape,
                   risk={"ckd": 2.5, "hf": 2.0, "dm": 1.5, "htn": 1.3, "alcohol": 1.5, "cancer": 1.5},
                   recent={"sep": 5.0, "renal": 5.0, "gi_hem": 3.0, "pneu": 2.0, "uti": 2.0},
                   recent_months=1, recur_per_year=0.3, frailty_sigma=0.8)

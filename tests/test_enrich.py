@@ -90,7 +90,9 @@ def test_weighted_estimates_match_a_brute_force_draw():
   s_pred, s_true, w = (np.concatenate(sample[k]) for k in ("pred", "true", "weight"))
   brute = metrics.target_fidelity(t_pred, t_true, 0, 0)
   est = metrics.target_fidelity(s_pred, s_true, 400, 0, weights=w)
-  assert est["weighted"] and t_true.sum() > 60
+  # (a sample-size guard: 56 septicaemia positives since the simulator's AUROC calibration gave
+  # most episodes a work-up, whose follow-up visits push the target out of the last T events)
+  assert est["weighted"] and t_true.sum() > 50
   for name in ("precision", "recall", "predicted_prevalence", "true_prevalence"):
     lo, hi = est[name]["ci95"]
     half = (hi - lo) / 2

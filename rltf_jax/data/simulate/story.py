@@ -39,7 +39,14 @@ conditions and, inside numpy, over the months of a 2016-2023 calendar):
    (`ATC/<code>`), and everyday procedures and drugs. A code appears at most once per visit.
    A cohort's target codes are only ever emitted by its own condition; related codes of the same
    family (D5700 with sickle-cell disease, I2510 after AMI, J90 with pleurisy) are not targets.
-   Records longer than `max_events` are cut at that length.
+   Records longer than `max_events` are cut at that length. Only a share `workup_prob` of an
+   acute cohort's episodes come with their work-up (presenting complaint, related codes,
+   procedures, drugs, emergency/inpatient place of service, follow-up visit); the others are coded
+   at an office visit with nothing else. `item_scale` multiplies a condition's related-code,
+   procedure and drug probabilities. The two set how well the non-target history predicts each
+   cohort; they are calibrated to the paper's Table 6 "Real" AUROCs (see configs/simulator.py) and
+   act only in this step and the visits step, so the conditions (and exact cohort counts) are
+   untouched and a calibration can reuse one conditions draw (`conditions_subsample`).
 
 The draw is a pure function of (config, number of patients, seed). The config is
 `configs/simulator.py`'s (`cfg.data.simulator`); every field named above is read from it, none has
@@ -67,6 +74,7 @@ from rltf_jax.errors import ConfigError
 _AGES = np.arange(0, 101, 10, dtype=np.float64)  # the points of every age curve
 _MAX_AGE = 110
 _NEVER = np.int64(10**9)
+NEVER = _NEVER  # onset month of a condition a patient never has
 
 
 # The fields each part of the story reads (configs/simulator.py sets them all).
@@ -79,7 +87,7 @@ VISIT_FIELDS = ("rate_per_month", "age_curve", "frailty_sigma", "frailty_cap", "
                 "sporadic_per_visit")
 CONDITION_FIELDS = ("prevalence", "rate_per_year", "age_curve", "male_rr", "risk", "recent",
                     "recent_months", "requires", "p_code", "recur_per_year", "frailty_sigma",
-                    "visit_burden", "prevalent_only", "workup_prob")
+                    "visit_burden", "prevalent_only", "workup_prob", "item_scale")
 
 
 def _require(section, fields, where: str) -> None:
@@ -101,6 +109,8 @@ def validate_config(cfg) -> None:
     _require(cc, CONDITION_FIELDS, where)
     if len(cc.age_curve) != len(_AGES) or min(cc.age_curve) < 0:
       raise ConfigError(f"{where}.age_curve needs {len(_AGES)} non-negative values (ages 0..100)")
+    if not 0 <= cc.workup_prob <= 1 or cc.item_scale < 0:
+      raise ConfigError(f"{where}: workup_prob must be in [0, 1] and item_scale >= 0")
     if not 0 <= cc.prevalence <= 1 or cc.rate_per_year < 0:
       raise ConfigError(f"{where}: prevalence must be in [0, 1] and rate_per_year >= 0")
     if name in COHORTS and cc.prevalence <= 0:
@@ -199,6 +209,18 @@ def simulate_subsample(cfg, num_patients: int, seed: int, rates: dict[str, float
   which is the same distribution because those two steps treat patients independently given
   their enrolment and conditions.
   """
+  sim = conditions_subsample(cfg, num_patients, seed, rates, other_rate, id_offset)
+  return _finish(sim, lambda msg: None), sim.inclusion
+
+
+def conditions_subsample(cfg, num_patients: int, seed: int, rates: dict[str, float],
+                         other_rate: float, id_offset: int = 0) -> "_Simulation":
+  """`simulate_subsample`'s first phase: the draw restricted to its kept patients after the
+  conditions step (enrolment and conditions drawn for all). `finish_subsample` draws their visits
+  and codes; with the same config the two give `simulate_subsample`'s records exactly. A
+  calibration of the visit and code knobs (`workup_prob`, `item_scale`, the `visits` section)
+  reuses this phase for every config it tries
+  (`diagnostics.calibration_aurocs`)."""
   validate_config(cfg)
   sim = _Simulation(cfg, int(num_patients), int(seed))
   sim.enrol()
@@ -208,7 +230,18 @@ def simulate_subsample(cfg, num_patients: int, seed: int, rates: dict[str, float
     inclusion = np.where(sim.onset_month[name] < _NEVER, np.maximum(inclusion, rate), inclusion)
   kept = np.flatnonzero(sim.rng("subsample").random(sim.P) < inclusion)
   sim.keep(kept, id_offset)
-  return _finish(sim, lambda msg: None), inclusion[kept]
+  sim.inclusion = inclusion[kept]
+  return sim
+
+
+def finish_subsample(sim: "_Simulation", cfg=None) -> PatientEvents:
+  """The visits and codes of a `conditions_subsample` (with `cfg`'s visit and code knobs when
+  given: the conditions stay those already drawn). Leaves `sim` reusable."""
+  if cfg is not None:
+    validate_config(cfg)
+    sim.cfg = cfg
+  sim.codes = _Codes()
+  return _finish(sim, lambda msg: None)
 
 
 def _finish(sim: "_Simulation", log) -> PatientEvents:
@@ -540,29 +573,29 @@ class _Simulation:
       # and are recorded at some of their coded visits.
       for items, rank in ((book.related, 4), (book.procedures, 5), (book.meds, 6)):
         for code, prob in items:
-          has = r.random(self.P) < prob
+          has = r.random(self.P) < prob * cc.item_scale
           at = vis[has[vp[vis]] & (r.random(len(vis)) < vc.item_per_visit)]
           emit(at, self.codes.id(code), rank)
     # Acute episodes, and their follow-up codes at later routine visits.
     for ci, name in enumerate(names):
       if name in catalog.CHRONIC:
         continue
-      book = catalog.CONDITIONS[name]
+      book, scale = catalog.CONDITIONS[name], self.cfg.conditions[name].item_scale
       r = self.rng("codes", name)
       ep = np.flatnonzero((kind == 2) & (vcond == ci))
       work = self.v_work[ep]
       emit(ep[work], _draw(r, self.codes.table(book.presenting or book.codes), work.sum()), 0)
       emit(ep[~work], _draw(r, bg, (~work).sum()), 0)
       emit(ep, _draw(r, self.codes.table(book.codes), len(ep)), 3)
-      emit_each(r, ep[work], book.related, 4)
-      emit_each(r, ep[work], book.procedures, 5)
-      emit_each(r, ep[work], book.meds, 6)
+      emit_each(r, ep[work], book.related, 4, scale)
+      emit_each(r, ep[work], book.procedures, 5, scale)
+      emit_each(r, ep[work], book.meds, 6, scale)
       if book.followup:
         worked_up = np.zeros(self.P, bool)
         worked_up[vp[ep[work]]] = True
         after = np.flatnonzero(routine & (self.onset_day[name][vp] < vd))
         for code, prob in book.followup:
-          has = worked_up & (r.random(self.P) < prob)
+          has = worked_up & (r.random(self.P) < prob * scale)
           emit(after[has[vp[after]] & (r.random(len(after)) < vc.followup_per_visit)],
                self.codes.id(code), 4)
     # Everyday procedures and drugs at routine visits, and related codes for other indications
