@@ -30,6 +30,15 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.data.source = "simulator"  # "simulator" | "meds" | "mimic"
   cfg.data.path = ""             # MEDS or MIMIC-IV directory for real data
   cfg.data.bare_code_system = "ICD10CM"  # how prefix-less codes in MEDS are read ("" keeps them as OTHER/)
+  # Code families that become events (rltf_jax/data/families.py): any of "diagnoses", "procedures",
+  # "medications", "labs", "other". The paper's three by default; the simulator emits only those,
+  # so its data is the same with or without the filter.
+  cfg.data.include = ("diagnoses", "procedures", "medications")
+  # With "labs" included: numeric MEDS rows of labs/other become `<code>//Q<k>of<n>` tokens, n
+  # quantile bins per code from the training split (rltf_jax/data/values.py; 0 = bare codes); a
+  # code with fewer than value_min_count training values keeps its bare token.
+  cfg.data.value_bins = 5
+  cfg.data.value_min_count = 20
   cfg.data.num_patients = 2_000 if smoke else (1_000_000 if paper else 50_000)
   cfg.data.seed = 0
   cfg.data.split_fractions = (0.8, 0.1, 0.1)  # train / valid / test, by patient
@@ -249,7 +258,7 @@ _OPTIMISER = {"lr": ">0", "warmup_steps": "int>=0", "min_lr_ratio": "[0,1]", "we
               "ckpt_every": "int>=1", "log_every": "int>=1"}
 RANGES = {
     "data": {"num_patients": "int>=1", "vocab_min_count": "int>=1", "vocab_max_size": "int>=0",
-             "min_cohort_percent": "[0,100]"},
+             "min_cohort_percent": "[0,100]", "value_bins": "int>=0", "value_min_count": "int>=1"},
     "data.enrich": {"patients": "int>=0", "members_per_cohort": "int>=1", "other_rate": "(0,1]",
                     "pairs_fraction": "(0,1)", "workers": "int>=1"},
     "lstm": {"embed_dim": "int>=1", "hidden_dim": "int>=1", "num_layers": "int>=1",

@@ -43,7 +43,7 @@ from rltf_jax.data.cohorts import (COHORTS, Cohort, get_cohort, is_definition, r
                                    require_positives, resolve_definition)
 from rltf_jax.data import enrich
 from rltf_jax.data.events import PatientEvents, concat
-from rltf_jax.data.load import load_dataset, simulator_config
+from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
 from rltf_jax.evaluation import evaluate, report
@@ -256,7 +256,9 @@ def open_context(cfg, root: Path) -> Context:
 
 def _build_data(cfg, data_run: RunDir) -> None:
   """The data stage: load the configured source, split it, build the vocabulary."""
-  dataset = load_dataset(cfg.data)
+  dataset, loaded = load_with_report(cfg.data)
+  dropped = ", ".join(f"{f} {n:,}" for f, n in loaded["dropped_events"].items())
+  print(f"[data] events dropped by data.include ({', '.join(cfg.data.include)}): {dropped}", flush=True)
   targets = [c for cohort in COHORTS.values() for c in cohort.codes]
   # The vocabulary is the population's (training split), before the enriched sample joins.
   vocab = Vocabulary.build(dataset, min_count=cfg.data.vocab_min_count, always_include=targets,
@@ -273,6 +275,8 @@ def _build_data(cfg, data_run: RunDir) -> None:
   dataset.save(data_run.path / "dataset.npz")
   vocab.save(data_run.path / "vocab.json")
   summary = dict(dataset.summary(), vocab_size=len(vocab))
-  io.atomic_write_json(data_run.path / "summary.json", summary)
   print("  " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+  if "value_tokens" in loaded:
+    print("[data] value tokens: " + ", ".join(f"{k}={v:,}" for k, v in loaded["value_tokens"].items()))
+  io.atomic_write_json(data_run.path / "summary.json", dict(summary, **loaded))
   data_run.finish(patients=dataset.num_patients, events=dataset.num_events, vocab=len(vocab))

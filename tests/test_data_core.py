@@ -19,6 +19,17 @@ def test_normalize_code_spellings_agree():
   assert codes_lib.code_type("ICD9CM/4019") == codes_lib.CodeType.DIAGNOSIS_ICD9
   assert codes_lib.code_type("ICD10CM/E119") == codes_lib.CodeType.DIAGNOSIS
   assert codes_lib.code_type("ATC/A10BA02") == codes_lib.CodeType.MEDICATION
+  assert codes_lib.normalize_code("LAB//50912//mg/dL") == "LAB/50912//mg/dL"
+  assert codes_lib.code_type("LAB/50912//mg/dL") == codes_lib.CodeType.LAB
+
+
+def test_code_families_by_prefix():
+  codes = ["ICD10CM/E119", "ICD9CM/4019", "CCSPX/47", "ICD9PCS/3893", "DRUG/X", "ATC/A10BA02",
+           "LAB/1//mg", "LOINC/2160-0", "OTHER/WEIGHT", "GENDER/F"]
+  names = [list(codes_lib.FAMILIES)[i] for i in codes_lib.code_families(codes)]
+  assert names == ["diagnoses", "diagnoses", "procedures", "procedures", "medications",
+                   "medications", "labs", "labs", "other", "other"]
+  assert "CCSPX/" in codes_lib.family_prefixes("procedures")
 
 
 def test_select_and_first_position(tiny_dataset):

@@ -12,8 +12,8 @@ import pytest
 
 from rltf_jax.data import meds
 from rltf_jax.data.events import PatientEvents
-from rltf_jax.data.load import load_dataset
-from rltf_jax.errors import DataError
+from rltf_jax.data.load import load_dataset, load_with_report
+from rltf_jax.errors import ConfigError, DataError
 
 _US_PER_DAY = 86_400 * 10**6
 
@@ -31,6 +31,14 @@ def _write_shard(path, rows, **extra):
           "numeric_value": pa.nulls(len(rows), pa.float32())}
   cols.update(extra)
   pq.write_table(pa.table(cols), path)
+
+
+def _data_cfg(path, **overrides):
+  """The data fields `load_dataset` reads, for a MEDS directory, at their configs/base.py defaults."""
+  fields = dict(source="meds", path=str(path), bare_code_system="ICD10CM",
+                split_fractions=(0.8, 0.1, 0.1), split_seed=0,
+                include=("diagnoses", "procedures", "medications"), value_bins=5, value_min_count=20)
+  return types.SimpleNamespace(**dict(fields, **overrides))
 
 
 def random_dataset(num_patients, seed):
@@ -190,9 +198,7 @@ def test_splits_file_maps_names_and_requires_every_subject(tmp_path):
 
 def test_load_dataset_keeps_meds_splits(tmp_path, tiny_dataset):
   out = meds.write_meds(tiny_dataset, tmp_path / "m")
-  cfg = types.SimpleNamespace(source="meds", path=str(out), bare_code_system="ICD10CM",
-                              split_fractions=(0.8, 0.1, 0.1), split_seed=0)
-  assert load_dataset(cfg).equals(tiny_dataset)
+  assert load_dataset(_data_cfg(out)).equals(tiny_dataset)
   # Without a splits file, splits come from the subject hash.
   out2 = meds.write_meds(tiny_dataset, tmp_path / "m2", splits=False)
   assert not (out2 / "metadata" / "subject_splits.parquet").exists()
@@ -228,3 +234,79 @@ def test_cohort_labels_by_hand(tiny_dataset):
   ends = t.column("prediction_time").cast(pa.int64()).to_pylist()
   # the end of each record's last day; a record without events ends on its birth day
   assert ends == [10401 * day_us - 1, 12101 * day_us - 1, 7306 * day_us - 1]
+
+
+def _foreign_export(d, value_rows=()):
+  """A MEDS export with diagnoses, a drug, labs and bookkeeping rows (numeric values where given)."""
+  day = _day_us(2020, 1, 1)
+  rows = [(1, _day_us(1960, 1, 1), "MEDS_BIRTH", None),
+          (1, day, "DIAGNOSIS//ICD//10//E119", None),
+          (1, day, "LAB//50912//mg/dL", 1.1),
+          (1, day + _US_PER_DAY, "LAB//50971//mEq/L", 4.0),     # a lab-only day: no visit left
+          (1, day + _US_PER_DAY, "OTHER/SUBJECT_WEIGHT", 80.0),
+          (1, day + 2 * _US_PER_DAY, "MEDICATION//START//INSULIN", None),
+          (1, day + 3 * _US_PER_DAY, "ICD10CM/I10", None),
+          (1, day + 3 * _US_PER_DAY, "DRUG/METFORMIN", 500.0),  # a dose: never binned
+          *value_rows]
+  sid, time, code, value = zip(*rows)
+  _write_shard(d / "data" / "0.parquet", list(zip(sid, time, code)),
+               numeric_value=pa.array(value, pa.float32()))
+
+
+def test_include_keeps_the_papers_families_and_counts_the_rest(tmp_path):
+  _foreign_export(tmp_path / "m")
+  ds, report = load_with_report(_data_cfg(tmp_path / "m"))
+  p = ds.patient(0)
+  assert list(p["code"]) == ["ICD10CM/E119", "ICD10CM/I10", "DRUG/METFORMIN"]
+  # MEDICATION//START//... is not a known medication spelling: it is "other", and dropped.
+  assert report["dropped_events"] == {"labs": 2, "other": 2}
+  assert list(p["visit"]) == [0, 1, 1]  # day 2's lab-only visit leaves no gap
+  assert list(ds.codes) == sorted(ds.codes) and len(ds.codes) == 3
+  ds_all, report = load_with_report(_data_cfg(
+      tmp_path / "m", include=("diagnoses", "procedures", "medications", "labs", "other"),
+      value_bins=0))
+  assert report["dropped_events"] == {}
+  assert "LAB/50912//mg/dL" in ds_all.codes and "LAB/50971//mEq/L" in ds_all.codes
+  assert ds_all.num_events == 7 and list(ds_all.patient(0)["visit"]) == [0, 0, 1, 1, 2, 3, 3]
+  ds_dx, report = load_with_report(_data_cfg(tmp_path / "m", include=("diagnoses",)))
+  assert report["dropped_events"] == {"procedures": 0, "medications": 1, "labs": 2, "other": 2}
+  with pytest.raises(ConfigError, match="unknown code family 'lab'"):
+    load_with_report(_data_cfg(tmp_path / "m", include=("diagnoses", "lab")))
+
+
+def test_lab_values_become_quantile_tokens_fitted_on_the_training_split(tmp_path):
+  """Eleven training subjects with creatinine 0..10: the 5-bin edges are 2, 4, 6, 8 (numpy's linear
+  quantiles); a tuning and a held-out subject's values, above the range and on an edge, are binned
+  by the same edges."""
+  d = tmp_path / "m"
+  birth, day = _day_us(1960, 1, 1), _day_us(2020, 1, 1)
+  rows = []
+  for s in range(1, 14):
+    rows += [(s, birth, "MEDS_BIRTH", None), (s, day, "ICD10CM/I10", None)]
+  values = {s: float(s - 1) for s in range(1, 12)} | {12: 100.0, 13: 4.0}
+  rows += [(s, day, "LAB//CREAT//mg/dL", v) for s, v in values.items()]
+  rows += [(s, day, "LAB//RARE", 1.0) for s in (1, 2, 3)]  # 3 training values: a bare token
+  rows += [(1, day, "LAB//CREAT//mg/dL", None)]             # no value: a bare token
+  sid, time, code, value = zip(*rows)
+  _write_shard(d / "data" / "0.parquet", list(zip(sid, time, code)),
+               numeric_value=pa.array(value, pa.float32()))
+  (d / "metadata").mkdir()
+  pq.write_table(pa.table({"subject_id": pa.array(range(1, 14), pa.int64()),
+                           "split": ["train"] * 11 + ["tuning", "held_out"]}),
+                 d / "metadata" / "subject_splits.parquet")
+  cfg = _data_cfg(d, include=("diagnoses", "labs"), value_bins=5, value_min_count=5)
+  ds, report = load_with_report(cfg)
+  creat = {int(ds.subject_id[p]): [c for c in ds.patient(p)["code"] if "CREAT" in c]
+           for p in range(ds.num_patients)}
+  # Edges fitted on all 13 values would be 2.4, 4.8, ...: subject 3 (value 2) would be Q1.
+  expect = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4, 9: 5, 10: 5, 11: 5, 12: 5, 13: 3}
+  for s, k in expect.items():
+    assert f"LAB/CREAT//mg/dL//Q{k}of5" in creat[s], (s, creat[s])
+  assert "LAB/CREAT//mg/dL" in creat[1]  # the row without a value
+  assert "LAB/RARE" in ds.codes and not any(c.startswith("LAB/RARE//Q") for c in ds.codes)
+  assert report["value_tokens"] == dict(binned_codes=1, binned_events=13, bare_numeric_events=3)
+  # The training split alone sets the edges: moving the held-out value leaves the others' tokens.
+  with pytest.raises(ConfigError, match="value_bins must be 0"):
+    load_with_report(_data_cfg(d, include=("diagnoses", "labs"), value_bins=1))
+  bare, report = load_with_report(_data_cfg(d, include=("diagnoses", "labs"), value_bins=0))
+  assert not any("//Q" in c for c in bare.codes)

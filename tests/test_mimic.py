@@ -19,6 +19,7 @@ from rltf_jax.data.codes import CodeType
 from rltf_jax.data.cohorts import cohort_membership, get_cohort
 from rltf_jax.data.events import assign_splits
 from rltf_jax.data.load import load_dataset
+from rltf_jax.errors import ConfigError
 
 DEMO = ("data", "mimic-iv-demo-2.2")
 EPOCH = datetime.date(1970, 1, 1)
@@ -204,6 +205,13 @@ def test_small_tables_hand_checked(tmp_path):
 
 def test_load_dataset_assigns_hash_splits_to_mimic(demo_dir):
   cfg = types.SimpleNamespace(source="mimic", path=str(demo_dir), bare_code_system="ICD10CM",
-                              split_fractions=(0.8, 0.1, 0.1), split_seed=0)
+                              split_fractions=(0.8, 0.1, 0.1), split_seed=0,
+                              include=("diagnoses", "procedures", "medications"), value_bins=5,
+                              value_min_count=20)
   ds = load_dataset(cfg)
   assert np.array_equal(ds.split, assign_splits(ds.subject_id, (0.8, 0.1, 0.1), 0))
+  # The reader emits only the paper's families: the default include drops nothing.
+  assert ds.equals(mimic.read_mimic(demo_dir).with_splits(ds.split))
+  cfg.include = ("diagnoses", "labs")
+  with pytest.raises(ConfigError, match="not labevents"):
+    load_dataset(cfg)

@@ -231,3 +231,21 @@ def test_calibration_measures_the_evaluations_auroc_on_a_small_draw():
   for name, r in out.items():
     assert r["positives"] >= 10 and 0.5 < r["auroc"] <= 1.0, (name, r)
     assert r["patients"] <= 2 * 60
+
+
+def test_data_include_and_value_tokens_leave_the_simulator_data_byte_identical():
+  """The issue-15 data options at their defaults (and with every family included) change nothing
+  of the simulator's data: its fingerprint equals a draw split without them, as before they existed."""
+  from configs import base
+  from rltf_jax.data.events import assign_splits
+  from rltf_jax.data.load import load_with_report, simulator_config
+  cfg = base.get_config("smoke").data
+  before = simulate.simulate(simulator_config(cfg), num_patients=cfg.num_patients, seed=cfg.seed)
+  before = before.with_splits(assign_splits(before.subject_id, tuple(cfg.split_fractions),
+                                            cfg.split_seed))
+  ds, report = load_with_report(cfg)
+  assert ds.fingerprint() == before.fingerprint() and ds.equals(before)
+  assert report == dict(dropped_events=dict(labs=0, other=0))
+  cfg.include = ("diagnoses", "procedures", "medications", "labs", "other")
+  ds, report = load_with_report(cfg)
+  assert ds.fingerprint() == before.fingerprint() and report == dict(dropped_events={})

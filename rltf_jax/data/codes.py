@@ -4,6 +4,11 @@ Every code inside the project is a string `SYSTEM/VALUE`, with dots removed from
 `ICD10CM/E119`, `ICD9CM/4019`, `ICD10PCS/0DTJ4ZZ`, `CCSPX/47`, `ATC/A10BA02`. The system prefix
 decides the code type. `normalize_code` maps the spellings met in MEDS and MIMIC exports onto that
 form, so `ICD10CM/E11.9`, `DIAGNOSIS//ICD//10//E119` and (by default) a bare `E119` are one code.
+A MEDS lab code `LAB//50912//mg/dL` becomes `LAB/50912//mg/dL` (its own system, not `OTHER/`).
+
+Code families (`FAMILIES`, chosen by `data.include`) group the code types by what a record keeps:
+diagnoses (ICD10CM/, ICD9CM/), procedures (ICD10PCS/, ICD9PCS/, CCSPX/, CPT/, HCPCS/),
+medications (ATC/, RXNORM/, NDC/, DRUG/), labs (LAB/, LOINC/) and other (every other prefix).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class CodeType(enum.IntEnum):
   PROCEDURE_ICD9 = 4   # ICD-9-CM volume 3 procedures
   MEDICATION = 5       # ATC, RxNorm, NDC, drug names
   DEMOGRAPHIC = 6
+  LAB = 7              # laboratory measurements (MEDS `LAB//...`, LOINC)
 
 
 SYSTEM_TYPES: dict[str, CodeType] = {
@@ -38,7 +44,20 @@ SYSTEM_TYPES: dict[str, CodeType] = {
     "NDC": CodeType.MEDICATION,
     "DRUG": CodeType.MEDICATION,
     "GENDER": CodeType.DEMOGRAPHIC,
+    "LAB": CodeType.LAB,
+    "LOINC": CodeType.LAB,
 }
+
+# What `data.include` chooses from, by code type; "other" holds every type not listed (OTHER/,
+# demographic codes). The paper's records are diagnoses, procedures and medications.
+FAMILIES: dict[str, tuple[CodeType, ...]] = {
+    "diagnoses": (CodeType.DIAGNOSIS, CodeType.DIAGNOSIS_ICD9),
+    "procedures": (CodeType.PROCEDURE, CodeType.PROCEDURE_ICD9),
+    "medications": (CodeType.MEDICATION,),
+    "labs": (CodeType.LAB,),
+    "other": (CodeType.OTHER, CodeType.DEMOGRAPHIC),
+}
+PAPER_FAMILIES = ("diagnoses", "procedures", "medications")
 
 # Synonyms for system names seen in the wild (MEDS ETLs, OMOP vocabularies).
 _SYSTEM_ALIASES = {
@@ -72,6 +91,8 @@ def normalize_code(raw: str, bare_system: str | None = "ICD10CM") -> str:
     key = tuple(p.upper() for p in parts[:3])
     if key in _NESTED and len(parts) >= 4:
       return _join(_NESTED[key], "//".join(parts[3:]))
+    if key[0] == "LAB" and len(parts) >= 2:  # MEDS ETLs: LAB//<item>//<unit>
+      return "LAB/" + "//".join(parts[1:])
     return "OTHER/" + s
   if "/" in s:
     system, value = s.split("/", 1)
@@ -98,6 +119,19 @@ def code_type(code: str) -> CodeType:
 def code_types(codes: np.ndarray | list[str]) -> np.ndarray:
   """int8 array of `CodeType` for an array of canonical code strings."""
   return np.fromiter((code_type(c) for c in codes), dtype=np.int8, count=len(codes))
+
+
+def family_prefixes(family: str) -> tuple[str, ...]:
+  """The code prefixes (`SYSTEM/`) of a family, for messages; "other" is every prefix not listed."""
+  return tuple(f"{s}/" for s, t in SYSTEM_TYPES.items() if t in FAMILIES[family])
+
+
+def code_families(codes: np.ndarray | list[str]) -> np.ndarray:
+  """int8 array: the index into `FAMILIES` of each canonical code string's family."""
+  lut = np.zeros(max(CodeType) + 1, np.int8)
+  for i, types in enumerate(FAMILIES.values()):
+    lut[list(types)] = i
+  return lut[code_types(codes)]
 
 
 def icd10cm(value: str) -> str:

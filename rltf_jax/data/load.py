@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rltf_jax.data import meds, mimic, simulate
+import numpy as np
+
+from rltf_jax.data import families, meds, mimic, simulate, values
 from rltf_jax.data.events import PatientEvents, assign_splits
 from rltf_jax.errors import ConfigError, DataError
 
@@ -12,12 +14,22 @@ SOURCES = ("simulator", "meds", "mimic")
 
 
 def load_dataset(cfg) -> PatientEvents:
-  """Reads `cfg.source` ("simulator", "meds" or "mimic") and assigns splits.
+  """Reads `cfg.source` ("simulator", "meds" or "mimic") and assigns splits; see `load_with_report`."""
+  return load_with_report(cfg)[0]
+
+
+def load_with_report(cfg) -> tuple[PatientEvents, dict]:
+  """The dataset of data config `cfg`, and what loading dropped or binned (for the data summary).
 
   Splits given by the source (MEDS `metadata/subject_splits.parquet`) are kept; otherwise each
-  patient's split is a hash of their subject id and `cfg.split_seed` (see `assign_splits`).
+  patient's split is a hash of their subject id and `cfg.split_seed` (see `assign_splits`). Then
+  only the code families of `cfg.include` are kept (`families.py`; the report's `dropped_events`
+  counts the rest per family), and, with labs included, numeric MEDS rows become value tokens
+  binned on the training split (`values.py`; `value_tokens` in the report).
   """
   source = cfg.source
+  include = families.check_include(cfg.include)
+  value = None
   if source == "simulator":
     ds = simulate.simulate(simulator_config(cfg), num_patients=cfg.num_patients, seed=cfg.seed)
     has_splits = False
@@ -27,8 +39,13 @@ def load_dataset(cfg) -> PatientEvents:
     if not Path(cfg.path).exists():
       raise DataError(f"{cfg.path}: no such directory (data.path for data.source={source!r})")
     if source == "meds":
-      ds, has_splits = meds.read_meds(cfg.path, bare_code_system=cfg.bare_code_system or None)
+      ds, has_splits, value = meds.read_meds_values(cfg.path,
+                                                    bare_code_system=cfg.bare_code_system or None)
     else:
+      if "labs" in include:
+        raise ConfigError("data.include: 'labs' with data.source='mimic': the MIMIC-IV reader reads "
+                          f"{', '.join(mimic.EVENT_TABLES)}, not labevents; convert MIMIC-IV with a "
+                          "MEDS ETL that writes LAB//... rows and read it with data.source='meds'")
       ds, has_splits = mimic.read_mimic(cfg.path), False
   else:
     raise ConfigError(f"unknown data.source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -36,7 +53,11 @@ def load_dataset(cfg) -> PatientEvents:
     ds = ds.with_splits(assign_splits(ds.subject_id, tuple(cfg.split_fractions), cfg.split_seed))
   if ds.num_patients == 0:
     raise DataError(f"data source {source!r} produced no patients")
-  return ds
+  ds, value, dropped = families.keep_families(ds, include, value)
+  report = dict(dropped_events=dropped)
+  if "labs" in include and value is not None and np.isfinite(value).any():
+    ds, report["value_tokens"] = values.value_tokens(ds, value, cfg.value_bins, cfg.value_min_count)
+  return ds, report
 
 
 def simulator_config(cfg):

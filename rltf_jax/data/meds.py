@@ -22,7 +22,9 @@ How rows become `PatientEvents` (`read_meds`):
   with a time is an event, its code normalised by `codes.normalize_code` (so `ICD10CM/E11.9`,
   `DIAGNOSIS//ICD//10//E119` and, with `bare_code_system="ICD10CM"`, `E119` are one code; codes
   of unknown systems become `OTHER/...`). Other static rows (null time) are dropped.
-  `numeric_value` is not used.
+  `read_meds` keeps no `numeric_value`; `read_meds_values` returns it per event (NaN where null)
+  for the value tokens of `values.py`. Which code families become events is `families.py`'s job
+  (`data.include`), applied by `load.load_dataset` after reading.
 - Visits and place of service: when the shards carry the extra columns `visit` (0-based visit index
   within the subject) and `place_of_service` (CMS code), as `write_meds` writes them, they are used.
   Otherwise a visit is a distinct event day of the subject (visit index = rank of the day) and the
@@ -104,6 +106,13 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
     bare_code_system: how prefix-less ICD-10-CM-looking codes are read (see `normalize_code`).
     missing_birth: "drop" (default; logged) or "error" for subjects without `MEDS_BIRTH`.
   """
+  ds, has_splits, _ = read_meds_values(path, bare_code_system, missing_birth=missing_birth)
+  return ds, has_splits
+
+
+def read_meds_values(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
+                     missing_birth: str = "drop") -> tuple[PatientEvents, bool, np.ndarray]:
+  """As `read_meds`, with float64 [E]: each event's `numeric_value` (NaN where null or absent)."""
   if missing_birth not in ("drop", "error"):
     raise DataError(f"missing_birth must be 'drop' or 'error', got {missing_birth!r}")
   root = Path(path)
@@ -133,6 +142,7 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
   time_col = table.column("time")
   has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
   time_us = time_col.fill_null(0).cast(pa.int64()).to_numpy()
+  value = table.column("numeric_value").fill_null(np.nan).to_numpy()
 
   # Classify and normalise each distinct raw code once.
   encoded = table.column("code").combine_chunks().dictionary_encode()
@@ -165,8 +175,8 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
   visit_key = (table.column("visit").fill_null(0).to_numpy() if use_visit
                else np.zeros(len(subject), np.int64))
   order = np.lexsort((visit_key, np.where(has_time, time_us, np.iinfo(np.int64).min), subject))
-  subject, time_us, has_time, row_kind = (subject[order], time_us[order], has_time[order],
-                                          row_kind[order])
+  subject, time_us, has_time, row_kind, value = (subject[order], time_us[order], has_time[order],
+                                                 row_kind[order], value[order])
   row_code = canon_index[code_index[order]]
   visit_col = _int_column(table, "visit", order) if use_visit else None
   pos_col = _int_column(table, "place_of_service", order) if use_pos else None
@@ -198,6 +208,7 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
     ev_visit = _day_rank_per_patient(ev_patient, ev_day)
   ev_pos = pos_col[0][is_event] if use_pos else np.zeros(len(ev_day), np.int16)
   ev_code = row_code[is_event]
+  ev_value = value[is_event]
 
   if not has_birth.all():
     missing = subject_ids[~has_birth]
@@ -210,8 +221,9 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
     log.warning("%s; they are dropped", msg)
     keep = has_birth[ev_patient]
     new_index = np.cumsum(has_birth) - 1
-    ev_patient, ev_day, ev_visit, ev_pos, ev_code = (
-        new_index[ev_patient[keep]], ev_day[keep], ev_visit[keep], ev_pos[keep], ev_code[keep])
+    ev_patient, ev_day, ev_visit, ev_pos, ev_code, ev_value = (
+        new_index[ev_patient[keep]], ev_day[keep], ev_visit[keep], ev_pos[keep], ev_code[keep],
+        ev_value[keep])
     subject_ids, sex, birth_day = subject_ids[has_birth], sex[has_birth], birth_day[has_birth]
     num = len(subject_ids)
 
@@ -222,7 +234,7 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
   ds = PatientEvents.build(subject_id=subject_ids, sex=sex, birth_day=birth_day, offsets=offsets,
                            code=ev_code, day=ev_day, visit=ev_visit, pos=ev_pos, codes=codes,
                            split=split, source=source)
-  return ds, has_splits
+  return ds, has_splits, ev_value
 
 
 def _official(what: str, path, schema, value, strict: bool = True):
@@ -263,7 +275,11 @@ def _read_shard(path: Path) -> pa.Table:
     if name in schema.names and not ok(schema.field(name).type):
       raise DataError(f"{path}: extra column {name!r} has type {schema.field(name).type}, "
                       f"expected {what}; convert it or drop the column")
-  columns = list(_REQUIRED) + [n for n in _OPTIONAL if n in schema.names]
+  has_value = "numeric_value" in schema.names
+  if has_value and not _is_number(schema.field("numeric_value").type):
+    raise DataError(f"{path}: column 'numeric_value' has type {schema.field('numeric_value').type}, "
+                    "expected a number (float32); convert the column before loading")
+  columns = list(_REQUIRED) + [n for n in _OPTIONAL if n in schema.names] + ["numeric_value"] * has_value
   try:
     t = pf.read(columns=columns)
   except (pa.ArrowInvalid, OSError) as e:
@@ -280,8 +296,10 @@ def _read_shard(path: Path) -> pa.Table:
     time = time.cast(pa.timestamp("us", tz=time.type.tz)).cast(pa.int64()).cast(pa.timestamp("us"))
   else:
     time = time.cast(pa.timestamp("us"))
-  arrays = [t.column("subject_id").cast(pa.int64()), time, t.column("code").cast(pa.string())]
-  fields = [("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string())]
+  value = t.column("numeric_value").cast(pa.float64()) if has_value else pa.nulls(len(t), pa.float64())
+  arrays = [t.column("subject_id").cast(pa.int64()), time, t.column("code").cast(pa.string()), value]
+  fields = [("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
+            ("numeric_value", pa.float64())]
   meta = {}
   for name, dtype in (("visit", pa.int32()), ("place_of_service", pa.int16())):
     present = name in t.column_names
@@ -289,6 +307,11 @@ def _read_shard(path: Path) -> pa.Table:
     arrays.append(t.column(name).cast(dtype) if present else pa.nulls(len(t), dtype))
     fields.append((name, dtype))
   return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
+
+
+def _is_number(t: pa.DataType) -> bool:
+  return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t) \
+      or pa.types.is_null(t)
 
 
 def _classify(raw: str, bare_code_system: str | None) -> tuple[int, str]:
