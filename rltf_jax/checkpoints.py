@@ -120,6 +120,7 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(dict(meta or {}, step=step)))
     if params is not None:
       items["params"] = ocp.args.StandardSave(params)
+    _wait(self._best, self.dir / BEST)  # see save_best
     _save(self._latest, step, ocp.args.Composite(**items), self.dir / LATEST, self._wait_each)
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
@@ -150,6 +151,10 @@ class Checkpointer:
     return dict(self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
   def save_best(self, step: int, params: Any, meta: dict | None = None) -> None:
+    # One write at a time across latest/ and best/: with several processes orbax ends each
+    # asynchronous write with a barrier named after the step alone, so two writes of one step (the
+    # loop saves best/ and latest/ at an evaluation) collide ("barrier ... already ongoing").
+    _wait(self._latest, self.dir / LATEST)
     _save(self._best, step, ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
         self.dir / BEST, self._wait_each)
