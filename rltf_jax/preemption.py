@@ -16,7 +16,9 @@ process ends at once. Finished stages are on disk, so a rerun redoes only the st
 With several processes (`jax.distributed`), every process must stop at the same step, or the
 collective checkpoint write would wait forever: JAX's preemption service (on by default in
 `jax.distributed.initialize`) catches SIGTERM itself and agrees a step across the processes
-(`multihost_utils.reached_preemption_sync_point`), so no Python handler is installed there.
+(`multihost_utils.reached_preemption_sync_point`), so no Python handler is installed there. That
+service holds SIGTERM for the whole process: outside a trainer a multi-process job ignores it
+(until the scheduler's SIGKILL).
 """
 
 from __future__ import annotations
