@@ -20,7 +20,7 @@ time limit or a preemption (trainers exit with status 143 on SIGTERM after a che
 `rltf_jax.preemption`), skips what is finished and resumes what is not.
 
 Why a task has its own directory: a run holds the work directory's lock (`runs.workdir_lock`),
-which admits one run at a time. Task I's runs in `DIR/tasks/<I>-<cohort dir>/`, holding only
+which admits one run at a time. Task I runs in `DIR/tasks/<I>-<cohort dir>/`, holding only
 links to the shared data, the base model and its cohort directory `DIR/<cohort>[-<run_name>]/`,
 which no other task writes; the outputs therefore land where a sequential sweep puts them.
 
