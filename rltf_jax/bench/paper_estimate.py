@@ -11,7 +11,8 @@ command prints them under its table):
   every cohort's targets; the paper's vocabulary has 7,954 tokens), unless `--vocab` says;
 - FLOPs per step: B T (6 N + 12 L T d). N counts the parameters of the dense kernels (every token
   goes through every kernel: attention, MLP, code and attribute heads; 2 N per token forward, 4 N
-  backward); the embedding tables are lookups and count nothing. 12 L T d per token is attention's
+  backward: exact for one full code head, as `:paper` has, an overcount for the factorised head,
+  whose tail sees only some positions); the embedding tables are lookups and count nothing. 12 L T d per token is attention's
   two products (QK^T and AV, 4 T d forward, twice that backward), dense over the whole T x T
   square as the decoder computes it. Norms, softmaxes, the loss and the optimiser (a few percent)
   are left out; `--xla` prints XLA's count of the same step beside it;
