@@ -310,3 +310,16 @@ def test_lab_values_become_quantile_tokens_fitted_on_the_training_split(tmp_path
     load_with_report(_data_cfg(d, include=("diagnoses", "labs"), value_bins=1))
   bare, report = load_with_report(_data_cfg(d, include=("diagnoses", "labs"), value_bins=0))
   assert not any("//Q" in c for c in bare.codes)
+
+
+def test_write_labels_validates_and_leaves_an_identical_file_alone(tmp_path, tiny_dataset):
+  import meds as meds_package
+  path = meds.write_labels(meds.cohort_labels(tiny_dataset, ["ICD10CM/D573"]), tmp_path / "l" / "scd.parquet")
+  meds_package.LabelSchema.validate(pq.read_table(path))
+  stamp = path.stat().st_mtime_ns  # an unchanged rerun does not write (read-only storage)
+  meds.write_labels(meds.cohort_labels(tiny_dataset, ["ICD10CM/D573"]), path)
+  assert path.stat().st_mtime_ns == stamp
+  meds.write_labels(meds.cohort_labels(tiny_dataset, ["ICD10CM/I10"]), path)
+  assert pq.read_table(path).column("boolean_value").to_pylist() == [True, True, False]
+  with pytest.raises(DataError, match="label file"):
+    meds.write_labels(pa.table({"subject_id": pa.array([1], pa.int64())}), tmp_path / "bad.parquet")

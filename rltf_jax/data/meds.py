@@ -468,6 +468,23 @@ def cohort_labels(ds: PatientEvents, codes) -> pa.Table:
                    "boolean_value": pa.array(member, pa.bool_())})
 
 
+def write_labels(table: pa.Table, path: str | Path) -> Path:
+  """Writes a `cohort_labels` table as one parquet file, validated against the MEDS label schema
+  (atomic; a file that already holds the same rows is left alone, so a rerun on read-only storage
+  does not fail)."""
+  path = Path(path)
+  _official("label file", path, meds_schema.LabelSchema, table)
+  if path.exists():
+    try:
+      if pq.read_table(path).equals(table):
+        return path
+    except (pa.ArrowInvalid, OSError):
+      pass  # unreadable: rewritten below
+  sink = pa.BufferOutputStream()
+  pq.write_table(table, sink)
+  return io.atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
 def _rows(ds: PatientEvents) -> pa.Table:
   """The MEDS rows of `ds`: per patient, sex (static, if known), birth, then the events."""
   n, e = ds.num_patients, ds.num_events
