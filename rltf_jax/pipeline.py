@@ -40,8 +40,8 @@ from absl import logging as absl_logging
 from configs import base as base_config
 from rltf_jax import io, methods, runs
 from rltf_jax.data.cohorts import (COHORTS, Cohort, get_cohort, is_definition, read_definition,
-                                   require_positives, resolve_definition)
-from rltf_jax.data import enrich
+                                   require_positives, resolve_with_mapping)
+from rltf_jax.data import enrich, meds
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
@@ -239,14 +239,28 @@ def open_context(cfg, root: Path) -> Context:
   if is_definition(cfg.cohort):
     # Resolved against the data's code table (membership is by the data's codes); saved beside
     # the run, so the report and a later reader see the exact code set.
-    cohort = resolve_definition(read_definition(cfg.cohort), dataset.codes, cfg.cohort)
+    definition = read_definition(cfg.cohort)
+    cohort, via_gem = resolve_with_mapping(definition, dataset.codes, cfg.cohort)
     resolved = cohort_dir_of(cfg, root) / "cohort.json"
     resolved.parent.mkdir(parents=True, exist_ok=True)
     record = dict(definition=str(cfg.cohort), cohort=dataclasses.asdict(cohort), acute=cohort.acute)
+    if definition["map_icd9"]:
+      # Who the mapping adds: patients with a mapped ICD-9-CM code and none of the other codes.
+      direct = set(cohort.codes) - set(via_gem)
+      only = dataset.patients_with_any(via_gem) & ~dataset.patients_with_any(direct)
+      record["icd9_gem"] = dict(table=definition["map_icd9"], codes=len(via_gem), mapped=via_gem,
+                                patients_only_via_mapping=int(only.sum()))
+      print(f"[cohort] {cohort.name}: {int(dataset.patients_with_any(cohort.codes).sum()):,} patients; "
+            f"{int(only.sum()):,} only through the {len(via_gem)} ICD-9-CM codes the GEM mapping "
+            "added", flush=True)
     if not resolved.exists() or json.loads(resolved.read_text()) != json.loads(json.dumps(record)):
       io.atomic_write_json(resolved, record)
   else:
     cohort = get_cohort(cfg.cohort)
+  if cfg.data.source != "simulator":
+    # The cohort on the real dataset's own subjects, in the MEDS label schema (whole-record labels).
+    meds.write_labels(meds.cohort_labels(dataset, cohort.codes),
+                      cohort_dir_of(cfg, root) / "labels" / f"{cohort.name}.parquet")
   design = enrich.load_design(path, dataset, cohort)
   require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
   require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
