@@ -133,7 +133,7 @@ def prepare(spec: str, workdir: str | None = None, seeds: str | None = None) -> 
   done = set()
   with _lock(root):
     for cfg, _ in tasks:
-      key = runs.digest(cfg.data, cfg.model, cfg.pretrain)  # what names a base model's directory
+      key = pipeline.base_digest(cfg)  # what names a base model's directory
       if key not in done:
         build_base(cfg, root)
         done.add(key)
