@@ -21,6 +21,9 @@ def test_normalize_code_spellings_agree():
   assert codes_lib.code_type("ATC/A10BA02") == codes_lib.CodeType.MEDICATION
   assert codes_lib.normalize_code("LAB//50912//mg/dL") == "LAB/50912//mg/dL"
   assert codes_lib.code_type("LAB/50912//mg/dL") == codes_lib.CodeType.LAB
+  assert codes_lib.normalize_code("MEDICATION//START//Aspirin") == "DRUG/Aspirin"
+  assert codes_lib.normalize_code("MEDICATION//Heparin//Administered//633") == "DRUG/Heparin//Administered//633"
+  assert codes_lib.normalize_code("MEDICATION//STOP//Aspirin") == "OTHER/MEDICATION//STOP//Aspirin"
 
 
 def test_code_families_by_prefix():

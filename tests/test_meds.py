@@ -245,6 +245,7 @@ def _foreign_export(d, value_rows=()):
           (1, day + _US_PER_DAY, "LAB//50971//mEq/L", 4.0),     # a lab-only day: no visit left
           (1, day + _US_PER_DAY, "OTHER/SUBJECT_WEIGHT", 80.0),
           (1, day + 2 * _US_PER_DAY, "MEDICATION//START//INSULIN", None),
+          (1, day + 2 * _US_PER_DAY, "MEDICATION//STOP//INSULIN", None),
           (1, day + 3 * _US_PER_DAY, "ICD10CM/I10", None),
           (1, day + 3 * _US_PER_DAY, "DRUG/METFORMIN", 500.0),  # a dose: never binned
           *value_rows]
@@ -257,19 +258,19 @@ def test_include_keeps_the_papers_families_and_counts_the_rest(tmp_path):
   _foreign_export(tmp_path / "m")
   ds, report = load_with_report(_data_cfg(tmp_path / "m"))
   p = ds.patient(0)
-  assert list(p["code"]) == ["ICD10CM/E119", "ICD10CM/I10", "DRUG/METFORMIN"]
-  # MEDICATION//START//... is not a known medication spelling: it is "other", and dropped.
+  assert list(p["code"]) == ["ICD10CM/E119", "DRUG/INSULIN", "ICD10CM/I10", "DRUG/METFORMIN"]
+  # The weight and the MEDICATION//STOP//... row are "other".
   assert report["dropped_events"] == {"labs": 2, "other": 2}
-  assert list(p["visit"]) == [0, 1, 1]  # day 2's lab-only visit leaves no gap
-  assert list(ds.codes) == sorted(ds.codes) and len(ds.codes) == 3
+  assert list(p["visit"]) == [0, 1, 2, 2]  # day 1's lab-only visit leaves no gap
+  assert list(ds.codes) == sorted(ds.codes) and len(ds.codes) == 4
   ds_all, report = load_with_report(_data_cfg(
       tmp_path / "m", include=("diagnoses", "procedures", "medications", "labs", "other"),
       value_bins=0))
   assert report["dropped_events"] == {}
   assert "LAB/50912//mg/dL" in ds_all.codes and "LAB/50971//mEq/L" in ds_all.codes
-  assert ds_all.num_events == 7 and list(ds_all.patient(0)["visit"]) == [0, 0, 1, 1, 2, 3, 3]
+  assert ds_all.num_events == 8 and list(ds_all.patient(0)["visit"]) == [0, 0, 1, 1, 2, 2, 3, 3]
   ds_dx, report = load_with_report(_data_cfg(tmp_path / "m", include=("diagnoses",)))
-  assert report["dropped_events"] == {"procedures": 0, "medications": 1, "labs": 2, "other": 2}
+  assert report["dropped_events"] == {"procedures": 0, "medications": 2, "labs": 2, "other": 2}
   with pytest.raises(ConfigError, match="unknown code family 'lab'"):
     load_with_report(_data_cfg(tmp_path / "m", include=("diagnoses", "lab")))
 

@@ -4,7 +4,9 @@ Every code inside the project is a string `SYSTEM/VALUE`, with dots removed from
 `ICD10CM/E119`, `ICD9CM/4019`, `ICD10PCS/0DTJ4ZZ`, `CCSPX/47`, `ATC/A10BA02`. The system prefix
 decides the code type. `normalize_code` maps the spellings met in MEDS and MIMIC exports onto that
 form, so `ICD10CM/E11.9`, `DIAGNOSIS//ICD//10//E119` and (by default) a bare `E119` are one code.
-A MEDS lab code `LAB//50912//mg/dL` becomes `LAB/50912//mg/dL` (its own system, not `OTHER/`).
+A MEDS lab code `LAB//50912//mg/dL` becomes `LAB/50912//mg/dL` (its own system, not `OTHER/`); the
+MIMIC-IV MEDS ETL's `MEDICATION//START//Aspirin` becomes `DRUG/Aspirin` (its `MEDICATION//STOP//...`
+rows stay `OTHER/`).
 
 Code families (`FAMILIES`, chosen by `data.include`) group the code types by what a record keeps:
 diagnoses (ICD10CM/, ICD9CM/), procedures (ICD10PCS/, ICD9PCS/, CCSPX/, CPT/, HCPCS/),
@@ -93,6 +95,13 @@ def normalize_code(raw: str, bare_system: str | None = "ICD10CM") -> str:
       return _join(_NESTED[key], "//".join(parts[3:]))
     if key[0] == "LAB" and len(parts) >= 2:  # MEDS ETLs: LAB//<item>//<unit>
       return "LAB/" + "//".join(parts[1:])
+    if key[0] == "MEDICATION" and len(parts) >= 2:  # the MIMIC-IV MEDS ETL's medication rows
+      # A stop only ends what its start recorded (one event per start, as the paper's records):
+      # MEDICATION//STOP//X is bookkeeping; MEDICATION//START//X is the drug X.
+      if key[1] in ("STOP", "END"):
+        return "OTHER/" + s
+      rest = parts[2:] if key[1] == "START" and len(parts) >= 3 else parts[1:]
+      return "DRUG/" + "//".join(rest)
     return "OTHER/" + s
   if "/" in s:
     system, value = s.split("/", 1)
