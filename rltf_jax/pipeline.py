@@ -46,7 +46,7 @@ from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
-from rltf_jax.evaluation import evaluate, report
+from rltf_jax.evaluation import dataset_privacy, evaluate, report
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
 
@@ -189,6 +189,22 @@ def _run(cfg, root: Path) -> int:
         inputs=dict(model=runs.finished_key(checkpoints[name]), sampling=runs.digest(cfg.sampling)))
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
+  # ---------------------------------------------------------------- privacy of the released records
+  # Every method's released records against the fine-tune's training patients (dataset_privacy).
+  eval_dirs = {name: cohort_dir / "eval" / name for name in cfg.methods}
+  fine_tuned = [name for name in ("rltf", "sft") if name in cfg.methods]
+  reference = methods.get(fine_tuned[0]).trained_on(ctx) if fine_tuned else None
+  privacy_run = RunDir(cohort_dir / "privacy", "privacy", dict(version=dataset_privacy.RUN_VERSION),
+                       dict(evals={n: runs.finished_key(d) for n, d in eval_dirs.items()},
+                            reference=runs.digest(sorted(set(np.asarray(reference).tolist())))
+                            if reference is not None else "training split"))
+  if privacy_run.regenerate():
+    t0 = _announce("privacy", privacy_run.path)
+    privacy_run.start()
+    dataset_privacy.evaluate_run(ctx, eval_dirs, reference, privacy_run.path, seed=int(cfg.eval.seed))
+    privacy_run.finish()
+    print(f"[privacy] ready in {time.time() - t0:.0f}s", flush=True)
+
   # ---------------------------------------------------------------- report
   # Written last: config.json describes the finished outputs, never a rejected attempt. A report
   # whose evaluations (and the report code) are unchanged is not rewritten, so a finished run on
@@ -198,6 +214,7 @@ def _run(cfg, root: Path) -> int:
   if not config_path.exists() or json.loads(config_path.read_text()) != json.loads(json.dumps(config)):
     io.atomic_write_json(config_path, config)
   evals = {p.name: runs.finished_key(p) for p in sorted((cohort_dir / "eval").iterdir()) if runs.is_done(p)}
+  evals["privacy"] = runs.finished_key(privacy_run.path)
   report_run = RunDir(cohort_dir / "report", "report", dict(version=report.REPORT_VERSION), evals)
   path = cohort_dir / "report" / "report.md"
   if report_run.regenerate():

@@ -64,3 +64,29 @@ def test_fidelity_anchors_copy_is_close_and_marginals_lose_the_cooccurrences():
   gen = out["generator"]["fidelity"]["all"]["distributions"]
   assert set(gen) == {"record_events", "visits", "codes_per_visit", "age_years", "days_between_visits"}
   assert gen["record_events"]["ks"] < 0.15  # two samples of one population
+
+
+def test_run_privacy_stage_measures_every_method_against_the_fine_tunes_patients(enriched_sweep):
+  """The pipeline's privacy stage on a finished run (Shock, base and RLTF): both methods and both
+  anchors, against RLTF's preference-pair patients, with a holdout of unevaluated patients that
+  matches the released records' cohort mix; the copy anchor leaks everything and the report shows
+  the table."""
+  import json
+  from rltf_jax.data.events import PatientEvents
+  _, work = enriched_sweep
+  run = work / "shock"
+  rec = json.loads((run / "privacy" / dp.RUN_FILE).read_text())
+  assert rec["methods"] == ["base", "rltf"] and set(rec["results"]) == {"base", "rltf", "copy", "marginals"}
+  assert rec["reference_source"] == "the fine-tune's preference-pair patients"
+  n = rec["patients"]
+  prompts = PatientEvents.load(run / "eval" / "rltf" / "test_prompts.npz")
+  assert n["released"] == prompts.num_patients
+  assert 0 < n["holdout_members"] <= n["released_members"]
+  assert 0 < n["holdout"] - n["holdout_members"] <= n["released"] - n["released_members"]
+  copy = rec["results"]["copy"]["all"]
+  assert copy["dcr"]["synthetic_median"] == 0.0 and copy["membership"]["value"] > 0.9
+  for name in ("base", "rltf"):
+    assert 0.0 <= rec["results"][name]["all"]["dcr"]["synthetic_median"] <= 1.0
+  report = (run / "report" / "report.md").read_text()
+  assert "### Privacy and fidelity of the released records" in report
+  assert report.count("| copy | all") == 2  # one row in the privacy table, one in the fidelity table

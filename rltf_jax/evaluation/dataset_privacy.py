@@ -212,6 +212,93 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
   return out
 
 
+# ---------------------------------------------------------------- a run's released records
+RUN_FILE = "privacy.json"
+RUN_VERSION = 1  # bump when evaluate_run's numbers change, so finished runs recompute them
+
+
+def released_records(eval_dir: Path, truncate_events: int) -> tuple[PatientEvents, PatientEvents]:
+  """(released, real): what a conditional release of one evaluated method holds, each evaluated
+  patient's real prompt with its generated continuation cut to the true continuation's length
+  (`conditional.head`), and the same patients' real records (prompt + true continuation)."""
+  from rltf_jax.evaluation import conditional
+  prompts = PatientEvents.load(eval_dir / "test_prompts.npz")
+  true = PatientEvents.load(eval_dir / "test_true.npz")
+  generated = PatientEvents.load(eval_dir / "test_generated.npz")
+  cut = conditional.head(generated, truncate_events)
+  return conditional.join(prompts, cut), conditional.join(prompts, true)
+
+
+def _stratified_draw(pool: np.ndarray, member: np.ndarray, num_members: int, num_others: int,
+                     rng) -> np.ndarray:
+  """Indices of `pool`: `num_members` members and `num_others` non-members, uniformly (all of a
+  stratum when it has fewer)."""
+  take = lambda idx, n: idx[_equal_sample(len(idx), n, rng)]
+  return np.sort(np.concatenate([take(pool[member], num_members), take(pool[~member], num_others)]))
+
+
+def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, *,
+                 num_samples: int = 200, seed: int = 0) -> dict:
+  """The privacy and fidelity suite on each evaluated method's released records (`released_records`),
+  with the copy and marginals anchors, for one run (`pipeline.Context`); writes `out_dir/privacy.json`.
+
+  Sets, chosen so that every method is measured against the same patients:
+    reference  the fine-tune's training patients (`reference_ids`: the subject ids of RLTF's or
+               SFT's preference pairs, drawn from the enriched sample like the evaluated patients),
+               or the population's training split when no method was fine-tuned. The base model
+               never saw the fine-tune's patients: its row is the level of a generator that did not
+               train on them, and a fine-tune that leaks its patients sits below it on the
+               distance metrics and above it on membership and attribute inference.
+    holdout    patients of the evaluation split that were not evaluated (so no released record holds
+               their prompt), drawn with as many cohort members and non-members as the evaluated
+               patients have: the real patients no method saw.
+  `cohort` rows restrict every set to patients with a target code.
+  """
+  from rltf_jax.evaluation import conditional
+  cfg, dataset, cohort = ctx.cfg.eval, ctx.dataset, ctx.cohort
+  T, min_prompt = int(cfg.truncate_events), int(cfg.min_prompt_events)
+  rng = np.random.default_rng(seed)
+  names = list(eval_dirs)
+  released = {name: released_records(eval_dirs[name], T) for name in names}
+  _, real = released[names[0]]
+  evaluated = np.isin(dataset.subject_id, real.subject_id)
+  split = ctx.design.eval_split
+  pool, _ = conditional.sample_patients(dataset, split, 0, seed, T, min_prompt)
+  pool = pool[~evaluated[pool]]
+  member = dataset.select(pool).patients_with_any(cohort.codes)
+  real_members = int(real.patients_with_any(cohort.codes).sum())
+  holdout = dataset.select(_stratified_draw(pool, member, real_members, real.num_patients - real_members, rng))
+  if reference_ids is not None:
+    reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
+    reference_source = "the fine-tune's preference-pair patients"
+  else:
+    train = dataset.split_indices("train")
+    reference = dataset.select(train[_equal_sample(len(train), real.num_patients, rng)])
+    reference_source = "the population's training split"
+  result, reason = {}, None
+  if min(holdout.num_patients, reference.num_patients) < 2:  # e.g. every test patient was evaluated
+    reason = (f"not measured: {holdout.num_patients} holdout and {reference.num_patients} reference "
+              "patients (at least 2 of each needed; evaluate fewer patients to leave a holdout)")
+  for i, name in enumerate(names if reason is None else []):
+    r = evaluate_dataset(released[name][0], reference, holdout, cohort.codes, num_samples=num_samples,
+                         seed=seed, anchors=i == 0)
+    result[name] = r.pop("generator")
+    result.update(r)  # copy and marginals, once
+  record = dict(kind="rltf_jax.dataset_privacy.run", cohort=cohort.name, methods=names,
+                reference_source=reference_source, holdout_source=f"unevaluated {split}-split patients",
+                released="real prompt + generated continuation cut to the true one's length",
+                representation="code sets, Jaccard distance",
+                patients=dict(released=int(real.num_patients), released_members=real_members,
+                              reference=int(reference.num_patients),
+                              reference_members=int(reference.patients_with_any(cohort.codes).sum()),
+                              holdout=int(holdout.num_patients),
+                              holdout_members=int(holdout.patients_with_any(cohort.codes).sum())),
+                results=result, reason=reason)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  io.atomic_write_json(out_dir / RUN_FILE, record)
+  return record
+
+
 def main(argv: list[str] | None = None) -> int:
   from rltf_jax.data import meds
   from rltf_jax.synthesize import _context  # the run's data, as synthesize reads it

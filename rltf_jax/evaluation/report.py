@@ -15,6 +15,7 @@ labels `results.py`.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation.plots import write_plots
 from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
-REPORT_VERSION = 3  # bump when the report's content changes, so finished runs rewrite it
+REPORT_VERSION = 4  # bump when the report's content changes, so finished runs rewrite it
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 
@@ -269,6 +270,39 @@ def _memorization_section(results: dict) -> list[str]:
               "Membership AUC"], rows), ""]
 
 
+def _released_privacy_section(run_dir: Path) -> tuple[list[str], dict]:
+  """The privacy and fidelity suite on each method's released records (`privacy/privacy.json`,
+  written by the pipeline's privacy stage), with the copy and marginals anchors."""
+  from rltf_jax.evaluation import dataset_privacy
+  found = {}
+  for path in sorted(run_dir.rglob(f"privacy/{dataset_privacy.RUN_FILE}")):
+    rec = json.loads(path.read_text())
+    found[rec["cohort"]] = rec
+  if not found:
+    return [], {}
+  lines = ["### Privacy and fidelity of the released records", "",
+           "Each method's *released records*: the evaluated patients' real prompts with its generated "
+           "continuations (cut to the true continuation's length), as `synthesize --mode continue` "
+           "would release them. Patients are code sets and distances Jaccard distances "
+           "(`rltf_jax/evaluation/dataset_privacy.py`). The *reference* patients are the fine-tune's "
+           "training patients (its preference pairs), the same for every row: the base model never saw "
+           "them, so its row is the level of a generator that did not train on them; *holdout* patients "
+           "are real patients of the same sample no method saw, with as many cohort members. Anchors: "
+           "*copy* releases the reference records themselves (the worst privacy), *marginals* draws each "
+           "code independently at its reference prevalence (little risk, weak fidelity). Read each "
+           "method against the two: DCR (distance to the closest reference record) near the holdout's "
+           "and NNAA privacy loss, membership AUC and the attribute-inference gap near 0 / 0.5 / 0 mean "
+           "no leak. *cohort* rows restrict every set to patients with a target code.", ""]
+  for name, rec in found.items():
+    n = rec["patients"]
+    lines += [f"{get_cohort(name).abbrev}: {n['released']} released records ({n['released_members']} in "
+              f"the cohort), {n['reference']} reference patients ({rec['reference_source']}; "
+              f"{n['reference_members']} in the cohort), {n['holdout']} holdout patients "
+              f"({n['holdout_members']} in the cohort).", "",
+              rec.get("reason") or dataset_privacy.privacy_table(rec["results"]), ""]
+  return lines, found
+
+
 def _prevalence_section(results: dict, plots: list[str]) -> list[str]:
   rows = []
   for cohort, ms in results.items():
@@ -479,6 +513,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
   comparisons = paired_comparisons(results)
   first = next(iter(next(iter(results.values())).values()))
   s = first.get("settings", {})
+  released_privacy, privacy = _released_privacy_section(run_dir)
   lines = [
       "# RLTF evaluation report", "",
       f"Run directory: `{run_dir}`. Cohorts: {', '.join(get_cohort(c).abbrev for c in results)}. "
@@ -500,6 +535,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       *_utility_section(results),
       *[f"![AUROC]({p})" for p in plots["utility"]], "",
       *_memorization_section(results),
+      *released_privacy,
       *_prevalence_section(results, plots["prevalence"]),
       *_ablation_section(results),
       *_generation_section(results),
@@ -519,7 +555,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                  table6={c: paper.TABLE6.get(c) for c in results},
                  table7={c: paper.TABLE7.get(c) for c in results},
                  table3=paper.TABLE3, rouge1_average=paper.ROUGE1_AVERAGE,
-                 note="the paper's numbers, on its private data"))
+                 note="the paper's numbers, on its private data"),
+      released_privacy={c: rec["results"] | {"patients": rec["patients"]} for c, rec in privacy.items()})
   io.atomic_write_json(out / "metrics.json", combined)
   return io.atomic_write_text(out / "report.md", "\n".join(lines))
 
