@@ -233,9 +233,13 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.sampling.max_prompt_len = 32 if smoke else (512 if paper else 128)  # tokens incl. BOS
   cfg.sampling.buckets = (16, 32, 64, 128, 256, 512)
 
-  # Device mesh: data parallelism over `data` devices (1 = one device; 0 = all visible devices).
+  # Device mesh (rltf_jax/training/mesh.py): batches split over data x fsdp devices; parameters
+  # and optimiser state split over `fsdp` as well; `tensor` is reserved for tensor parallelism
+  # (the sharding rules already name its dimensions). data 0 = the devices fsdp x tensor leave.
   cfg.mesh = ml_collections.ConfigDict()
   cfg.mesh.data = 1
+  cfg.mesh.fsdp = 1
+  cfg.mesh.tensor = 1
 
   return cfg
 
@@ -281,5 +285,5 @@ RANGES = {
     "pretrain": dict(_OPTIMISER, steps="int>=1", seq_len="int>=4", aux_weight=">=0",
                      eval_every="int>=1", num_valid_patients="int>=0"),
     "sampling": {"batch_size": "int>=1", "max_prompt_len": "int>=2"},
-    "mesh": {"data": "int>=0"},
+    "mesh": {"data": "int>=0", "fsdp": "int>=1", "tensor": "int>=1"},
 }

@@ -5,6 +5,11 @@ Continuations are converted back to events: the sampler gives each new event a v
 (previous event's day + gap) and the age follow. Unconditional patients start from the first-visit
 attributes (age, place of service, sex, birth day) of a random training patient, stored by
 pretraining as `start_prior.npz`; the model generates everything after BOS.
+
+With several local devices, each batch of rows is split over all of them (`sampler.local_mesh`):
+the parameters are copied to every device once, a batch is padded to a multiple of the devices
+and the results come back in row order. Generations are the same tokens as on one device (each
+row draws the random numbers it draws there), and scores agree to float rounding.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rltf_jax.checkpoints import load_decoder, load_start_prior
 from rltf_jax.data.events import DAYS_PER_YEAR, PatientEvents
@@ -35,6 +41,9 @@ class TransformerGenerator:
                start_prior: dict[str, np.ndarray] | None = None, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, batch_size: int = 64, max_prompt_len: int = 128,
                buckets=sampler.DEFAULT_BUCKETS):
+    self.mesh = sampler.local_mesh()
+    if self.mesh is not None:  # whole on every device, once, not per batch
+      params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self.graphdef, self.params, self.vocab, self.name = graphdef, params, vocab, name
     self.start_prior = start_prior
     self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -66,7 +75,7 @@ class TransformerGenerator:
         bl = np.concatenate([bl, np.ones(short, np.int32)])
       out = sampler.sample(self.graphdef, self.params, b, bl, max_new=max_new,
                            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                           seed=seed * 1_000_003 + i, buckets=self.buckets)
+                           seed=seed * 1_000_003 + i, buckets=self.buckets, mesh=self.mesh)
       outs.append({k: v[:self.batch_size - short] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -152,5 +161,9 @@ class TransformerGenerator:
       short = self.batch_size - len(rows)
       if short:
         b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
-      out[rows] = np.asarray(_sequence_logprobs(self.graphdef, self.params, b), np.float64)[:len(rows)]
+      params = self.params
+      if self.mesh is not None:
+        b, params = sampler.shard_rows(self.mesh, b, params)
+        b = TokenBatch(*b)
+      out[rows] = np.asarray(_sequence_logprobs(self.graphdef, params, b), np.float64)[:len(rows)]
     return out, scored

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rltf_jax.data.sequences import TokenBatch, bucket_length, pad_to
 from rltf_jax.data.vocab import BOS, EOS, PAD, UNK
@@ -146,13 +147,23 @@ class Last(NamedTuple):
   pos: jax.Array
 
 
-def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bos):
+def _uniforms(key, step, b: int, rows: int | None):
+  """f32 [5, b] in (0, 1]: one per head and row. With `rows` < b (rows padded for the devices),
+  the draws are those of `rows` rows and the padding repeats row 0's, so the real rows get the
+  numbers they get unpadded and the padding (a copy of row 0) ends when row 0 does."""
+  u = 1.0 - jax.random.uniform(jax.random.fold_in(key, step), (5, rows or b))
+  if rows is not None and rows < b:
+    u = jnp.concatenate([u, jnp.repeat(u[:, :1], b - rows, axis=1)], axis=1)
+  return u
+
+
+def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bos, rows=None):
   """One event per row: (token, visit, age, pos, gap_days), attributes first, then the code.
 
   `after_bos` [B]: the previous token is BOS, which carries its next event's visit attributes by
   construction (see `sequences.py`), so that event stays in BOS's visit."""
   temperature, top_k, top_p = controls
-  u = 1.0 - jax.random.uniform(jax.random.fold_in(key, step), (5, h_BxD.shape[0]))  # (0, 1]
+  u = _uniforms(key, step, h_BxD.shape[0], rows)
   attr = model.attribute_logits(h_BxD)
   new_visit = _pick(attr["new_visit"], u[0], temperature, top_k, top_p)
   new_visit = jnp.where(after_bos, 0, new_visit)
@@ -179,7 +190,7 @@ def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bo
 
 
 def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p, min_new, key,
-                 *, max_new: int):
+                 *, max_new: int, rows: int | None = None):
   model = nnx.merge(graphdef, params)
   b, lp = prompt.tokens.shape
   controls = (temperature, top_k, top_p)
@@ -191,7 +202,8 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
              gap_days=jnp.zeros((b, max_new), jnp.int32))
 
   def emit(step, h, last, done, out, num_new, after_bos):
-    code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new, after_bos)
+    code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new, after_bos,
+                                              rows)
     code = jnp.where(done, PAD, code)
     new = dict(tokens=code, visit=visit, age=age, pos=pos, gap_days=days)
     out = {k: out[k].at[:, step].set(jnp.where(done, jnp.zeros_like(v), v)) for k, v in new.items()}
@@ -222,17 +234,44 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
   return out
 
 
-_sample_jit = jax.jit(_sample_impl, static_argnums=0, static_argnames=("max_new",))
+_sample_jit = jax.jit(_sample_impl, static_argnums=0, static_argnames=("max_new", "rows"))
+
+
+def local_mesh() -> Mesh | None:
+  """A ("data",) mesh over this process's devices; None with one device (nothing to split)."""
+  devices = jax.local_devices()
+  return Mesh(np.asarray(devices), ("data",)) if len(devices) > 1 else None
+
+
+def pad_rows(arrays, multiple: int):
+  """Arrays with a leading row axis, padded to a multiple of `multiple` rows by repeating row 0."""
+  short = -len(arrays[0]) % multiple
+  if not short:
+    return tuple(arrays)
+  return tuple(np.concatenate([a, np.repeat(a[:1], short, axis=0)]) for a in arrays)
+
+
+def shard_rows(mesh: Mesh, arrays, params):
+  """(arrays padded by `pad_rows` and split over "data", params whole on every device)."""
+  rows = NamedSharding(mesh, P("data"))
+  arrays = pad_rows(arrays, mesh.size)
+  return (tuple(jax.device_put(a, rows) for a in arrays),
+          jax.device_put(params, NamedSharding(mesh, P())))
 
 
 def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, temperature=1.0,
-           top_k=0, top_p=1.0, seed=0, min_new=0, buckets: Sequence[int] = DEFAULT_BUCKETS):
+           top_k=0, top_p=1.0, seed=0, min_new=0, buckets: Sequence[int] = DEFAULT_BUCKETS,
+           mesh: Mesh | None = None):
   """Samples up to `max_new` events after each prompt.
 
   `prompt` is right-padded; `prompt_len` int32 [B] (each >= 1: at least BOS). Returns numpy
   arrays: tokens, visit, age, pos (raw CMS code), gap_days (days since the previous event's
   visit), each [B, max_new], and num_new [B] (events before EOS; EOS, when emitted, sits at column
   num_new; columns after it are PAD). Same seed, same inputs: same result.
+
+  With a `mesh` (`local_mesh`) the rows are split over its "data" axis, padded to a multiple of
+  its devices and unpadded after; each row draws the random numbers it draws on one device, so
+  the result is the same tokens as without a mesh.
   """
   prompt_len = np.asarray(prompt_len, np.int32)
   if prompt_len.min(initial=1) < 1:
@@ -243,6 +282,11 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
     raise DataError(f"prompt of {longest} tokens exceeds the largest bucket {max(buckets)}; "
                     "encode prompts with a smaller max_len (the most recent events are kept)")
   prompt = pad_to(TokenBatch(*(np.asarray(a) for a in prompt)), width)
+  b, rows = len(prompt_len), None
+  if mesh is not None and mesh.size > 1:
+    (*columns, prompt_len), params = shard_rows(mesh, (*prompt, prompt_len), params)
+    prompt, rows = TokenBatch(*columns), b
   out = _sample_jit(graphdef, params, prompt, prompt_len, jnp.float32(temperature), jnp.int32(top_k),
-                    jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed), max_new=int(max_new))
-  return jax.device_get(out)
+                    jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed), max_new=int(max_new),
+                    rows=rows)
+  return {k: v[:b] for k, v in jax.device_get(out).items()}

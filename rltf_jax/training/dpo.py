@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from rltf_jax.checkpoints import load_decoder
 from rltf_jax.errors import ConfigError
 from rltf_jax.training import finetune, loop, reference
+from rltf_jax.training.mesh import make_mesh
 from rltf_jax.training.pairs import SEG_PAD, bucketed_batch, pack_pairs, pair_logps, row_shapes
 from rltf_jax.training.preference import PreferenceData
 
@@ -105,7 +106,7 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   cache_dir = pref_data.directory or run.path
   ref_chosen, ref_rejected = reference.reference_logps(
       graphdef, base_params, pref_data, packed, cache_dir, batch_size=rc.reference_batch_size,
-      reference_id=reference_id)
+      reference_id=reference_id, mesh=make_mesh(cfg.mesh))
   total = rc.epochs * -(-pref_data.num_pairs // rc.batch_size)
   shapes = row_shapes(packed)
 

@@ -18,8 +18,9 @@ initial state and a batch function; `train` owns everything else:
   returns or raises.
 
 A step is `(state, batch) -> (state, metrics)` with state = dict(params, opt_state, step), made by
-`make_step` from a loss and jitted once per configuration by `compile_step` (state replicated and
-donated, batches split over the mesh's "data" axis); `compiled` holds every jitted function.
+`make_step` from a loss and jitted once per configuration by `compile_step` (state sharded by
+`training.mesh`'s rules and donated, batches split over the mesh's "data" and "fsdp" axes);
+`compiled` holds every jitted function.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from rltf_jax import io
 from rltf_jax.checkpoints import Checkpointer
 from rltf_jax.errors import TrainingError
 from rltf_jax.preemption import Preempted, Watch
-from rltf_jax.training.mesh import data_sharding, replicated
+from rltf_jax.training.mesh import data_sharding, replicated, state_sharding
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -91,19 +92,23 @@ def compiled(key: Hashable, build: Callable[[], Any]) -> Any:
 
 def compile_step(key: Hashable, make: Callable[[], Callable], init: Callable, state_abstract,
                  mesh: Mesh) -> CompiledStep:
-  """`jax.jit` of `make()` (a pure step): state replicated and donated, batches split over "data";
+  """`jax.jit` of `make()` (a pure step): state sharded by `training.mesh.state_sharding`
+  (split over "fsdp"; whole where that axis has size 1) and donated, batches split over "data" and "fsdp";
   `init` (the initial state from its arguments) jitted to materialise the state directly in its
   sharded layout.
 
-  `key` names everything the step depends on (model graph, config, step count); the devices of
-  `mesh` are added to it."""
+  `key` names everything the step depends on (model graph, config, step count); the shape and
+  devices of `mesh` are added to it."""
   def build():
-    state_sharding = jax.tree.map(lambda _: replicated(mesh), state_abstract)
-    step = jax.jit(make(), in_shardings=(state_sharding, data_sharding(mesh)),
-                   out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
-    return CompiledStep(step, jax.jit(init, out_shardings=state_sharding), state_abstract,
-                        state_sharding, data_sharding(mesh))
-  return compiled(("step", key, tuple(mesh.devices.flat)), build)
+    sharding = state_sharding(mesh, state_abstract)
+    step = jax.jit(make(), in_shardings=(sharding, data_sharding(mesh)),
+                   out_shardings=(sharding, replicated(mesh)), donate_argnums=0)
+    # The abstract state carries the shardings, so a resumed state is read straight into them.
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state_abstract, sharding)
+    return CompiledStep(step, jax.jit(init, out_shardings=sharding), abstract, sharding,
+                        data_sharding(mesh))
+  return compiled(("step", key, tuple(mesh.shape.items()), tuple(mesh.devices.flat)), build)
 
 
 # ---------------------------------------------------------------------------- the loop

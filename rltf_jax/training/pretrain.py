@@ -12,8 +12,8 @@ checkpoints, progress) is `rltf_jax.training.loop`, shared with every other trai
   are far shorter than `seq_len`, so an unpacked row is mostly PAD that the model still computes;
   packed rows are nearly full. An epoch then has as many steps as its rows fill whole batches.
 - The step is one `jax.jit` over (state, batch) with the state donated; shardings come from the
-  mesh in `cfg.mesh` (batch split over "data", state replicated), so data parallelism is a config
-  change.
+  mesh in `cfg.mesh` (batch split over "data" and "fsdp", state over "fsdp"; `training.mesh`), so
+  data parallelism and FSDP are config changes.
 - Loss per batch: mean over real target tokens of -log p(code | history, next attributes) plus
   `aux_weight` times the attribute negative log-likelihood (new visit, place of service, gap).
 - The run directory (= the returned `ckpt_dir`) holds run.json (its identity, marked finished at

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from rltf_jax import io
 from rltf_jax.errors import DataError
+from rltf_jax.training.mesh import batch_devices, data_sharding, state_sharding
 from rltf_jax.training.pairs import PackedPairs, bucketed_batch, pair_logps, row_shapes
 from rltf_jax.training.preference import PreferenceData
 
@@ -43,14 +45,25 @@ def cache_key(reference_id: str, pairs_fingerprint: str) -> str:
   return hashlib.sha256(f"v{CACHE_VERSION}:{reference_id}:{pairs_fingerprint}".encode()).hexdigest()[:16]
 
 
-def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: int):
+def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: int,
+                            mesh: Mesh | None = None):
   """(chosen, rejected) float32 [N]: reference log-probabilities of every pair.
 
   Rows are sorted by length and cut to power-of-two widths, so short pairs do not pay for the
   longest one; each batch has `batch_size` rows (the last one padded), so there is one compile per
-  width bucket.
+  width bucket. On a `mesh` of several devices the rows are split over "data" and "fsdp" and the
+  parameters sharded as in training (`training.mesh`); `batch_size` is rounded up to a multiple
+  of the devices the rows are split over.
   """
-  fn = jax.jit(pair_logps, static_argnums=0)
+  if mesh is None or mesh.size == 1:
+    fn = jax.jit(pair_logps, static_argnums=0)
+  else:
+    n_dev = batch_devices(mesh)
+    batch_size = -(-batch_size // n_dev) * n_dev
+    shardings = state_sharding(mesh, params)
+    params = jax.device_put(params, shardings)
+    sharded = jax.jit(lambda p, b: pair_logps(graphdef, p, b), in_shardings=(shardings, data_sharding(mesh)))
+    fn = lambda _, p, b: sharded(p, b)
   n = len(packed.tokens)
   shapes = row_shapes(packed)
   order = np.argsort(shapes[0], kind="stable")
@@ -67,8 +80,9 @@ def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: i
 
 
 def reference_logps(graphdef, params, pairs: PreferenceData, packed: PackedPairs, cache_dir: str | Path,
-                    *, batch_size: int = 32, reference_id: str | None = None):
-  """Cached `compute_reference_logps`; `reference_id` defaults to the parameters' fingerprint."""
+                    *, batch_size: int = 32, reference_id: str | None = None, mesh: Mesh | None = None):
+  """Cached `compute_reference_logps`; `reference_id` defaults to the parameters' fingerprint.
+  The cache does not depend on `mesh`: the values agree to float rounding on any mesh."""
   reference_id = reference_id or params_fingerprint(params)
   path = Path(cache_dir) / f"reference-{cache_key(reference_id, pairs.fingerprint)}.npz"
   if path.exists():
@@ -83,7 +97,7 @@ def reference_logps(graphdef, params, pairs: PreferenceData, packed: PackedPairs
     log.info("reference log-probs: reusing %s", path)
     return got["chosen"], got["rejected"]
   t0 = time.perf_counter()
-  chosen, rejected = compute_reference_logps(graphdef, params, packed, batch_size)
+  chosen, rejected = compute_reference_logps(graphdef, params, packed, batch_size, mesh)
   if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
     raise DataError("the reference model gives non-finite log-probabilities for some pairs; "
                     "check the base checkpoint")

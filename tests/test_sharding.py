@@ -1,0 +1,229 @@
+"""Sharding: the parameter rules, and FSDP on 4 fake CPU devices = 1 device.
+
+Fake devices need XLA_FLAGS before JAX is imported, hence the subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
+
+from rltf_jax.models import decoder as dec
+from rltf_jax.training import mesh as mesh_lib
+from test_pretrain import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_on_fake_devices(script: str, devices: int = 4, timeout: int = 300) -> dict:
+  """Runs `script` in a subprocess with `devices` CPU devices; returns its last stdout line as JSON."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+  res = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def specs(sizes: dict, cfg) -> dict[str, P]:
+  mesh = AbstractMesh(tuple(sizes[a] for a in mesh_lib.MESH_AXES), mesh_lib.MESH_AXES)
+  _, abstract = dec.abstract_decoder(cfg.model, 50)
+  leaves = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  return {mesh_lib.path_name(p): mesh_lib.param_spec(mesh, mesh_lib.path_name(p), x.shape)
+          for p, x in leaves}
+
+
+def test_rules_name_every_decoder_parameter():
+  cfg = tiny_config()
+  cfg.model.head_codes, cfg.model.tail_rank = 20, 8
+  _, abstract = dec.abstract_decoder(cfg.model, 50)
+  for path, x in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    assert mesh_lib.logical_axes(mesh_lib.path_name(path), x.ndim) is not None, path
+
+
+def test_fsdp_splits_the_embedding_dimension_and_tensor_the_others():
+  cfg = tiny_config()  # width 32, vocabulary 50, factorised head of 20 codes, tail rank 8
+  cfg.model.head_codes, cfg.model.tail_rank = 20, 8
+  got = specs(dict(data=2, fsdp=2, tensor=1), cfg)
+  assert got["code_embed/embedding"] == P(None, "fsdp")
+  assert got["blocks/0/qkv/kernel"] == P("fsdp", None)
+  assert got["blocks/0/down/kernel"] == P(None, "fsdp")
+  assert got["unembed/kernel"] == P("fsdp", None)
+  assert got["tail_unembed/kernel"] == P(None, None)  # no "embed" dimension
+  assert got["final_norm/scale"] == P(None)
+  got = specs(dict(data=1, fsdp=2, tensor=2), cfg)
+  assert got["blocks/0/up/kernel"] == P("fsdp", "tensor")
+  assert got["code_embed/embedding"] == P("tensor", "fsdp")
+  assert got["tail_unembed/kernel"] == P(None, "tensor")  # 30 tail codes
+  assert got["unembed/kernel"] == P("fsdp", None)  # 21 = 20 head codes + the tail row: odd, whole
+  got = specs(dict(data=1, fsdp=3, tensor=1), cfg)
+  assert got["blocks/0/qkv/kernel"] == P(None, None)  # 32 is not divisible by 3
+  assert specs(dict(data=1, fsdp=1, tensor=1), cfg)["blocks/0/qkv/kernel"] == P(None, None)
+
+
+def test_unnamed_parameters_split_their_largest_divisible_dimension():
+  mesh = AbstractMesh((1, 2, 1), mesh_lib.MESH_AXES)
+  assert mesh_lib.param_spec(mesh, "lstm/w", (6, 16)) == P(None, "fsdp")
+  assert mesh_lib.param_spec(mesh, "lstm/w", (16, 7)) == P("fsdp", None)
+  assert mesh_lib.param_spec(mesh, "lstm/w", (5, 7)) == P(None, None)
+  assert mesh_lib.param_spec(mesh, "lstm/b", (16,)) == P(None)
+  assert mesh_lib.param_spec(mesh, "opt_state/0/count", ()) == P()
+
+
+FSDP_SCRIPT = """
+    import json, jax, numpy as np
+    from jax.sharding import PartitionSpec as P
+    from test_pretrain import tiny_config, golden_batch
+    from rltf_jax.checkpoints import Checkpointer
+    from rltf_jax.training import pretrain as pt
+    import tempfile
+    assert len(jax.devices()) == 4
+    out, params = {}, {}
+    for name, sizes in (("one", dict(data=1)), ("fsdp", dict(data=2, fsdp=2)),
+                        ("tensor", dict(data=1, fsdp=2, tensor=2))):
+      cfg = tiny_config()
+      cfg.model.head_codes, cfg.model.tail_rank = 20, 8
+      cfg.mesh.update(sizes)
+      _, mesh, step, init, shard, batch_shard = pt.build_step(cfg, 50, cfg.pretrain.steps)
+      state = init()
+      losses = []
+      for i in range(3):
+        state, m = step(state, jax.device_put(golden_batch(), batch_shard))
+        losses.append(float(m["loss"]))
+      up = state["params"]["blocks"][0]["up"]["kernel"]
+      mu = state["opt_state"][1][0].mu["blocks"][0]["up"]["kernel"]
+      out[name] = dict(losses=losses, spec=str(up.sharding.spec), mu_spec=str(mu.sharding.spec),
+                       shard=list(up.addressable_shards[0].data.shape), devices=len(up.sharding.device_set))
+      params[name] = jax.device_get(state["params"])
+      if name == "fsdp":  # a checkpoint comes back in the sharded layout
+        with tempfile.TemporaryDirectory() as d:
+          _, _, compiled = pt._compiled_step(cfg, 50, cfg.pretrain.steps)
+          ckpt = Checkpointer(d)
+          ckpt.save_latest(3, state, {})
+          back, _ = ckpt.restore_latest(compiled.state_abstract)
+          ckpt.close()
+          b = back["params"]["blocks"][0]["up"]["kernel"]
+          out[name]["restored"] = [str(b.sharding.spec), bool(np.array_equal(b, up))]
+    for name in ("fsdp", "tensor"):
+      diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params["one"], params[name])
+      out[name]["max_param_diff"] = max(jax.tree.leaves(diff))
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # three compiles of the step in a subprocess: ~70 s on a loaded 2-core machine
+def test_fsdp_on_four_devices_matches_one_device():
+  """(data 2, fsdp 2) and (fsdp 2, tensor 2) give the losses and parameters of one device after
+  three steps, up to float rounding (the sums over the batch run in another order; Adam turns
+  such differences on near-zero gradients into ~1e-6 of the parameters)."""
+  out = run_on_fake_devices(FSDP_SCRIPT)
+  one, fsdp, tensor = out["one"], out["fsdp"], out["tensor"]
+  assert one["devices"] == 1 and fsdp["devices"] == 4 and tensor["devices"] == 4
+  # MLP up-projection [32, 128]: rows over fsdp (16 each); with tensor 2 the columns too.
+  assert fsdp["spec"] == str(P("fsdp", None)) and fsdp["shard"] == [16, 128]
+  assert fsdp["mu_spec"] == fsdp["spec"]  # Adam's moments are sharded like their parameters
+  assert tensor["spec"] == str(P("fsdp", "tensor")) and tensor["shard"] == [16, 64]
+  assert fsdp["restored"] == [fsdp["spec"], True]
+  for other in (fsdp, tensor):
+    np.testing.assert_allclose(other["losses"], one["losses"], rtol=1e-6)
+    assert other["max_param_diff"] < 1e-5, other["max_param_diff"]
+
+
+GENERATION_SCRIPT = """
+    import json, jax, numpy as np
+    from configs import base as base_config
+    from rltf_jax.data.vocab import Vocabulary
+    from rltf_jax.models import decoder as dec
+    from rltf_jax.sampling.generator import TransformerGenerator
+    assert len(jax.devices()) == 4
+    c = base_config.get_config().model
+    c.width, c.num_layers, c.num_heads, c.compute_dtype = 32, 1, 2, "float32"
+    graphdef, params = dec.init_decoder(c, 30, seed=3)
+    vocab = Vocabulary(("<pad>", "<bos>", "<eos>", "<unk>") + tuple(f"ICD10CM/A{i:02d}" for i in range(26)))
+    # 6 rows a batch: not a multiple of the 4 devices, so every batch is padded and unpadded.
+    gen = TransformerGenerator(graphdef, params, vocab, batch_size=6, max_prompt_len=16)
+    one = TransformerGenerator(graphdef, params, vocab, batch_size=6, max_prompt_len=16)
+    one.mesh, one.params = None, params  # what a process with one device runs
+    out = dict(devices=len(gen.params["unembed"]["kernel"].sharding.device_set))
+    for name, g in (("four", gen), ("one", one)):
+      prompts = g.generate_patients(7, seed=2, max_events=6)
+      done = g.complete(prompts, max_new_events=10, seed=5)
+      out[name] = dict(prompts=prompts.code.tolist(), codes=done.code.tolist(), day=done.day.tolist(),
+                       visit=done.visit.tolist(), lengths=done.lengths.tolist(),
+                       ll=g.log_likelihood(prompts).tolist())
+    print(json.dumps(out))
+"""
+
+
+def test_generation_on_four_devices_gives_the_same_tokens():
+  out = run_on_fake_devices(GENERATION_SCRIPT)
+  assert out["devices"] == 4
+  four, one = out["four"], out["one"]
+  for key in ("prompts", "codes", "day", "visit", "lengths"):
+    assert four[key] == one[key], key
+  assert sum(one["lengths"]) > 0
+  np.testing.assert_allclose(four["ll"], one["ll"], rtol=1e-6)
+
+
+PROCESS_SCRIPT = """
+    import json, sys, jax, numpy as np
+    port, num_processes, process_id = (int(a) for a in sys.argv[1:4])
+    if num_processes > 1:
+      jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
+                                 process_id=process_id, local_device_ids=[0])
+    from jax.experimental import multihost_utils
+    from test_pretrain import tiny_config, golden_batch
+    from rltf_jax.training import pretrain as pt
+    cfg = tiny_config()
+    cfg.mesh.update(dict(data=1, fsdp=num_processes))  # parameters split across the processes
+    _, mesh, step, init, shard, batch_shard = pt.build_step(cfg, 50, cfg.pretrain.steps)
+    state, losses = init(), []
+    for i in range(3):
+      state, m = step(state, jax.device_put(golden_batch(), batch_shard))
+      losses.append(float(m["loss"]))
+    up = multihost_utils.process_allgather(state["params"]["blocks"][0]["up"]["kernel"], tiled=True)
+    print(json.dumps(dict(losses=losses, processes=jax.process_count(), devices=len(jax.devices()),
+                          up=np.asarray(up).ravel()[:64].tolist())))
+"""
+
+
+def free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow  # three processes compiling the step on a 2-core machine: ~60 s
+def test_two_processes_on_localhost_match_one():
+  """Two `jax.distributed` processes with one CPU device each, the state split over both by
+  "fsdp": the losses and parameters of one process on one device."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+  env.pop("XLA_FLAGS", None)
+  port = free_port()
+  script = textwrap.dedent(PROCESS_SCRIPT)
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(port), str(n), str(i)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for n, i in ((2, 0), (2, 1), (1, 0))]
+  outs = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=300)
+      assert p.returncode == 0, stderr[-3000:]
+      outs.append(json.loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  first, second, alone = outs
+  assert first["processes"] == second["processes"] == 2 and first["devices"] == 2
+  assert alone["processes"] == 1 and alone["devices"] == 1
+  assert first["losses"] == second["losses"]  # one replicated value, read on each process
+  np.testing.assert_allclose(first["losses"], alone["losses"], rtol=1e-6)
+  np.testing.assert_allclose(first["up"], alone["up"], atol=1e-5)
