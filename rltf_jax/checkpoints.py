@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax.sharding import SingleDeviceSharding
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -59,11 +60,14 @@ def _manager(path: Path, keep: int = 1, asynchronous: bool = False) -> ocp.Check
 
 
 def _abstract(tree):
-  """ShapeDtypeStructs for a tree of arrays or of ShapeDtypeStructs (shardings kept)."""
+  """ShapeDtypeStructs for a tree of arrays or of ShapeDtypeStructs (shardings kept).
+
+  A leaf without a sharding is read onto this process's first device: orbax would otherwise
+  restore the sharding the checkpoint was written with, and refuse when that mesh (a sharded
+  pretraining on several devices) is not the reader's."""
   def leaf(x):
-    if isinstance(x, jax.ShapeDtypeStruct):
-      return x
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    sharding = getattr(x, "sharding", None) or SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   return jax.tree.map(leaf, tree)
 
 

@@ -14,18 +14,21 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from rltf_jax.checkpoints import restore_params
 from rltf_jax.models import decoder as dec
+from rltf_jax.sampling import sampler
 from rltf_jax.training import mesh as mesh_lib
 from test_pretrain import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_on_fake_devices(script: str, devices: int = 4, timeout: int = 300) -> dict:
-  """Runs `script` in a subprocess with `devices` CPU devices; returns its last stdout line as JSON."""
+def run_on_fake_devices(script: str, *args: str, devices: int = 4, timeout: int = 300) -> dict:
+  """Runs `script` with `args` in a subprocess with `devices` CPU devices; returns its last stdout
+  line as JSON."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
-  res = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=env,
+  res = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=timeout)
   assert res.returncode == 0, res.stderr[-3000:]
   return json.loads(res.stdout.strip().splitlines()[-1])
@@ -77,7 +80,7 @@ def test_unnamed_parameters_split_their_largest_divisible_dimension():
 
 
 FSDP_SCRIPT = """
-    import json, jax, numpy as np
+    import json, sys, jax, numpy as np
     from jax.sharding import PartitionSpec as P
     from test_pretrain import tiny_config, golden_batch
     from rltf_jax.checkpoints import Checkpointer
@@ -110,6 +113,9 @@ FSDP_SCRIPT = """
           ckpt.close()
           b = back["params"]["blocks"][0]["up"]["kernel"]
           out[name]["restored"] = [str(b.sharding.spec), bool(np.array_equal(b, up))]
+        ckpt = Checkpointer(sys.argv[1])  # read by the test's own process, on one device
+        ckpt.save_best(3, state["params"], {})
+        ckpt.close()
     for name in ("fsdp", "tensor"):
       diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params["one"], params[name])
       out[name]["max_param_diff"] = max(jax.tree.leaves(diff))
@@ -118,11 +124,12 @@ FSDP_SCRIPT = """
 
 
 @pytest.mark.slow  # three compiles of the step in a subprocess: ~70 s on a loaded 2-core machine
-def test_fsdp_on_four_devices_matches_one_device():
+def test_fsdp_on_four_devices_matches_one_device(tmp_path):
   """(data 2, fsdp 2) and (fsdp 2, tensor 2) give the losses and parameters of one device after
   three steps, up to float rounding (the sums over the batch run in another order; Adam turns
-  such differences on near-zero gradients into ~1e-6 of the parameters)."""
-  out = run_on_fake_devices(FSDP_SCRIPT)
+  such differences on near-zero gradients into ~1e-6 of the parameters). A sharded checkpoint
+  comes back in its layout there, and on one device here."""
+  out = run_on_fake_devices(FSDP_SCRIPT, str(tmp_path))
   one, fsdp, tensor = out["one"], out["fsdp"], out["tensor"]
   assert one["devices"] == 1 and fsdp["devices"] == 4 and tensor["devices"] == 4
   # MLP up-projection [32, 128]: rows over fsdp (16 each); with tensor 2 the columns too.
@@ -133,13 +140,20 @@ def test_fsdp_on_four_devices_matches_one_device():
   for other in (fsdp, tensor):
     np.testing.assert_allclose(other["losses"], one["losses"], rtol=1e-6)
     assert other["max_param_diff"] < 1e-5, other["max_param_diff"]
+  cfg = tiny_config()
+  cfg.model.head_codes, cfg.model.tail_rank = 20, 8
+  params = restore_params(tmp_path, dec.abstract_decoder(cfg.model, 50)[1])
+  up = params["blocks"][0]["up"]["kernel"]
+  assert len(up.sharding.device_set) == 1 and up.shape == (32, 128)
 
 
 GENERATION_SCRIPT = """
     import json, jax, numpy as np
     from configs import base as base_config
     from rltf_jax.data.vocab import Vocabulary
-    from rltf_jax.models import decoder as dec
+    from rltf_jax.checkpoints import restore_params
+from rltf_jax.models import decoder as dec
+from rltf_jax.sampling import sampler
     from rltf_jax.sampling.generator import TransformerGenerator
     assert len(jax.devices()) == 4
     c = base_config.get_config().model
@@ -161,7 +175,21 @@ GENERATION_SCRIPT = """
 """
 
 
+def test_padded_rows_draw_the_unpadded_numbers_and_copy_row_zero():
+  key = jax.random.key(3)
+  want = np.asarray(sampler._uniforms(key, 2, 6, None))
+  got = np.asarray(sampler._uniforms(key, 2, 8, 6))
+  np.testing.assert_array_equal(got[:, :6], want)
+  np.testing.assert_array_equal(got[:, 6:], want[:, :1].repeat(2, 1))
+  a, b = sampler.pad_rows((np.arange(6), np.arange(12).reshape(6, 2)), 4)
+  assert a.tolist() == [0, 1, 2, 3, 4, 5, 0, 0] and b.shape == (8, 2) and (b[6:] == b[0]).all()
+  assert sampler.pad_rows((np.arange(8),), 4)[0].shape == (8,)
+
+
+@pytest.mark.slow  # four compiles of the sampler in a subprocess: ~40 s on a loaded 2-core machine
 def test_generation_on_four_devices_gives_the_same_tokens():
+  """TransformerGenerator on 4 devices: the generations of one device for the same seed, with
+  batches of 6 rows (padded to 8 and unpadded); scores to float rounding."""
   out = run_on_fake_devices(GENERATION_SCRIPT)
   assert out["devices"] == 4
   four, one = out["four"], out["one"]
@@ -227,3 +255,58 @@ def test_two_processes_on_localhost_match_one():
   assert first["losses"] == second["losses"]  # one replicated value, read on each process
   np.testing.assert_allclose(first["losses"], alone["losses"], rtol=1e-6)
   np.testing.assert_allclose(first["up"], alone["up"], atol=1e-5)
+
+
+DPO_SCRIPT = """
+    import json, jax, ml_collections, numpy as np
+    from configs import base as base_config
+    from test_dpo import tiny_decoder
+    from test_preference import COHORT, random_dataset, rltf_cfg
+    from rltf_jax.data.vocab import Vocabulary
+    from rltf_jax.training import dpo, loop, reference
+    from rltf_jax.training.mesh import make_mesh
+    from rltf_jax.training.optimizer import make_optimizer
+    from rltf_jax.training.pairs import bucketed_batch, pack_pairs, row_shapes
+    from rltf_jax.training.preference import build_preference_data
+    ds = random_dataset(num_patients=200, seed=11, max_events=14)
+    vocab = Vocabulary.build(ds, always_include=COHORT.codes)
+    data = build_preference_data(ds, COHORT, rltf_cfg(num_pairs=24, max_prompt_events=6,
+                                                      max_continuation_events=7))
+    graphdef, params = tiny_decoder(len(vocab))
+    packed = pack_pairs(data, vocab)
+    rc = base_config.get_config().rltf
+    rc.lr = 1e-3
+    optimizer = make_optimizer(rc, 4)
+    init = lambda p: loop.initial_state(p, optimizer)
+    # No penalty: the policy starts at the reference, where max(0, ref - policy) has its kink and
+    # the sign of a last-bit difference would choose the gradient.
+    make = lambda: loop.make_step(dpo.make_loss(graphdef, beta=rc.beta, lam=0.0,
+                                                placement=rc.penalty_placement), optimizer)
+    out = {}
+    for name, sizes in (("one", dict(data=1)), ("fsdp", dict(data=2, fsdp=2))):
+      mesh = make_mesh(ml_collections.ConfigDict(sizes))
+      # Batches of 5 pairs: 8 on the 4 devices.
+      chosen, rejected = reference.compute_reference_logps(graphdef, params, packed, 5, mesh)
+      step = loop.compile_step(("dpo-sharding-test", name), make, init, jax.eval_shape(init, params), mesh)
+      state, losses = step.init(params), []
+      rows = np.arange(8)
+      batch = (bucketed_batch(packed, rows, row_shapes(packed)), chosen[rows], rejected[rows])
+      for i in range(3):
+        state, m = step.step(state, jax.device_put(batch, step.batch_sharding))
+        losses.append(float(m["loss"]))
+      qkv = state["params"]["blocks"][0]["qkv"]["kernel"]
+      out[name] = dict(chosen=chosen.tolist(), rejected=rejected.tolist(), losses=losses,
+                       spec=str(qkv.sharding.spec), qkv=np.asarray(qkv).ravel()[:256].tolist())
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # reference passes and DPO steps compiled for two meshes: ~60 s on 2 loaded cores
+def test_reference_pass_and_dpo_on_four_devices_match_one_device():
+  out = run_on_fake_devices(DPO_SCRIPT)
+  one, fsdp = out["one"], out["fsdp"]
+  assert fsdp["spec"] == str(P("fsdp", None)) and one["spec"] == str(P(None, None))
+  np.testing.assert_allclose(fsdp["chosen"], one["chosen"], rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(fsdp["rejected"], one["rejected"], rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(fsdp["losses"], one["losses"], rtol=1e-5)
+  np.testing.assert_allclose(fsdp["qkv"], one["qkv"], atol=1e-5)
