@@ -68,9 +68,9 @@ def test_fidelity_anchors_copy_is_close_and_marginals_lose_the_cooccurrences():
 
 def test_run_privacy_stage_measures_every_method_against_the_fine_tunes_patients(enriched_sweep):
   """The pipeline's privacy stage on a finished run (Shock, base and RLTF): both methods and both
-  anchors, against RLTF's preference-pair patients, with a holdout of unevaluated patients that
-  matches the released records' cohort mix; the copy anchor leaks everything and the report shows
-  the table."""
+  anchors, against RLTF's preference-pair patients, half the evaluated patients released and the
+  other half the holdout; the copy anchor leaks everything and the report shows the tables and the
+  distance plot."""
   import json
   from rltf_jax.data.events import PatientEvents
   _, work = enriched_sweep
@@ -80,13 +80,16 @@ def test_run_privacy_stage_measures_every_method_against_the_fine_tunes_patients
   assert rec["reference_source"] == "the fine-tune's preference-pair patients"
   n = rec["patients"]
   prompts = PatientEvents.load(run / "eval" / "rltf" / "test_prompts.npz")
-  assert n["released"] == prompts.num_patients
-  assert 0 < n["holdout_members"] <= n["released_members"]
-  assert 0 < n["holdout"] - n["holdout_members"] <= n["released"] - n["released_members"]
+  # Half the evaluated patients released, the other half the holdout, split within each stratum.
+  assert n["released"] + n["holdout"] == prompts.num_patients and n["holdout"] > 0
+  assert abs(n["released_members"] - n["holdout_members"]) <= 1 and n["holdout_members"] > 0
   copy = rec["results"]["copy"]["all"]
   assert copy["dcr"]["synthetic_median"] == 0.0 and copy["membership"]["value"] > 0.9
   for name in ("base", "rltf"):
     assert 0.0 <= rec["results"][name]["all"]["dcr"]["synthetic_median"] <= 1.0
+  z = np.load(run / "privacy" / dp.ARRAYS_FILE)
+  assert np.all(z["copy.all.synthetic"] == 0.0) and len(z["rltf.all.synthetic"]) == n["released"]
+  assert len(z["holdout.lengths"]) == n["holdout"] and (run / "report" / "privacy_shock.png").exists()
   report = (run / "report" / "report.md").read_text()
   assert "### Privacy and fidelity of the released records" in report
   assert report.count("| copy | all") == 2  # one row in the privacy table, one in the fidelity table

@@ -109,8 +109,10 @@ def _keys(x: sp.csr_matrix) -> list[bytes]:
 
 
 def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matrix,
-                  target_cols: np.ndarray, *, num_samples: int, seed: int, k: int = 5) -> dict:
-  """Every metric of the module doc for one population of patients."""
+                  target_cols: np.ndarray, *, num_samples: int, seed: int, k: int = 5,
+                  distances: dict | None = None) -> dict:
+  """Every metric of the module doc for one population of patients. `distances`, when given,
+  receives the nearest-training-record distances of the synthetic and holdout patients (plots)."""
   rng = np.random.default_rng(seed)
   out = dict(patients=dict(synthetic=int(syn.shape[0]), train=int(train.shape[0]),
                            holdout=int(holdout.shape[0])))
@@ -119,6 +121,8 @@ def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matr
     return out
   d_syn, _ = nearest(syn, train, 2)
   d_hold, _ = nearest(holdout, train, 2)
+  if distances is not None:
+    distances.update(synthetic=d_syn[:, 0], holdout=d_hold[:, 0])
   p5 = float(np.percentile(d_hold[:, 0], 5))
   with np.errstate(invalid="ignore", divide="ignore"):
     nndr = np.where(d_syn[:, 1] > 0, d_syn[:, 0] / d_syn[:, 1], 0.0) if d_syn.shape[1] > 1 else np.zeros(0)
@@ -179,8 +183,10 @@ def marginals_anchor(train: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
 
 
 def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: PatientEvents,
-                     cohort_codes, *, num_samples: int = 200, seed: int = 0, anchors: bool = True) -> dict:
-  """{"generator" | "copy" | "marginals": {"all": block, "cohort": block}} (`privacy_block`)."""
+                     cohort_codes, *, num_samples: int = 200, seed: int = 0, anchors: bool = True,
+                     distances: dict | None = None) -> dict:
+  """{"generator" | "copy" | "marginals": {"all": block, "cohort": block}} (`privacy_block`).
+  `distances`, when given, receives {name: {"all" | "cohort": {"synthetic", "holdout": d}}}."""
   table = np.unique(np.concatenate([synthetic.codes, train.codes, holdout.codes]))
   target_cols = np.flatnonzero(np.isin(table, list(cohort_codes)))
   X = {name: code_sets(ds, table) for name, ds in
@@ -199,9 +205,14 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
     t0 = time.perf_counter()
     c_syn, c_train, c_hold = syn[in_cohort(syn)], X["train"][in_cohort(X["train"])], X["holdout"][in_cohort(X["holdout"])]
     events = name == "generator"  # the anchors are code sets: no visits or ages to compare
+    d = {"all": {}, "cohort": {}}
+    if distances is not None:
+      distances[name] = d
     out[name] = dict(
-        all=privacy_block(syn, X["train"], X["holdout"], target_cols, num_samples=num_samples, seed=seed),
-        cohort=privacy_block(c_syn, c_train, c_hold, target_cols, num_samples=num_samples, seed=seed),
+        all=privacy_block(syn, X["train"], X["holdout"], target_cols, num_samples=num_samples, seed=seed,
+                          distances=d["all"]),
+        cohort=privacy_block(c_syn, c_train, c_hold, target_cols, num_samples=num_samples, seed=seed,
+                             distances=d["cohort"]),
         fidelity=dict(
             all=dataset_fidelity.fidelity_block(X["holdout"], syn, seed, holdout if events else None,
                                                 synthetic if events else None),
@@ -214,6 +225,7 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
 
 # ---------------------------------------------------------------- a run's released records
 RUN_FILE = "privacy.json"
+ARRAYS_FILE = "distances.npz"  # per data and population: nearest-reference distances, record lengths
 RUN_VERSION = 1  # bump when evaluate_run's numbers change, so finished runs recompute them
 
 
@@ -229,14 +241,6 @@ def released_records(eval_dir: Path, truncate_events: int) -> tuple[PatientEvent
   return conditional.join(prompts, cut), conditional.join(prompts, true)
 
 
-def _stratified_draw(pool: np.ndarray, member: np.ndarray, num_members: int, num_others: int,
-                     rng) -> np.ndarray:
-  """Indices of `pool`: `num_members` members and `num_others` non-members, uniformly (all of a
-  stratum when it has fewer)."""
-  take = lambda idx, n: idx[_equal_sample(len(idx), n, rng)]
-  return np.sort(np.concatenate([take(pool[member], num_members), take(pool[~member], num_others)]))
-
-
 def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, *,
                  num_samples: int = 200, seed: int = 0) -> dict:
   """The privacy and fidelity suite on each evaluated method's released records (`released_records`),
@@ -249,52 +253,67 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
                never saw the fine-tune's patients: its row is the level of a generator that did not
                train on them, and a fine-tune that leaks its patients sits below it on the
                distance metrics and above it on membership and attribute inference.
-    holdout    patients of the evaluation split that were not evaluated (so no released record holds
-               their prompt), drawn with as many cohort members and non-members as the evaluated
-               patients have: the real patients no method saw.
+    released   each method's records of half the evaluated patients (half A, drawn at random within
+               cohort members and within non-members);
+    holdout    the real records (prompt + true continuation) of the other half (B): patients no
+               method trained on whose prompts no released record holds, of the same kind and mix
+               as the released records' real counterparts. (Splitting the evaluated patients, and
+               not drawing unevaluated ones, keeps the measure possible when the evaluation takes
+               every member there is, as it does for SCD.)
   `cohort` rows restrict every set to patients with a target code.
   """
-  from rltf_jax.evaluation import conditional
-  cfg, dataset, cohort = ctx.cfg.eval, ctx.dataset, ctx.cohort
-  T, min_prompt = int(cfg.truncate_events), int(cfg.min_prompt_events)
+  cohort = ctx.cohort
+  T = int(ctx.cfg.eval.truncate_events)
+  dataset = ctx.dataset
   rng = np.random.default_rng(seed)
   names = list(eval_dirs)
   released = {name: released_records(eval_dirs[name], T) for name in names}
-  _, real = released[names[0]]
-  evaluated = np.isin(dataset.subject_id, real.subject_id)
-  split = ctx.design.eval_split
-  pool, _ = conditional.sample_patients(dataset, split, 0, seed, T, min_prompt)
-  pool = pool[~evaluated[pool]]
-  member = dataset.select(pool).patients_with_any(cohort.codes)
-  real_members = int(real.patients_with_any(cohort.codes).sum())
-  holdout = dataset.select(_stratified_draw(pool, member, real_members, real.num_patients - real_members, rng))
+  real = released[names[0]][1]
+  member = real.patients_with_any(cohort.codes)
+  half_a = np.zeros(real.num_patients, bool)
+  for stratum in (member, ~member):
+    idx = rng.permutation(np.flatnonzero(stratum))
+    half_a[idx[:(len(idx) + 1) // 2]] = True
+  holdout = real.select(np.flatnonzero(~half_a))
+  released = {name: syn.select(np.flatnonzero(half_a)) for name, (syn, _) in released.items()}
+  num_released = int(half_a.sum())
+  released_members = int(member[half_a].sum())
   if reference_ids is not None:
     reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
     reference_source = "the fine-tune's preference-pair patients"
   else:
     train = dataset.split_indices("train")
-    reference = dataset.select(train[_equal_sample(len(train), real.num_patients, rng)])
+    reference = dataset.select(train[_equal_sample(len(train), num_released, rng)])
     reference_source = "the population's training split"
   result, reason = {}, None
-  if min(holdout.num_patients, reference.num_patients) < 2:  # e.g. every test patient was evaluated
+  if min(holdout.num_patients, reference.num_patients) < 2:
     reason = (f"not measured: {holdout.num_patients} holdout and {reference.num_patients} reference "
-              "patients (at least 2 of each needed; evaluate fewer patients to leave a holdout)")
+              "patients (at least 2 of each needed)")
+  arrays = {"holdout.lengths": holdout.lengths, "reference.lengths": reference.lengths}
   for i, name in enumerate(names if reason is None else []):
-    r = evaluate_dataset(released[name][0], reference, holdout, cohort.codes, num_samples=num_samples,
-                         seed=seed, anchors=i == 0)
+    d = {}
+    r = evaluate_dataset(released[name], reference, holdout, cohort.codes, num_samples=num_samples,
+                         seed=seed, anchors=i == 0, distances=d)
     result[name] = r.pop("generator")
     result.update(r)  # copy and marginals, once
+    d[name] = d.pop("generator")
+    arrays[f"{name}.lengths"] = released[name].lengths
+    arrays.update({f"{data}.{pop}.{side}": v for data, pops in d.items() for pop, sides in pops.items()
+                   for side, v in sides.items()})
   record = dict(kind="rltf_jax.dataset_privacy.run", cohort=cohort.name, methods=names,
-                reference_source=reference_source, holdout_source=f"unevaluated {split}-split patients",
-                released="real prompt + generated continuation cut to the true one's length",
+                reference_source=reference_source,
+                holdout_source="the other half of the evaluated patients: prompt + true continuation",
+                released="half of the evaluated patients: real prompt + generated continuation cut to "
+                         "the true one's length",
                 representation="code sets, Jaccard distance",
-                patients=dict(released=int(real.num_patients), released_members=real_members,
+                patients=dict(released=num_released, released_members=released_members,
                               reference=int(reference.num_patients),
                               reference_members=int(reference.patients_with_any(cohort.codes).sum()),
                               holdout=int(holdout.num_patients),
                               holdout_members=int(holdout.patients_with_any(cohort.codes).sum())),
                 results=result, reason=reason)
   out_dir.mkdir(parents=True, exist_ok=True)
+  io.atomic_savez(out_dir / ARRAYS_FILE, **arrays)
   io.atomic_write_json(out_dir / RUN_FILE, record)
   return record
 

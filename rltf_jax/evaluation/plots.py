@@ -130,3 +130,52 @@ def _legend_below(fig, ax) -> None:
   handles, labels = ax.get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7)
   fig.tight_layout(rect=(0, 0.1, 1, 1))
+
+
+def write_privacy_plot(privacy_dir: Path, cohort: str, out: Path) -> str | None:
+  """privacy_<cohort>.png: distance to the closest reference record (empirical CDFs; all patients
+  and cohort members) for each method, the anchors and the holdout, and record lengths released
+  against holdout. Returns the file name, or None when the run has no distances."""
+  from rltf_jax.evaluation import dataset_privacy  # pylint: disable=g-import-not-at-top
+  path = privacy_dir / dataset_privacy.ARRAYS_FILE
+  if not path.exists():
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  z = io.load_npz(path)
+  names = sorted({k.split(".")[0] for k in z if k.endswith(".all.synthetic")},
+                 key=lambda n: (n in ("copy", "marginals"), method_rank(n)))
+  ecdf = lambda ax, v, **kw: ax.plot(np.sort(v), np.arange(1, len(v) + 1) / max(len(v), 1), **kw)
+  fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+  for ax, pop in zip(axes[:2], ("all", "cohort")):
+    holdout = None
+    for name in names:
+      v = z.get(f"{name}.{pop}.synthetic")
+      if v is not None and len(v):
+        ecdf(ax, v, label=label(name) if name not in ("copy", "marginals") else f"{name} (anchor)",
+             ls="--" if name in ("copy", "marginals") else "-")
+        holdout = z.get(f"{name}.{pop}.holdout", holdout)
+    if holdout is not None and len(holdout):
+      ecdf(ax, holdout, label="holdout (real, unseen)", color="black", lw=1.6)
+    ax.set_xlim(-0.02, 1)  # the copy anchor sits at 0
+    ax.set_xlabel("Jaccard distance to the closest reference record", fontsize=8)
+    ax.set_ylabel("fraction of patients", fontsize=8)
+    ax.set_title(f"{'all patients' if pop == 'all' else 'cohort members'}", fontsize=9)
+  axes[0].legend(fontsize=6, loc="lower right")
+  ax = axes[2]
+  for name in names:
+    if f"{name}.lengths" in z:
+      ecdf(ax, z[f"{name}.lengths"], label=label(name))
+  ecdf(ax, z["holdout.lengths"], label="holdout", color="black", lw=1.6)
+  ax.set_xscale("log")
+  ax.set_xlabel("events per record", fontsize=8)
+  ax.set_title("record length", fontsize=9)
+  ax.legend(fontsize=6, loc="lower right")
+  fig.suptitle(f"{get_cohort(cohort).abbrev}: released records against the reference and holdout "
+               "patients", fontsize=10)
+  fig.tight_layout()
+  name = f"privacy_{cohort}.png"
+  fig.savefig(out / name, dpi=120)
+  plt.close(fig)
+  return name

@@ -24,7 +24,7 @@ from rltf_jax import io
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import metrics, paper_numbers as paper
-from rltf_jax.evaluation.plots import write_plots
+from rltf_jax.evaluation.plots import write_plots, write_privacy_plot
 from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
 REPORT_VERSION = 4  # bump when the report's content changes, so finished runs rewrite it
@@ -270,24 +270,27 @@ def _memorization_section(results: dict) -> list[str]:
               "Membership AUC"], rows), ""]
 
 
-def _released_privacy_section(run_dir: Path) -> tuple[list[str], dict]:
+def _released_privacy_section(run_dir: Path, out: Path) -> tuple[list[str], dict]:
   """The privacy and fidelity suite on each method's released records (`privacy/privacy.json`,
   written by the pipeline's privacy stage), with the copy and marginals anchors."""
   from rltf_jax.evaluation import dataset_privacy
   found = {}
+  plots = {}
   for path in sorted(run_dir.rglob(f"privacy/{dataset_privacy.RUN_FILE}")):
     rec = json.loads(path.read_text())
     found[rec["cohort"]] = rec
+    plots[rec["cohort"]] = write_privacy_plot(path.parent, rec["cohort"], out)
   if not found:
     return [], {}
   lines = ["### Privacy and fidelity of the released records", "",
-           "Each method's *released records*: the evaluated patients' real prompts with its generated "
-           "continuations (cut to the true continuation's length), as `synthesize --mode continue` "
-           "would release them. Patients are code sets and distances Jaccard distances "
-           "(`rltf_jax/evaluation/dataset_privacy.py`). The *reference* patients are the fine-tune's "
-           "training patients (its preference pairs), the same for every row: the base model never saw "
-           "them, so its row is the level of a generator that did not train on them; *holdout* patients "
-           "are real patients of the same sample no method saw, with as many cohort members. Anchors: "
+           "Each method's *released records*: half of the evaluated patients (drawn within cohort members "
+           "and within non-members), each its real prompt with the method's generated continuation (cut to "
+           "the true continuation's length), as `synthesize --mode continue` would release them; the "
+           "*holdout* is the other half's real records (prompt + true continuation): patients no method "
+           "trained on, whose prompts no released record holds. Patients are code sets and distances "
+           "Jaccard distances (`rltf_jax/evaluation/dataset_privacy.py`). The *reference* patients are "
+           "the fine-tune's training patients (its preference pairs), the same for every row: the base "
+           "model never saw them, so its row is the level of a generator that did not train on them. Anchors: "
            "*copy* releases the reference records themselves (the worst privacy), *marginals* draws each "
            "code independently at its reference prevalence (little risk, weak fidelity). Read each "
            "method against the two: DCR (distance to the closest reference record) near the holdout's "
@@ -300,6 +303,8 @@ def _released_privacy_section(run_dir: Path) -> tuple[list[str], dict]:
               f"{n['reference_members']} in the cohort), {n['holdout']} holdout patients "
               f"({n['holdout_members']} in the cohort).", "",
               rec.get("reason") or dataset_privacy.privacy_table(rec["results"]), ""]
+    if plots.get(name):
+      lines += [f"![privacy]({plots[name]})", ""]
   return lines, found
 
 
@@ -513,7 +518,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
   comparisons = paired_comparisons(results)
   first = next(iter(next(iter(results.values())).values()))
   s = first.get("settings", {})
-  released_privacy, privacy = _released_privacy_section(run_dir)
+  released_privacy, privacy = _released_privacy_section(run_dir, out)
   lines = [
       "# RLTF evaluation report", "",
       f"Run directory: `{run_dir}`. Cohorts: {', '.join(get_cohort(c).abbrev for c in results)}. "
