@@ -151,9 +151,7 @@ GENERATION_SCRIPT = """
     import json, jax, numpy as np
     from configs import base as base_config
     from rltf_jax.data.vocab import Vocabulary
-    from rltf_jax.checkpoints import restore_params
-from rltf_jax.models import decoder as dec
-from rltf_jax.sampling import sampler
+    from rltf_jax.models import decoder as dec
     from rltf_jax.sampling.generator import TransformerGenerator
     assert len(jax.devices()) == 4
     c = base_config.get_config().model
