@@ -81,6 +81,8 @@ def main(argv=None) -> dict:
   p.add_argument("--warmup", type=int, default=5, help="untimed first steps (compilation)")
   p.add_argument("--mlp", default="swiglu", choices=["swiglu", "gelu"])
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--head-codes", type=int, default=0,
+                 help="model.head_codes (default 0: one full code head, as the peer has)")
   bench_common.add_dtype_flag(p)
   args = p.parse_args(argv)
   if args.steps <= args.warmup:
@@ -90,6 +92,7 @@ def main(argv=None) -> dict:
   packed = pack_pairs(data, vocab)
   cfg = base_config.get_config().model
   cfg.width, cfg.num_layers, cfg.mlp_activation, cfg.num_heads = args.D, args.L, args.mlp, 0
+  cfg.head_codes = args.head_codes
   cfg.compute_dtype = args.dtype
   graphdef, params = init_decoder(cfg, len(vocab), seed=args.seed)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.0))

@@ -37,12 +37,14 @@ def main(argv=None) -> int:
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"))
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--head-codes", type=int, default=0,
+                  help="model.head_codes (default 0: one full code head, as the peer has)")
   common.add_dtype_flag(ap)
   args = ap.parse_args(argv)
 
   cfg = base_config.get_config().model
   cfg.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp,
-                  compute_dtype=args.dtype))
+                  compute_dtype=args.dtype, head_codes=args.head_codes))
   graphdef, params = dec.init_decoder(cfg, args.vocab, seed=0)
   rng = np.random.default_rng(0)
   b, lp = args.batch, args.prompt
