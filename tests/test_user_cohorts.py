@@ -144,6 +144,7 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   assert metrics["cohort"] == "sepsis_icd9_10" and metrics["cohort_definition"]["abbrev"] == "Sepsis"
   report = (work / "sepsis_icd9_10" / "report" / "report.md").read_text()
   assert "**Sepsis (Sepsis (ICD-10-CM A40-A41 and their" in report and "an acute cohort" in report
+  assert "added 4 of them; 7 patients match only through those" in report
   out = synthesize.synthesize(work / "sepsis_icd9_10", "rltf", 12, "continue", tmp_path / "synthetic")
   ds, _ = meds.read_meds(out)
   assert ds.num_patients == 12 and "real histories" in (out / "README.md").read_text()

@@ -270,6 +270,22 @@ def _memorization_section(results: dict) -> list[str]:
               "Membership AUC"], rows), ""]
 
 
+def _definition_lines(run_dir: Path) -> list[str]:
+  """A user-defined cohort's resolved definition (`cohort.json`, written by the pipeline): its code
+  count and, with the ICD-9-CM mapping, how many patients match only through the mapped codes."""
+  lines = []
+  for path in sorted(run_dir.glob("**/cohort.json")):
+    rec = json.loads(path.read_text())
+    c, gem = rec.get("cohort", {}), rec.get("icd9_gem")
+    text = (f"Cohort `{c.get('name')}` is the user definition `{rec.get('definition')}`, resolved to "
+            f"{len(c.get('codes', []))} codes of the data.")
+    if gem:
+      text += (f" The ICD-9-CM General Equivalence Mapping ({gem['table']}) added {gem['codes']} of "
+               f"them; {gem['patients_only_via_mapping']} patients match only through those.")
+    lines += [text, ""]
+  return lines
+
+
 def _released_privacy_section(run_dir: Path, out: Path) -> tuple[list[str], dict]:
   """The privacy and fidelity suite on each method's released records (`privacy/privacy.json`,
   written by the pipeline's privacy stage), with the copy and marginals anchors."""
@@ -533,6 +549,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "database and a much larger base model, so only the *shape* should carry over: fine-tuning "
       "should raise the target's recall far above the base model's, leave ROUGE-1 about where it was, "
       "and bring synthetic-data AUROC closer to the real-data AUROC.", "",
+      *_definition_lines(run_dir),
       "## Summary", "", *_summary(results, comparisons),
       *_fidelity_section(results),
       *[f"![recall and F1]({p})" for p in plots["fidelity"]], "",
