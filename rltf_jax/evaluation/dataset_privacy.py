@@ -2,6 +2,7 @@
 the data alone (no model access), overall and on the rare cohort's patients on their own.
 
   python -m rltf_jax.evaluation.dataset_privacy --synthetic DIR --run RUN_DIR [--patients 10000]
+      [--sensitive NAME=CODE,CODE ...]
 
 Representation and distance. A patient is the set of distinct codes in their record (a binary
 code-presence vector); the distance between two patients is the Jaccard distance of their sets,
@@ -27,6 +28,7 @@ generator's base model trained on, `holdout` = real patients no method saw):
   attribute      an attacker who knows a real patient's codes except the cohort's predicts whether
                  the patient has a cohort code from the k nearest synthetic patients (by the known
                  codes): F1 on training patients and on holdout patients; the gap is the leak.
+                 `--sensitive` code sets get the same attack (`attribute_sensitive`).
   copies         exact copies: synthetic patients whose code set equals some training patient's,
                  beside the same rate for holdout patients (coincidences, the chance level).
 Anchors (`anchors=True`): *copy* (the training records themselves) and *marginals* (each code
@@ -110,7 +112,7 @@ def _keys(x: sp.csr_matrix) -> list[bytes]:
 
 def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matrix,
                   target_cols: np.ndarray, *, num_samples: int, seed: int, k: int = 5,
-                  distances: dict | None = None) -> dict:
+                  distances: dict | None = None, sensitive_cols: dict | None = None) -> dict:
   """Every metric of the module doc for one population of patients. `distances`, when given,
   receives the nearest-training-record distances of the synthetic and holdout patients (plots)."""
   rng = np.random.default_rng(seed)
@@ -140,6 +142,9 @@ def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matr
   out["membership"] = dict(**metrics.ranking_metrics(scores, labels, num_samples, seed)["auroc"],
                            members=int(len(m_score)), nonmembers=int(len(h_score)))
   out["attribute"] = _attribute(syn, members, holdout, target_cols, k, num_samples, seed)
+  if sensitive_cols:  # the same attack for each further sensitive code set (`sensitive_codes`)
+    out["attribute_sensitive"] = {name: _attribute(syn, members, holdout, cols, k, num_samples, seed)
+                                  for name, cols in sensitive_cols.items()}
   train_keys = set(_keys(train))
   syn_copy = np.array([key in train_keys for key in _keys(syn)])
   hold_copy = np.array([key in train_keys for key in _keys(holdout)])
@@ -152,7 +157,7 @@ def _attribute(syn, members, holdout, target_cols, k, num_samples, seed) -> dict
   """Attribute inference of 'has a cohort code' from the k nearest synthetic patients by the
   other codes; F1 for training members and for holdout patients."""
   if len(target_cols) == 0:
-    return dict(reason="no cohort code in the code table")
+    return dict(reason="none of its codes is in the code table")
   keep = np.setdiff1d(np.arange(syn.shape[1]), target_cols)
   has = lambda x: np.asarray(x[:, target_cols].sum(axis=1)).ravel() > 0
   syn_has = has(syn)
@@ -184,11 +189,15 @@ def marginals_anchor(train: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
 
 def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: PatientEvents,
                      cohort_codes, *, num_samples: int = 200, seed: int = 0, anchors: bool = True,
-                     distances: dict | None = None) -> dict:
+                     distances: dict | None = None, sensitive_codes: dict | None = None) -> dict:
   """{"generator" | "copy" | "marginals": {"all": block, "cohort": block}} (`privacy_block`).
-  `distances`, when given, receives {name: {"all" | "cohort": {"synthetic", "holdout": d}}}."""
+  `distances`, when given, receives {name: {"all" | "cohort": {"synthetic", "holdout": d}}}.
+  `sensitive_codes` {name: codes}: attribute inference of each set besides the cohort's codes
+  (`attribute_sensitive` in each block); a set none of whose codes occurs is reported as such."""
   table = np.unique(np.concatenate([synthetic.codes, train.codes, holdout.codes]))
   target_cols = np.flatnonzero(np.isin(table, list(cohort_codes)))
+  sensitive_cols = {name: np.flatnonzero(np.isin(table, list(codes)))
+                    for name, codes in (sensitive_codes or {}).items()}
   X = {name: code_sets(ds, table) for name, ds in
        (("synthetic", synthetic), ("train", train), ("holdout", holdout))}
   sets = {"generator": X["synthetic"]}
@@ -210,9 +219,9 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
       distances[name] = d
     out[name] = dict(
         all=privacy_block(syn, X["train"], X["holdout"], target_cols, num_samples=num_samples, seed=seed,
-                          distances=d["all"]),
+                          distances=d["all"], sensitive_cols=sensitive_cols),
         cohort=privacy_block(c_syn, c_train, c_hold, target_cols, num_samples=num_samples, seed=seed,
-                             distances=d["cohort"]),
+                             distances=d["cohort"], sensitive_cols=sensitive_cols),
         fidelity=dict(
             all=dataset_fidelity.fidelity_block(X["holdout"], syn, seed, holdout if events else None,
                                                 synthetic if events else None),
@@ -327,7 +336,16 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--patients", type=int, default=10_000, help="real patients per side (at most)")
   p.add_argument("--bootstrap", type=int, default=200)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--sensitive", action="append", default=[], metavar="NAME=CODE,CODE",
+                 help="a further sensitive code set for attribute inference (repeatable), e.g. "
+                      "depression=ICD10CM/F329,ICD10CM/F339")
   args = p.parse_args(argv)
+  sensitive = {}
+  for spec in args.sensitive:
+    name, _, codes = spec.partition("=")
+    if not name or not codes:
+      raise DataError(f"--sensitive {spec!r}: expected NAME=CODE[,CODE...]")
+    sensitive[name] = [c.strip() for c in codes.split(",") if c.strip()]
   synthetic, _ = meds.read_meds(args.synthetic)
   ctx = _context(args.run)
   rng = np.random.default_rng(args.seed)
@@ -336,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
   if min(train.num_patients, holdout.num_patients) == 0:
     raise DataError(f"{args.run}: the data has no training or no test patients to compare with")
   result = evaluate_dataset(synthetic, train, holdout, ctx.cohort.codes, num_samples=args.bootstrap,
-                            seed=args.seed)
+                            seed=args.seed, sensitive_codes=sensitive)
   path = io.atomic_write_json(args.synthetic / "privacy.json", dict(
       kind="rltf_jax.dataset_privacy", cohort=ctx.cohort.name, train_source="train split",
       holdout_source="test split", representation="code sets, Jaccard distance", **result))
