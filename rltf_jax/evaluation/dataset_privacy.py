@@ -238,16 +238,13 @@ ARRAYS_FILE = "distances.npz"  # per data and population: nearest-reference dist
 RUN_VERSION = 1  # bump when evaluate_run's numbers change, so finished runs recompute them
 
 
-def released_records(eval_dir: Path, truncate_events: int) -> tuple[PatientEvents, PatientEvents]:
-  """(released, real): what a conditional release of one evaluated method holds, each evaluated
-  patient's real prompt with its generated continuation cut to the true continuation's length
-  (`conditional.head`), and the same patients' real records (prompt + true continuation)."""
+def released_records(eval_dir: Path, prompts: PatientEvents, truncate_events: int) -> PatientEvents:
+  """What a conditional release of one evaluated method holds: each evaluated patient's real
+  prompt (`prompts`, the evaluation's `test_prompts.npz`) with its generated continuation cut to
+  the true continuation's length (`conditional.head`)."""
   from rltf_jax.evaluation import conditional
-  prompts = PatientEvents.load(eval_dir / "test_prompts.npz")
-  true = PatientEvents.load(eval_dir / "test_true.npz")
   generated = PatientEvents.load(eval_dir / "test_generated.npz")
-  cut = conditional.head(generated, truncate_events)
-  return conditional.join(prompts, cut), conditional.join(prompts, true)
+  return conditional.join(prompts, conditional.head(generated, truncate_events))
 
 
 def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, *,
@@ -275,16 +272,20 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   T = int(ctx.cfg.eval.truncate_events)
   dataset = ctx.dataset
   rng = np.random.default_rng(seed)
+  from rltf_jax.evaluation import conditional
   names = list(eval_dirs)
-  released = {name: released_records(eval_dirs[name], T) for name in names}
-  real = released[names[0]][1]
+  # Every method of a run continued the same prompts: read them and the truth once.
+  first = eval_dirs[names[0]]
+  prompts = PatientEvents.load(first / "test_prompts.npz")
+  real = conditional.join(prompts, PatientEvents.load(first / "test_true.npz"))
+  released = {name: released_records(eval_dirs[name], prompts, T) for name in names}
   member = real.patients_with_any(cohort.codes)
   half_a = np.zeros(real.num_patients, bool)
   for stratum in (member, ~member):
     idx = rng.permutation(np.flatnonzero(stratum))
     half_a[idx[:(len(idx) + 1) // 2]] = True
   holdout = real.select(np.flatnonzero(~half_a))
-  released = {name: syn.select(np.flatnonzero(half_a)) for name, (syn, _) in released.items()}
+  released = {name: syn.select(np.flatnonzero(half_a)) for name, syn in released.items()}
   num_released = int(half_a.sum())
   released_members = int(member[half_a].sum())
   if reference_ids is not None:
