@@ -29,9 +29,11 @@ from the environment (SLURM, Open MPI, Cloud TPU VMs fill in the coordinator, pr
 id), before any other JAX use. Every process runs the data stage and pretraining in lockstep
 (batches split over all devices by `cfg.mesh.data=0`); only the data stage and pretraining run this
 way: the fine-tunes and the evaluation use one device (`training.mesh.single_device_mesh`), so they
-run as single-process tasks afterwards. Process 0 alone holds the work-directory lock and writes
-`metrics.jsonl`; the other files (run.json, vocab.json, the data) are written by every process,
-with the same bytes, each by an atomic rename of its own temporary file.
+run as single-process tasks afterwards. Each process encodes only its own rows of every batch
+(`training.mesh.process_rows`). Process 0 alone holds the work-directory lock and writes files
+(`metrics.jsonl`, run.json, the data; `rltf_jax.io`): the others compute the same bytes and skip
+the write, and wait at a barrier (`training.mesh.sync`) before reading what process 0 wrote.
+Checkpoints are written and restored by all processes together (orbax).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from rltf_jax import pipeline, runs, sweep
 from rltf_jax.errors import ConfigError, cli_main
 from rltf_jax.runs import RunDir
 from rltf_jax.training import pretrain
+from rltf_jax.training.mesh import sync
 
 TASKS_DIR = "tasks"
 
@@ -79,10 +82,13 @@ def build_base(cfg, root: Path) -> Path:
   pipeline.check_ranges(cfg, base_config.RANGES)
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
   data_run = RunDir(pipeline.data_dir(cfg, root), "data", cfg.data)
-  if not data_run.done:
+  done = data_run.done
+  sync("data: run directory read")  # every process decides before process 0 writes
+  if not done:
     print(f"[data] building {data_run.path}", flush=True)
     # pipeline.py's own data stage; a `stages=` argument of `pipeline.run` would be the public form.
     pipeline._build_data(cfg, data_run)
+  sync("data: written")  # process 0's files are complete before the others read them
   ctx = pipeline.open_context(cfg, root)
   print(f"[base model] {ctx.base_dir}", flush=True)
   pretrain.pretrain(cfg, ctx.dataset, ctx.vocab, ctx.base_dir)

@@ -3,6 +3,10 @@
 Every artifact goes to a temporary name in the destination directory and is renamed into place
 (`os.replace` is atomic on POSIX within one file system). A crash leaves either the old file or the
 new one, plus at worst a stray `*.tmp-*` that the next write ignores.
+
+Of a multi-process job (`jax.distributed`), process 0 alone writes: the others run the same code in
+lockstep and would write the same bytes, so their writes are skipped, and a barrier
+(`training.mesh.sync`) stands between a write and another process's read of it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import jax
 import numpy as np
 
 
@@ -26,8 +31,15 @@ def _tmp_path(path: Path) -> Path:
   return Path(tmp)
 
 
+def writes_files() -> bool:
+  """False on every process of a multi-process job but process 0 (see the module docstring)."""
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
   path = Path(path)
+  if not writes_files():
+    return path
   tmp = _tmp_path(path)
   try:
     with open(tmp, "wb") as f:

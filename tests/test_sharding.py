@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from rltf_jax.checkpoints import restore_params
+from rltf_jax import runs
+from rltf_jax.checkpoints import load_decoder, restore_params
 from rltf_jax.models import decoder as dec
 from rltf_jax.sampling import sampler
 from rltf_jax.training import mesh as mesh_lib
@@ -226,33 +227,122 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow  # three processes compiling the step on a 2-core machine: ~60 s
-def test_two_processes_on_localhost_match_one():
-  """Two `jax.distributed` processes with one CPU device each, the state split over both by
-  "fsdp": the losses and parameters of one process on one device."""
+def run_processes(script: str, groups: list[tuple], timeout: int = 300) -> list[dict]:
+  """Starts, at once, one subprocess per (num_processes, process_id, *args) of `groups` (the
+  processes of a group find each other on one localhost port); returns each one's last stdout
+  line as JSON, in order."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
   env.pop("XLA_FLAGS", None)
-  port = free_port()
-  script = textwrap.dedent(PROCESS_SCRIPT)
-  procs = [subprocess.Popen([sys.executable, "-c", script, str(port), str(n), str(i)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for n, i in ((2, 0), (2, 1), (1, 0))]
+  ports = {}
+  procs = []
+  for n, i, *args in groups:
+    port = ports.setdefault((n, *args[:1]), free_port())
+    procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(port), str(n), str(i),
+                                   *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
   outs = []
   try:
     for p in procs:
-      stdout, stderr = p.communicate(timeout=300)
+      stdout, stderr = p.communicate(timeout=timeout)
       assert p.returncode == 0, stderr[-3000:]
       outs.append(json.loads(stdout.strip().splitlines()[-1]))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  first, second, alone = outs
+  return outs
+
+
+@pytest.mark.slow  # three processes compiling the step on a 2-core machine: ~60 s
+def test_two_processes_on_localhost_match_one():
+  """Two `jax.distributed` processes with one CPU device each, the state split over both by
+  "fsdp": the losses and parameters of one process on one device."""
+  first, second, alone = run_processes(PROCESS_SCRIPT, [(2, 0), (2, 1), (1, 0)])
   assert first["processes"] == second["processes"] == 2 and first["devices"] == 2
   assert alone["processes"] == 1 and alone["devices"] == 1
   assert first["losses"] == second["losses"]  # one replicated value, read on each process
   np.testing.assert_allclose(first["losses"], alone["losses"], rtol=1e-6)
   np.testing.assert_allclose(first["up"], alone["up"], atol=1e-5)
+
+
+PRETRAIN_SCRIPT = """
+    import json, sys, jax
+    port, num_processes, process_id = (int(a) for a in sys.argv[1:4])
+    workdir, stop_after = sys.argv[4], int(sys.argv[5]) or None
+    if num_processes > 1:
+      jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
+                                 process_id=process_id, local_device_ids=[0])
+    from configs import simulator
+    from test_pretrain import tiny_config
+    from rltf_jax.data import simulate
+    from rltf_jax.data.events import assign_splits
+    from rltf_jax.data.vocab import Vocabulary
+    from rltf_jax.training import pretrain as pt
+    ds = simulate.simulate(simulator.get_config(), 200, 0)
+    ds = ds.with_splits(assign_splits(ds.subject_id, (0.8, 0.2, 0.0), 0))
+    vocab = Vocabulary.build(ds, min_count=3)
+    cfg = tiny_config(steps=8, ckpt_every=4, eval_every=4, log_every=1)
+    cfg.mesh.update(dict(data=1, fsdp=num_processes))
+    rows, encode = [], pt.Batches.__call__
+    pt.Batches.__call__ = lambda self, step: rows.append(self.share) or encode(self, step)
+    pt.pretrain(cfg, ds, vocab, workdir, stop_after=stop_after, verbose=False)
+    print(json.dumps(dict(shares=sorted(set(rows)))))
+"""
+
+
+@pytest.mark.slow  # five processes compiling the step on a 2-core machine: ~90 s
+def test_two_processes_pretrain_resume_and_match_one(tmp_path):
+  """`pretrain` as a pair of processes, each encoding half of every batch: interrupted after step
+  4, resumed by the pair from the checkpoint they wrote, it ends where one process does, with
+  metrics written once (by process 0)."""
+  pair, alone = tmp_path / "pair", tmp_path / "alone"
+  first = run_processes(PRETRAIN_SCRIPT, [(2, 0, pair, 4), (2, 1, pair, 4), (1, 0, alone, 0)])
+  assert [o["shares"] for o in first] == [[[0, 4]], [[4, 8]], [[0, 8]]]
+  assert not runs.is_done(pair) and runs.is_done(alone)
+  run_processes(PRETRAIN_SCRIPT, [(2, 0, pair, 0), (2, 1, pair, 0)])
+  assert runs.is_done(pair)
+  lines = {name: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+           for name, d in (("pair", pair), ("alone", alone))}
+  steps = [l["step"] for l in lines["pair"] if "loss" in l]
+  assert steps == list(range(1, 9))  # each step once: process 0 alone wrote, the resume dropped none
+  for key in ("loss", "valid_loss"):
+    got = [l[key] for l in lines["pair"] if key in l]
+    want = [l[key] for l in lines["alone"] if key in l]
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(load_decoder(pair)[1]), jax.tree.leaves(load_decoder(alone)[1])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+def test_batch_shares_make_up_the_whole_batch():
+  """The rows [lo, hi) a process encodes (training and validation, packed or not) are those rows
+  of the batch one process encodes."""
+  from configs import simulator
+  from rltf_jax.data import simulate
+  from rltf_jax.data.vocab import Vocabulary
+  from rltf_jax.training import pretrain as pt
+  ds = simulate.simulate(simulator.get_config(), 120, 3)
+  vocab = Vocabulary.build(ds, min_count=2)
+  idx = np.arange(ds.num_patients)
+  for pack in (False, True):
+    whole = pt.Batches(ds, vocab, idx, 8, 32, 5, pack=pack)
+    parts = [pt.Batches(ds, vocab, idx, 8, 32, 5, pack=pack, share=s) for s in ((0, 2), (2, 6), (6, 8))]
+    for step in (0, 3, 40):
+      want = whole(step)
+      got = [b(step) for b in parts]
+      for name, array in want._asdict().items():
+        np.testing.assert_array_equal(np.concatenate([getattr(g, name) for g in got]), array, err_msg=name)
+    valid = pt.validation_batches(ds, vocab, idx[:37], 8, 32, pack=pack)
+    halves = [pt.validation_batches(ds, vocab, idx[:37], 8, 32, pack=pack, share=s) for s in ((0, 4), (4, 8))]
+    assert len(valid) == len(halves[0]) == len(halves[1])
+    for want, a, b in zip(valid, *halves):
+      for name, array in want._asdict().items():
+        np.testing.assert_array_equal(np.concatenate([getattr(a, name), getattr(b, name)]), array)
+
+
+def test_process_rows_of_one_process_are_the_whole_batch():
+  mesh = mesh_lib.make_mesh(tiny_config().mesh)
+  assert mesh_lib.process_rows(mesh_lib.data_sharding(mesh), 8) == (0, 8)
 
 
 DPO_SCRIPT = """

@@ -34,20 +34,23 @@ def lengths(batch: TokenBatch) -> np.ndarray:
 
 def encode_patients(ds: PatientEvents, vocab: Vocabulary, patient_idx: Sequence[int] | np.ndarray,
                     max_len: int, *, window: str = "last", rng: np.random.Generator | None = None,
-                    add_bos: bool = True, add_eos: bool = True) -> TokenBatch:
+                    starts: np.ndarray | None = None, add_bos: bool = True,
+                    add_eos: bool = True) -> TokenBatch:
   """Encodes patients `patient_idx` of `ds` as a right-padded `TokenBatch` of width `max_len`.
 
   A sequence longer than `max_len` is cut to a window of `max_len` consecutive tokens:
   `window="last"` keeps BOS and the most recent events (and EOS), which is what a prompt or an
   evaluation needs; `window="random"` takes a uniformly placed window of the full token sequence
-  (training; needs `rng`). `add_eos=False` encodes prompts, which the model continues.
+  (training; needs `rng`, or `starts` from `window_starts`: a process encoding its share of a
+  batch whose windows were drawn for every row). `add_eos=False` encodes prompts, which the model
+  continues.
   """
   if max_len < 1 + add_bos + add_eos:
     raise DataError(f"max_len={max_len} leaves no room for events")
   if window not in ("last", "random"):
     raise DataError(f"window must be 'last' or 'random', got {window!r}")
-  if window == "random" and rng is None:
-    raise DataError("window='random' needs an rng (np.random.Generator)")
+  if window == "random" and rng is None and starts is None:
+    raise DataError("window='random' needs an rng (np.random.Generator) or the window starts")
   idx = np.asarray(patient_idx, np.int64).reshape(-1)
   n_events = ds.lengths[idx]                       # [B]
   first_ev = ds.offsets[idx]                       # [B]
@@ -57,7 +60,8 @@ def encode_patients(ds: PatientEvents, vocab: Vocabulary, patient_idx: Sequence[
     # Keep the head specials and the tail: tokens [0, add_bos) and [n - keep + add_bos, n).
     start = n_tokens - keep
   else:
-    start = rng.integers(0, n_tokens - keep + 1)   # uniform window start, per row
+    start = (window_starts(ds, idx, max_len, rng, add_bos=add_bos, add_eos=add_eos)
+             if starts is None else np.asarray(starts, np.int64))
   j = np.arange(max_len)[None, :]                  # [1, L]
   valid = j < keep[:, None]                        # [B, L]
   if window == "last":
@@ -163,14 +167,24 @@ def plan_packing(n_tokens: np.ndarray, row_len: int, open_rows: int = 32) -> tup
   return row, offset, num_rows
 
 
+def window_starts(ds: PatientEvents, patient_idx: np.ndarray, max_len: int, rng: np.random.Generator,
+                  *, add_bos: bool = True, add_eos: bool = True) -> np.ndarray:
+  """The start, in each patient's full token sequence, of a uniformly placed window of at most
+  `max_len` tokens (`encode_patients`' `window="random"`), one draw per patient in order."""
+  idx = np.asarray(patient_idx, np.int64).reshape(-1)
+  n_tokens = ds.lengths[idx] + add_bos + add_eos
+  return rng.integers(0, n_tokens - np.minimum(n_tokens, max_len) + 1)
+
+
 def encode_packed(ds: PatientEvents, vocab: Vocabulary, patient_idx: Sequence[int] | np.ndarray,
                   row: np.ndarray, offset: np.ndarray, num_rows: int, row_len: int, *,
-                  window: str = "last", rng: np.random.Generator | None = None) -> PackedBatch:
+                  window: str = "last", rng: np.random.Generator | None = None,
+                  starts: np.ndarray | None = None) -> PackedBatch:
   """Encodes patients (as `encode_patients`, each cut to at most `row_len` tokens) into `num_rows`
   rows, patient i at columns offset[i]: of row[i] (a plan from `plan_packing`)."""
   idx = np.asarray(patient_idx, np.int64).reshape(-1)
   row, offset = np.asarray(row, np.int64), np.asarray(offset, np.int64)
-  one = encode_patients(ds, vocab, idx, row_len, window=window, rng=rng)
+  one = encode_patients(ds, vocab, idx, row_len, window=window, rng=rng, starts=starts)
   keep = lengths(one)
   if len(idx) and ((offset + keep).max() > row_len or row.max() >= num_rows or row.min() < 0):
     raise DataError("packing plan does not fit the rows (lengths changed since planning?)")

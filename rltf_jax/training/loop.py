@@ -20,7 +20,8 @@ initial state and a batch function; `train` owns everything else:
 A step is `(state, batch) -> (state, metrics)` with state = dict(params, opt_state, step), made by
 `make_step` from a loss and jitted once per configuration by `compile_step` (state sharded by
 `training.mesh`'s rules and donated, batches split over the mesh's "data" and "fsdp" axes);
-`compiled` holds every jitted function.
+`compiled` holds every jitted function. Of a multi-process job, `batches(i)` gives this process's
+rows of batch i (`mesh.process_rows`) and `mesh.global_batch` joins them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from rltf_jax import io
 from rltf_jax.checkpoints import Checkpointer
 from rltf_jax.errors import TrainingError
 from rltf_jax.preemption import Preempted, Watch
-from rltf_jax.training.mesh import data_sharding, replicated, state_sharding
+from rltf_jax.training.mesh import data_sharding, global_batch, replicated, state_sharding
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -184,7 +185,7 @@ def _train(run_dir: Path, ckpt: Checkpointer, preemption: Watch, step: CompiledS
   end = total_steps if stop_after is None else min(total_steps, start + stop_after)
   pending = None  # (step, device metrics) not yet read back
   for i in range(start, end):
-    state, metrics = step.step(state, jax.device_put(batches(i), step.batch_sharding))
+    state, metrics = step.step(state, global_batch(batches(i), step.batch_sharding))
     if pending is not None:
       record(*pending)
     pending = (i, metrics)

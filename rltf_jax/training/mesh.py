@@ -102,6 +102,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# ---------------------------------------------------------------------------- several processes
+# Of a multi-process job (`jax.distributed`), each process builds only the rows of a batch that its
+# own devices hold (`process_rows`), and `global_batch` joins the shares into one array; process 0
+# alone writes files (`rltf_jax.io`), and `sync` keeps the others from reading them too early.
+def process_rows(sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
+  """[lo, hi): the rows of a `batch_size`-row batch split by `sharding` that this process's
+  devices hold (all of them in a single-process job)."""
+  held = sharding.addressable_devices_indices_map((batch_size,)).values()
+  rows = sorted({i for index in held for i in range(batch_size)[index[0]]})
+  lo, hi = rows[0], rows[-1] + 1
+  if len(rows) != hi - lo:  # make_mesh orders devices by process, so the share is contiguous
+    raise ConfigError(f"this process holds batch rows {rows}, not one contiguous range")
+  return lo, hi
+
+
+def global_batch(local, sharding: NamedSharding):
+  """One batch on the devices of `sharding` from this process's rows of it (`process_rows`)."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(local, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def sync(name: str) -> None:
+  """A barrier across the processes of a multi-process job (nothing in a single-process one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = batch_devices(mesh)
   if batch_size % n:

@@ -34,14 +34,15 @@ import numpy as np
 from rltf_jax import runs
 from rltf_jax.checkpoints import save_decoder_files
 from rltf_jax.data.events import PatientEvents
-from rltf_jax.data.sequences import PackedBatch, TokenBatch, encode_packed, encode_patients, plan_packing
+from rltf_jax.data.sequences import (PackedBatch, TokenBatch, encode_packed, encode_patients, plan_packing,
+                                     window_starts)
 from rltf_jax.data.vocab import PAD, Vocabulary
 from rltf_jax.errors import DataError
 from rltf_jax.models import decoder as dec
 from rltf_jax.models import masks
 from rltf_jax.runs import RunDir
 from rltf_jax.training import loop
-from rltf_jax.training.mesh import check_batch_divisible, make_mesh
+from rltf_jax.training.mesh import check_batch_divisible, global_batch, make_mesh, process_rows, sync
 from rltf_jax.training.optimizer import make_optimizer
 
 
@@ -54,11 +55,14 @@ class Batches:
   are counted from the plans of the epochs before it."""
 
   def __init__(self, ds: PatientEvents, vocab: Vocabulary, patients: np.ndarray, batch_size: int,
-               seq_len: int, seed: int, pack: bool = False):
+               seq_len: int, seed: int, pack: bool = False, share: tuple[int, int] | None = None):
     if len(patients) == 0:
       raise DataError("no training patients to pretrain on (check the split fractions)")
     self.ds, self.vocab, self.patients = ds, vocab, np.asarray(patients)
     self.batch_size, self.seq_len, self.seed, self.pack = batch_size, seq_len, seed, pack
+    # Rows [lo, hi) of every batch: a process of a multi-process job encodes only its own
+    # (`mesh.process_rows`); the windows are drawn for the whole batch, so the rows are the same.
+    self.share = share or (0, batch_size)
     self.per_epoch = max(1, len(patients) // batch_size)
     self._epoch, self._perm = -1, None
     # Packing: tokens each patient takes (BOS + events + EOS, at most a window of seq_len), the
@@ -102,14 +106,21 @@ class Batches:
 
   def __call__(self, step: int) -> TokenBatch | PackedBatch:
     rng = np.random.default_rng([self.seed, 1, step])
+    lo, hi = self.share
     if not self.pack:
-      return encode_patients(self.ds, self.vocab, self.rows(step), self.seq_len, window="random", rng=rng)
+      patients = self.rows(step)
+      starts = window_starts(self.ds, patients, self.seq_len, rng)
+      return encode_patients(self.ds, self.vocab, patients[lo:hi], self.seq_len, window="random",
+                             starts=starts[lo:hi])
     epoch, i = self._locate(step)
     patients, row, offset, _ = self._epoch_plan(epoch)
     first = i * self.batch_size
     mine = (row >= first) & (row < first + self.batch_size)
-    return encode_packed(self.ds, self.vocab, patients[mine], row[mine] - first, offset[mine],
-                         self.batch_size, self.seq_len, window="random", rng=rng)
+    patients, row, offset = patients[mine], row[mine] - first, offset[mine]
+    starts = window_starts(self.ds, patients, self.seq_len, rng)
+    own = (row >= lo) & (row < hi)
+    return encode_packed(self.ds, self.vocab, patients[own], row[own] - lo, offset[own], hi - lo,
+                         self.seq_len, window="random", starts=starts[own])
 
 
 def _row_tokens(ds: PatientEvents, patients: np.ndarray, seq_len: int) -> np.ndarray:
@@ -118,22 +129,25 @@ def _row_tokens(ds: PatientEvents, patients: np.ndarray, seq_len: int) -> np.nda
 
 
 def validation_batches(ds: PatientEvents, vocab: Vocabulary, patients: np.ndarray, batch_size: int,
-                       seq_len: int, pack: bool = False) -> list[TokenBatch] | list[PackedBatch]:
+                       seq_len: int, pack: bool = False,
+                       share: tuple[int, int] | None = None) -> list[TokenBatch] | list[PackedBatch]:
   """Fixed validation batches (most recent `seq_len` tokens of each patient); the last batch is
   padded with empty rows, which carry no targets and so no weight. Packed batches give the same
-  sums (each patient's log-likelihood does not depend on its row) in fewer steps."""
+  sums (each patient's log-likelihood does not depend on its row) in fewer steps. `share`: only
+  rows [lo, hi) of each batch, as `Batches`."""
+  lo, hi = share or (0, batch_size)
   out = []
   if pack and len(patients):
     patients = np.asarray(patients)
     row, offset, num_rows = plan_packing(_row_tokens(ds, patients, seq_len), seq_len)
     for first in range(0, num_rows, batch_size):
-      mine = (row >= first) & (row < first + batch_size)
-      out.append(encode_packed(ds, vocab, patients[mine], row[mine] - first, offset[mine], batch_size,
-                               seq_len, window="last"))
+      mine = (row >= first + lo) & (row < first + hi)
+      out.append(encode_packed(ds, vocab, patients[mine], row[mine] - first - lo, offset[mine],
+                               hi - lo, seq_len, window="last"))
     return out
   for i in range(0, len(patients), batch_size):
-    b = encode_patients(ds, vocab, patients[i:i + batch_size], seq_len, window="last")
-    short = batch_size - b.tokens.shape[0]
+    b = encode_patients(ds, vocab, patients[i + lo:i + hi], seq_len, window="last")
+    short = hi - lo - b.tokens.shape[0]
     if short:
       b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
     out.append(b)
@@ -247,11 +261,15 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
   read = dataset.select(np.concatenate([train_idx, valid_idx])).used_codes_only()
   run = RunDir(workdir, "pretrain", dict(model=cfg.model, pretrain=pc),
                dict(dataset=read.fingerprint(), vocab=vocab.fingerprint))
-  if run.done:
+  # Of several processes, each decides on what it read before process 0 (which alone writes) has
+  # written anything: the barrier after the reads keeps the decisions the same.
+  done, prepared = run.done, run.file.exists()
+  sync("pretrain: run directory read")
+  if done:
     if verbose:
       print(f"pretrain: {run.path} is finished; reusing it", flush=True)
     return run.path
-  if not run.file.exists():  # the files first: run.json marks a prepared directory
+  if not prepared:  # the files first: run.json marks a prepared directory
     run.path.mkdir(parents=True, exist_ok=True)
     save_decoder_files(run.path, cfg.model, vocab, start_prior(dataset, train_idx))
     run.start()
@@ -261,13 +279,16 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
   eval_step = loop.compiled(("pretrain-eval", graphdef, pc.aux_weight, batch_sharding),
                             lambda: jax.jit(make_eval_step(graphdef, pc.aux_weight),
                                             in_shardings=(state_sharding["params"], batch_sharding)))
-  batches = Batches(dataset, vocab, train_idx, pc.batch_size, pc.seq_len, pc.seed, pack=pc.pack)
-  valid = validation_batches(dataset, vocab, valid_idx, pc.batch_size, pc.seq_len, pack=pc.pack)
+  share = process_rows(batch_sharding, pc.batch_size)  # every row, unless there are several processes
+  batches = Batches(dataset, vocab, train_idx, pc.batch_size, pc.seq_len, pc.seed, pack=pc.pack,
+                    share=share)
+  valid = validation_batches(dataset, vocab, valid_idx, pc.batch_size, pc.seq_len, pack=pc.pack,
+                             share=share)
 
   def evaluate(params) -> dict[str, float]:
     sums = None
     for b in valid:
-      got = eval_step(params, jax.device_put(b, batch_sharding))
+      got = eval_step(params, global_batch(b, batch_sharding))
       sums = got if sums is None else jax.tree.map(jnp.add, sums, got)
     if sums is None:
       return {}
@@ -283,4 +304,5 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
   if result.finished:
     run.finish(steps=pc.steps, best_valid_loss=result.best,
                unigram_valid_loss=unigram_entropy(dataset, vocab, valid_idx) if len(valid_idx) else None)
+  sync("pretrain: finished")  # run.json written before any process reads it
   return run.path
