@@ -11,7 +11,8 @@ one (50,000 patients at the paper's prevalences, so the base model is the defaul
 enriched sample draws 70 million further patients (SCD 0.036%: ~25,200 of them, all kept, half for
 pairs) and keeps 26,000 members of each other rare cohort and 0.05% of everyone else. Drawing it
 takes about 30 minutes with two worker processes and ~250,000 kept patients; the N = 10000 rows
-train for 2,500 steps each. The sweep table marks (*) any row whose data still could not give its
+train for 2,500 steps each. Every row is evaluated on the same 4,000 patients (70% of them scored), the
+rare sweep's size. The sweep table marks (*) any row whose data still could not give its
 N and P, and names two rows that trained on the same pairs.
 """
 
@@ -25,6 +26,9 @@ def get_config(arg=None):
     cfg.data.enrich.members_per_cohort = 26_000
     cfg.data.enrich.other_rate = 0.0005
     cfg.data.enrich.pairs_fraction = 0.5
+    # The rare sweep's evaluation size, for its power: about 390 SCD positive continuations.
+    cfg.eval.num_test_patients = 4_000
+    cfg.eval.model_fraction = 0.3
   return cfg
 
 
