@@ -64,3 +64,57 @@ def test_verdict_rules():
   assert reproduction._verdict(["above"] * 2 + ["below"] * 5, "above") == "does not hold"
   assert reproduction._verdict([], "above") == "not measured"
   assert reproduction._verdict(["above"], "above").startswith("too few")
+
+
+def _fake_eval(d, generated, truth, rouge, scores, training=None):
+  """An evaluation directory as `evaluate` writes it, with the fields Table 2's block reads."""
+  n = len(truth)
+  d.mkdir(parents=True)
+  io.atomic_savez(d / "per_patient.npz", test_subject_id=np.arange(n), test_validation=np.ones(n, bool),
+                  test_weight=np.ones(n), test_target_in_prompt=np.zeros(n, bool),
+                  test_target_in_true=truth, test_target_in_generated=generated,
+                  test_rouge1_prf=np.repeat(rouge[:, None], 3, axis=1), utility_scores_synthetic=scores)
+  tp = int((generated & truth).sum())
+  f1 = 2 * tp / max(int(generated.sum()) + int(truth.sum()), 1)
+  io.atomic_write_json(d / "metrics.json", dict(
+      settings=dict(bootstrap_samples=200, seed=0), training=training or {},
+      fidelity=dict(target=dict(f1=dict(value=f1), recall=dict(value=tp / truth.sum()),
+                                counts=dict(actual_positive=int(truth.sum()))),
+                    rouge1=dict(value=float(rouge.mean()))),
+      utility=dict(synthetic=dict(auroc=dict(value=0.5)))))
+
+
+def test_table2_block_judges_each_claim_on_paired_rows(tmp_path):
+  """Rows that differ as the paper says give "holds"; the reverse gives "fails"; absent rows say so."""
+  rng = np.random.default_rng(0)
+  n = 600
+  truth = rng.random(n) < 0.3
+  labels = truth.astype(float)
+  good = truth & (rng.random(n) < 0.8)   # finds 80% of the positives
+  poor = truth & (rng.random(n) < 0.1)
+  rouge = rng.random(n)
+  rows = {"base": poor, "rl-n100-p0.5": poor, "rl-n10000-p0.5": good, "rl-n10000-p1": poor,
+          "sft-n10000-p0.5": good}  # SFT as good as RL: undecided; three rows not run
+  methods = {"base": "base", "sft-n10000-p0.5": "sft"}
+  for name, generated in rows.items():
+    _fake_eval(tmp_path / f"scd-{name}" / "eval" / methods.get(name, "rltf"), generated, truth,
+               rouge, labels + rng.normal(0, 0.3 if generated is good else 3.0, n),
+               dict(positive_pairs=50, negative_pairs=50, as_requested=True) if name != "base" else None)
+  lines, data = reproduction.table2_lines(str(REPO / reproduction.TABLE2_SWEEP), str(tmp_path))
+  claims = data["claims"]
+  assert claims[reproduction.TABLE2_CLAIMS[0][0]]["verdict"] == "holds"        # N = 10000 > N = 100
+  assert claims[reproduction.TABLE2_CLAIMS[1][0]]["verdict"] == "holds"        # P = 0.5 > P = 1.0
+  assert claims[reproduction.TABLE2_CLAIMS[2][0]]["verdict"] == "holds"        # ... AUROC
+  assert claims[reproduction.TABLE2_CLAIMS[3][0]]["verdict"] == "undecided"    # SFT as good
+  assert data["missing"] == ["rl-n100-p1", "rl-n1000-p0.5", "rl-n1000-p1"]
+  assert data["rows"]["rl-n10000-p0.5"]["vs_base"]["recall"]["ci95"][0] > 0.5
+  assert data["rows"]["rl-n10000-p0.5"]["paper"]["f1"] == 0.41
+  text = "\n".join(lines)
+  assert "| rl-n10000-p0.5 | 10000 | 0.5 | 50 + 50 |" in text and "0.41 / 0.61 / 0.372" in text
+  # The same rows the other way round: the claim fails.
+  rows_rev = tmp_path / "rev"
+  for name, generated in (("rl-n10000-p0.5", poor), ("rl-n100-p0.5", good)):
+    _fake_eval(rows_rev / f"scd-{name}" / "eval" / "rltf", generated, truth, rouge, labels)
+  _, rev = reproduction.table2_lines(str(REPO / reproduction.TABLE2_SWEEP), str(rows_rev))
+  assert rev["claims"][reproduction.TABLE2_CLAIMS[0][0]]["verdict"].startswith("fails")
+  assert rev["claims"][reproduction.TABLE2_CLAIMS[1][0]]["verdict"] == "not run yet"

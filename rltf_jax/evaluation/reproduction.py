@@ -2,7 +2,7 @@
 paper's, and a plain verdict, from a sweep's finished runs.
 
   python -m rltf_jax.evaluation.reproduction [--sweep configs/sweeps/rare_cohorts.py]
-      [--workdir DIR] [--readme README.md]
+      [--table2 configs/sweeps/table2_ablation.py] [--workdir DIR] [--readme README.md]
 
 It reads the evaluations of every run and seed of the sweep (those not finished yet are listed as
 missing), compares each fine-tune with the base model of the same seed on the same validation
@@ -19,6 +19,10 @@ when it holds in at least 5 of the 7 (5/7 of those measured), *does not hold* wh
 most 2 (2/7), else *mixed*; fewer than 3 cohorts measured give no verdict. The
 recall claim is judged on the new-onset stratum for acute cohorts and on all patients for chronic
 ones, and reported for the other strata beside it ("holds only in one stratum").
+
+Table 2 (`--table2`, the N x P ablation on SCD): every row beside the paper's, its recall and F1
+minus the base model's, and each claim of the ablation as a paired difference of two rows on the
+same patients: *holds* when its 95% interval lies above zero, *fails* when below, else undecided.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation.report import paired_strata
-from rltf_jax.sweep import load_sweep, with_seeds
+from rltf_jax.sweep import apply_overrides, load_sweep, with_seeds
 
 DEFAULT_SWEEP = "configs/sweeps/rare_cohorts.py"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
@@ -154,7 +158,9 @@ def _verdict(outcomes: list[str], claimed: str) -> str:
   return "mixed"
 
 
-def build_section(root: Path, found: dict, missing: list[str], sweep: str) -> tuple[str, dict]:
+def build_section(root: Path, found: dict, missing: list[str], sweep: str,
+                  table2: tuple[list[str], dict] | None = None) -> tuple[str, dict]:
+  """The section's markdown and its numbers; `table2` is `table2_lines`' output, appended."""
   evidence = {c: cohort_evidence(by_seed) for c, by_seed in found.items()}
   evidence = {c: e for c, e in evidence.items() if e}
   cfg = load_sweep(sweep)[0]  # the sizes the sentence below names are the sweep's own
@@ -250,8 +256,113 @@ def build_section(root: Path, found: dict, missing: list[str], sweep: str) -> tu
     summary[text] = dict(outcomes=outcomes, verdict=verdict)
     tally = ", ".join(f"{o} {outcomes.count(o)}" for o in sorted(set(outcomes))) or "-"
     lines.append(f"| {text} | {tally} (of {len(outcomes)}) | **{verdict}** |")
-  lines += ["", END]
-  return "\n".join(lines), dict(evidence=_plain(evidence), verdicts=summary, missing=missing)
+  lines += (table2[0] if table2 else []) + ["", END]
+  return "\n".join(lines), dict(evidence=_plain(evidence), verdicts=summary, missing=missing,
+                                table2=_plain(table2[1]) if table2 else None)
+
+
+# ---------------------------------------------------------------------------- Table 2 (SCD, N x P)
+TABLE2_SWEEP = "configs/sweeps/table2_ablation.py"
+# The ablation's claims, each a paired difference of two of its rows on the same patients:
+# (claim, row A, row B, metric). "Best at N = 10000, P = 0.5" is judged as its two comparisons.
+TABLE2_CLAIMS = (
+    ("More RL pairs raise F1 (N = 10000 minus N = 100, P = 0.5)", "rl-n10000-p0.5", "rl-n100-p0.5", "f1"),
+    ("Balanced pairs beat all-positive ones (P = 0.5 minus P = 1.0, N = 10000): F1",
+     "rl-n10000-p0.5", "rl-n10000-p1", "f1"),
+    ("... and synthetic-data AUROC", "rl-n10000-p0.5", "rl-n10000-p1", "auroc_synthetic"),
+    ("SFT lags RL (RL minus SFT, N = 10000, P = 0.5): F1", "rl-n10000-p0.5", "sft-n10000-p0.5", "f1"),
+    ("... and ROUGE-1", "rl-n10000-p0.5", "sft-n10000-p0.5", "rouge1"),
+)
+
+
+def table2_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, dict, list[str]]:
+  """(work directory, {row name: eval dir}, {row name: its run's config}, missing rows) of the
+  Table 2 sweep, each row at its first seed."""
+  base_cfg, rows, _, seeds = load_sweep(sweep)
+  root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  found, cfgs, missing = {}, {}, []
+  for run in with_seeds(base_cfg, rows, seeds[:1]):
+    cfg = apply_overrides(base_cfg, run.get("overrides", {}))
+    method = cfg.methods[0]
+    d = root / f"{get_cohort(cfg.cohort).name}-{run.get('run_name', run['name'])}" / "eval" / method
+    cfgs[run["name"]] = cfg
+    if (d / "metrics.json").exists() and (d / "per_patient.npz").exists():
+      found[run["name"]] = d
+    else:
+      missing.append(run["name"])
+  return root, found, cfgs, missing
+
+
+def _difference(a: dict, b: dict, metric: str, samples: int, seed: int) -> dict | None:
+  """A minus B on all patients (paired bootstrap), or None when they scored other patients."""
+  if not np.array_equal(a["test_subject_id"], b["test_subject_id"]):
+    return None
+  d = paired_strata(a, b, samples, seed)["all"]
+  return d.get(metric)
+
+
+def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple[list[str], dict]:
+  """The README's Table 2 block: every row beside the paper's, its differences from the base
+  model, and a verdict per claim of the ablation."""
+  root, found, cfgs, missing = table2_runs(sweep, workdir)
+  lines = ["", "### Table 2: the number of pairs N and their positive fraction P (SCD)", "",
+           f"From `python -m rltf_jax.sweep --config={sweep}` in `{root}` (one training seed); each row "
+           "fine-tunes the same base model and is evaluated on the same patients, so differences are "
+           "paired. *Pairs used* is what the data gave (* where it could not give the requested N and P).", ""]
+  if not found:
+    return lines + ["Not run yet."], dict(missing=missing)
+  loaded = {name: _load(d) for name, d in found.items()}
+  m0 = next(iter(loaded.values()))[0]
+  samples, seed = int(m0["settings"]["bootstrap_samples"]), int(m0["settings"]["seed"])
+  if missing:
+    lines += [f"**Not finished**: {', '.join(missing)}.", ""]
+  header = ["Row", "N", "P", "Pairs used (pos + neg)", "Validation positives", "F1", "Recall",
+            "ROUGE-1", "AUROC syn.", "Recall - base", "F1 - base", "Paper F1 / AUROC / ROUGE-1"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  data = dict(rows={}, claims={}, missing=missing)
+  for name, (m, pp) in loaded.items():
+    cfg, t = cfgs[name], m["fidelity"]
+    method = cfg.methods[0]
+    training = m.get("training") or {}
+    used = (f"{training['positive_pairs']} + {training['negative_pairs']}"
+            + ("" if training.get("as_requested") else " *")) if "positive_pairs" in training else "-"
+    vs_base = {}
+    if "base" in loaded and name != "base":
+      for metric in ("recall", "f1"):
+        vs_base[metric] = _difference(pp, loaded["base"][1], metric, samples, seed)
+    t2 = _paper_table2(cfg) if method != "base" else None
+    row = dict(method=method, n=int(cfg.rltf.num_pairs), p=float(cfg.rltf.positive_fraction),
+               f1=t["target"]["f1"]["value"], recall=t["target"]["recall"]["value"],
+               rouge1=t["rouge1"]["value"], auroc_synthetic=m["utility"]["synthetic"]["auroc"]["value"],
+               positives=t["target"]["counts"]["actual_positive"], vs_base=vs_base, paper=t2)
+    data["rows"][name] = row
+    f = lambda v, k=2: "n/a" if v is None else f"{v:.{k}f}"
+    lines.append("| " + " | ".join([
+        name, "-" if method == "base" else str(row["n"]), "-" if method == "base" else f"{row['p']:g}",
+        used, str(row["positives"]), f(row["f1"]), f(row["recall"]), f(row["rouge1"], 3),
+        f(row["auroc_synthetic"], 3), _fmt(vs_base.get("recall")), _fmt(vs_base.get("f1")),
+        f"{t2['f1']:.2f} / {t2['auroc']:.2f} / {t2['rouge1']:.3f}" if t2 else "-"]) + " |")
+  lines += ["", "| Claim of the ablation | Ours (A - B, 95% interval) | Paper (A - B) | Verdict here |",
+            "|---|---|---|---|"]
+  for text, a, b, metric in TABLE2_CLAIMS:
+    if a in loaded and b in loaded:
+      diff = _difference(loaded[a][1], loaded[b][1], metric, samples, seed)
+      side = _side(diff)
+      verdict = {"above": "holds", "below": "fails (the other way)"}.get(side, "undecided")
+    else:
+      diff, verdict = None, "not run yet"
+    pa, pb = (_paper_table2(cfgs[r]) for r in (a, b))
+    key = "auroc" if metric == "auroc_synthetic" else metric
+    paper_diff = f"{pa[key] - pb[key]:+.2f}" if pa and pb else "-"
+    data["claims"][text] = dict(difference=diff, verdict=verdict)
+    lines.append(f"| {text} | {_fmt(diff, 3 if metric == 'rouge1' else 2)} | {paper_diff} | **{verdict}** |")
+  return lines, data
+
+
+def _paper_table2(cfg) -> dict | None:
+  method = cfg.methods[0]
+  return paper.table2_row("RL" if method == "rltf" else "SFT", int(cfg.rltf.num_pairs),
+                          float(cfg.rltf.positive_fraction))
 
 
 def _plain(x):
@@ -278,13 +389,15 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--sweep", default=DEFAULT_SWEEP)
   p.add_argument("--workdir", default=None)
+  p.add_argument("--table2", default=TABLE2_SWEEP, help="the Table 2 sweep ('' leaves it out)")
   p.add_argument("--readme", type=Path, default=None)
   args = p.parse_args(argv)
   root, found, missing = collect_runs(args.sweep, args.workdir)
   if not found:
     raise DataError(f"no finished evaluation of {args.sweep} under {root}; run "
                     f"`python -m rltf_jax.sweep --config={args.sweep}` first")
-  section, data = build_section(root, found, missing, args.sweep)
+  table2 = table2_lines(args.table2, args.workdir) if args.table2 else None
+  section, data = build_section(root, found, missing, args.sweep, table2)
   name = Path(args.sweep.partition(":")[0]).stem
   out = root / "sweeps" / name
   io.atomic_write_json(out / "reproduction.json", data)
