@@ -135,6 +135,12 @@ def cohort_evidence(by_seed: dict) -> dict:
           auroc_real=m["utility"]["real"]["auroc"]["value"],
           membership_auc=(mem.get("membership_inference") or {}).get("value"),
           rouge1_train=(mem.get("rouge1_train") or {}).get("value")))
+  # Means over seeds compare like with like: base and RLTF over the seeds where both finished
+  # (a partial sweep would otherwise average the base model over more seeds than RLTF).
+  both = set(out.get("rltf-base", {}).get("seeds", ()))
+  if both:
+    for method in ("base", "rltf"):
+      per_seed[method] = [r for r in per_seed.get(method, []) if r["seed"] in both]
   out["per_seed"] = per_seed
   return out
 
