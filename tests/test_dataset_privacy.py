@@ -110,3 +110,6 @@ def test_attribute_inference_of_a_configurable_sensitive_code_set():
   assert att["hypertension"]["train"]["value"] >= marg["train"]["value"]
   assert att["absent"] == {"reason": "none of its codes is in the code table"}
   assert "attribute_sensitive" in out["generator"]["cohort"]
+  table = dp.privacy_table(out)  # the data card names each set, and says when one is absent
+  assert "| copy | all | hypertension | " in table
+  assert "| copy | all | absent | none of its codes is in the code table |" in table

@@ -392,6 +392,20 @@ def privacy_table(result: dict) -> str:
           f"{f(b['nnaa']['privacy_loss'])} | {f(b['membership']['value'])} | "
           f"{f(att.get('train', {}).get('value'), 2)} / {f(att.get('holdout', {}).get('value'), 2)} | "
           f"{f(b['copies']['synthetic']['value'])} ({f(b['copies']['holdout_chance']['value'])}) |")
+  sensitive = [(name, pop, set_name, a) for name, r in result.items() for pop in ("all", "cohort")
+               for set_name, a in r[pop].get("attribute_sensitive", {}).items()]
+  if sensitive:  # the `--sensitive` code sets, attacked as the cohort's codes are
+    rows += ["", "Attribute inference of further sensitive code sets (`--sensitive`; the same attack "
+             "as the cohort's codes): F1 for the reference (training) patients and for the holdout "
+             "ones, with the patients who have the set.", "",
+             "| Data | Patients | Set | Attribute F1 train / holdout | Train / holdout patients with it |",
+             "|---|---|---|---|---|"]
+    for name, pop, set_name, a in sensitive:
+      if "train" not in a:
+        rows.append(f"| {name} | {pop} | {set_name} | {a.get('reason', 'n/a')} | |")
+        continue
+      rows.append(f"| {name} | {pop} | {set_name} | {f(a['train']['value'], 2)} / "
+                  f"{f(a['holdout']['value'], 2)} | {a['train']['positives']} / {a['holdout']['positives']} |")
   rows += ["", "Fidelity against held-out real records (`privacy.json → <data>.fidelity`): per-code "
            "prevalence R^2 on the identity line by real frequency, co-occurrence R^2 of the most "
            "frequent codes, and a real-vs-synthetic detection AUC (0.5: indistinguishable).", "",
