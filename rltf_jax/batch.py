@@ -57,12 +57,23 @@ TASKS_DIR = "tasks"
 
 
 # ---------------------------------------------------------------------------- several processes
-def initialize_distributed() -> None:
-  """`jax.distributed.initialize()` with every argument from the environment; call it once,
-  before any other JAX use (it fails once the backend has started; importing jax does not start it)."""
-  jax.distributed.initialize()
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """`jax.distributed.initialize()`, each argument not given taken from the environment (SLURM,
+  Open MPI, TPU VM metadata); call it once, before any other JAX use (it fails once the backend
+  has started; importing jax does not start it)."""
+  given = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
   print(f"[distributed] process {jax.process_index()} of {jax.process_count()}, "
         f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
+
+
+def add_process_flags(parser: argparse.ArgumentParser) -> None:
+  """--coordinator_address, --num_processes, --process_id: a multi-process job without a scheduler
+  that fills them in (any of them implies --distributed)."""
+  parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
 
 
 def _primary() -> bool:
@@ -191,9 +202,10 @@ def main(argv=None) -> None:
                       help="task: which run (default: $SLURM_ARRAY_TASK_ID)")
   parser.add_argument("--distributed", action="store_true",
                       help="prepare: jax.distributed.initialize() from the environment first")
+  add_process_flags(parser)
   args = parser.parse_args(argv)
-  if args.distributed:
-    initialize_distributed()
+  if args.distributed or args.coordinator_address:
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
   def command() -> int:
     if args.command in ("count", "list"):

@@ -314,6 +314,50 @@ def test_two_processes_pretrain_resume_and_match_one(tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
+LAUNCH_SCRIPT = """
+    import json, sys
+    port, num_processes, process_id, workdir = sys.argv[1:5]
+    if num_processes == "1":  # the reference: the same two stages in one process on one device
+      from configs import base
+      from rltf_jax import batch
+      from pathlib import Path
+      print(batch.build_base(base.get_config("smoke"), Path(workdir)))
+      status = 0
+    else:  # launch.py as a user starts each process of a job that no scheduler set up
+      import runpy
+      sys.argv = ["launch.py", "--config=configs/scd.py:smoke", f"--workdir={workdir}",
+                  f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
+                  f"--process_id={process_id}", "--config.mesh.data=0"]
+      try:
+        runpy.run_path("launch.py", run_name="__main__")
+        status = 0
+      except SystemExit as e:
+        status = e.code or 0
+    print(json.dumps(dict(status=status)))
+"""
+
+
+@pytest.mark.slow  # three processes building the smoke data and base model on 2 cores: ~2 min
+def test_launch_distributed_builds_the_data_and_base_model_of_one_process(tmp_path):
+  """`launch.py --distributed` (explicit coordinator flags) as two processes: the data stage and
+  pretraining run in lockstep, process 0 alone writes, and the files and the losses are those of
+  one process."""
+  pair, alone = tmp_path / "pair", tmp_path / "alone"
+  outs = run_processes(LAUNCH_SCRIPT, [(2, 0, pair), (2, 1, pair), (1, 0, alone)], timeout=600)
+  assert [o["status"] for o in outs] == [0, 0, 0]
+  data = lambda root: next(root.glob("data-*"))
+  for name in ("dataset.npz", "vocab.json"):
+    assert (data(pair) / name).read_bytes() == (data(alone) / name).read_bytes(), name
+  base = lambda root: next(root.glob("base-*"))
+  assert runs.is_done(base(pair)) and runs.is_done(data(pair))
+  lines = {name: [json.loads(l) for l in (base(root) / "metrics.jsonl").read_text().splitlines()]
+           for name, root in (("pair", pair), ("alone", alone))}
+  assert [l["step"] for l in lines["pair"]] == [l["step"] for l in lines["alone"]]  # written once
+  np.testing.assert_allclose([l["loss"] for l in lines["pair"] if "loss" in l],
+                             [l["loss"] for l in lines["alone"] if "loss" in l], rtol=1e-4)
+  assert not list(pair.rglob(".*.tmp-*"))  # no temporary files left by the skipped writes
+
+
 def test_batch_shares_make_up_the_whole_batch():
   """The rows [lo, hi) a process encodes (training and validation, packed or not) are those rows
   of the batch one process encodes."""
