@@ -358,6 +358,50 @@ def test_launch_distributed_builds_the_data_and_base_model_of_one_process(tmp_pa
   assert not list(pair.rglob(".*.tmp-*"))  # no temporary files left by the skipped writes
 
 
+PROCESS_GENERATION_SCRIPT = """
+    import json, sys, jax
+    port, num_processes, process_id = (int(a) for a in sys.argv[1:4])
+    if num_processes > 1:
+      jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
+                                 process_id=process_id, local_device_ids=[0])
+    from configs import base as base_config
+    from rltf_jax.data.vocab import Vocabulary
+    from rltf_jax.models import decoder as dec
+    from rltf_jax.sampling.generator import TransformerGenerator
+    c = base_config.get_config().model
+    c.width, c.num_layers, c.num_heads, c.compute_dtype = 32, 1, 2, "float32"
+    graphdef, params = dec.init_decoder(c, 30, seed=3)
+    vocab = Vocabulary(("<pad>", "<bos>", "<eos>", "<unk>") + tuple(f"ICD10CM/A{i:02d}" for i in range(26)))
+    # Batches of 5 rows, then 2: both padded to a multiple of the 2 processes and unpadded.
+    g = TransformerGenerator(graphdef, params, vocab, batch_size=5, max_prompt_len=16)
+    prompts = g.generate_patients(7, seed=3, max_events=6)  # seed 2: the random model dates an event 130+ years on, which PatientEvents refuses
+    done = g.complete(prompts, max_new_events=10, seed=5)
+    print(json.dumps(dict(processes=jax.process_count(), prompts=prompts.code.tolist(),
+                          codes=done.code.tolist(), day=done.day.tolist(), visit=done.visit.tolist(),
+                          lengths=done.lengths.tolist())))
+"""
+
+
+@pytest.mark.slow  # three processes compiling the sampler on a 2-core machine: ~40 s
+def test_generation_on_two_processes_gives_the_tokens_of_one():
+  """Unconditional and conditional generation with the rows split over two `jax.distributed`
+  processes (each its share on its own device, gathered in row order): one process's tokens."""
+  first, second, alone = run_processes(PROCESS_GENERATION_SCRIPT, [(2, 0), (2, 1), (1, 0)])
+  assert first["processes"] == 2 and alone["processes"] == 1
+  for key in ("prompts", "codes", "day", "visit", "lengths"):
+    assert first[key] == second[key] == alone[key], key
+  assert sum(alone["lengths"]) > 0
+
+
+def test_a_process_share_draws_its_rows_numbers():
+  """The uniforms of rows [offset, offset + b) of a padded batch are those rows of the whole."""
+  key = jax.random.key(4)
+  whole = np.asarray(sampler._uniforms(key, 1, 8, 7))
+  for offset in (0, 4):
+    part = np.asarray(sampler._uniforms(key, 1, 4, 7, offset, 8))
+    np.testing.assert_array_equal(part, whole[:, offset:offset + 4])
+
+
 def test_batch_shares_make_up_the_whole_batch():
   """The rows [lo, hi) a process encodes (training and validation, packed or not) are those rows
   of the batch one process encodes."""

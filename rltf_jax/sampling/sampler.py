@@ -147,23 +147,29 @@ class Last(NamedTuple):
   pos: jax.Array
 
 
-def _uniforms(key, step, b: int, rows: int | None):
-  """f32 [5, b] in (0, 1]: one per head and row. With `rows` < b (rows padded for the devices),
-  the draws are those of `rows` rows and the padding repeats row 0's, so the real rows get the
-  numbers they get unpadded and the padding (a copy of row 0) ends when row 0 does."""
+def _uniforms(key, step, b: int, rows: int | None, offset=0, total: int | None = None):
+  """f32 [5, b] in (0, 1]: one per head and row. Rows padded for the devices: the draws are those
+  of the `rows` real rows of the whole batch, and the padding up to `total` rows repeats row 0's,
+  so the real rows get the numbers they get unpadded and the padding (a copy of row 0) ends when
+  row 0 does. This call's `b` rows are rows [offset, offset + b) of the `total` (one process's
+  share; all of them by default)."""
+  total = total or b
   u = 1.0 - jax.random.uniform(jax.random.fold_in(key, step), (5, rows or b))
-  if rows is not None and rows < b:
-    u = jnp.concatenate([u, jnp.repeat(u[:, :1], b - rows, axis=1)], axis=1)
+  if rows is not None and rows < total:
+    u = jnp.concatenate([u, jnp.repeat(u[:, :1], total - rows, axis=1)], axis=1)
+  if total > b:
+    u = jax.lax.dynamic_slice_in_dim(u, offset, b, axis=1)
   return u
 
 
-def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bos, rows=None):
+def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bos, rows=None,
+                offset=0, total=None):
   """One event per row: (token, visit, age, pos, gap_days), attributes first, then the code.
 
   `after_bos` [B]: the previous token is BOS, which carries its next event's visit attributes by
   construction (see `sequences.py`), so that event stays in BOS's visit."""
   temperature, top_k, top_p = controls
-  u = _uniforms(key, step, h_BxD.shape[0], rows)
+  u = _uniforms(key, step, h_BxD.shape[0], rows, offset, total)
   attr = model.attribute_logits(h_BxD)
   new_visit = _pick(attr["new_visit"], u[0], temperature, top_k, top_p)
   new_visit = jnp.where(after_bos, 0, new_visit)
@@ -190,7 +196,7 @@ def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bo
 
 
 def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p, min_new, key,
-                 *, max_new: int, rows: int | None = None):
+                 row_offset, *, max_new: int, rows: int | None = None, total_rows: int | None = None):
   model = nnx.merge(graphdef, params)
   b, lp = prompt.tokens.shape
   controls = (temperature, top_k, top_p)
@@ -203,7 +209,7 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
 
   def emit(step, h, last, done, out, num_new, after_bos):
     code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new, after_bos,
-                                              rows)
+                                              rows, row_offset, total_rows)
     code = jnp.where(done, PAD, code)
     new = dict(tokens=code, visit=visit, age=age, pos=pos, gap_days=days)
     out = {k: out[k].at[:, step].set(jnp.where(done, jnp.zeros_like(v), v)) for k, v in new.items()}
@@ -234,7 +240,7 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
   return out
 
 
-_sample_jit = jax.jit(_sample_impl, static_argnums=0, static_argnames=("max_new", "rows"))
+_sample_jit = jax.jit(_sample_impl, static_argnums=0, static_argnames=("max_new", "rows", "total_rows"))
 
 
 def local_mesh() -> Mesh | None:
@@ -271,7 +277,9 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
 
   With a `mesh` (`local_mesh`) the rows are split over its "data" axis, padded to a multiple of
   its devices and unpadded after; each row draws the random numbers it draws on one device, so
-  the result is the same tokens as without a mesh.
+  the result is the same tokens as without a mesh. Of a multi-process job (`jax.distributed`),
+  every process passes all the rows, generates its contiguous share of them on its own devices
+  and returns all of them, gathered in row order: again the tokens of one process.
   """
   prompt_len = np.asarray(prompt_len, np.int32)
   if prompt_len.min(initial=1) < 1:
@@ -282,11 +290,24 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
     raise DataError(f"prompt of {longest} tokens exceeds the largest bucket {max(buckets)}; "
                     "encode prompts with a smaller max_len (the most recent events are kept)")
   prompt = pad_to(TokenBatch(*(np.asarray(a) for a in prompt)), width)
-  b, rows = len(prompt_len), None
+  b, rows, total, offset = len(prompt_len), None, None, 0
+  arrays = (*prompt, prompt_len)
+  processes = jax.process_count()
+  if processes > 1:  # this process's share of the rows, padded so that every share is as long
+    arrays = pad_rows(arrays, processes * jax.local_device_count())
+    total = len(arrays[0])
+    share = total // processes
+    offset = jax.process_index() * share
+    arrays, rows = tuple(a[offset:offset + share] for a in arrays), b
   if mesh is not None and mesh.size > 1:
-    (*columns, prompt_len), params = shard_rows(mesh, (*prompt, prompt_len), params)
-    prompt, rows = TokenBatch(*columns), b
-  out = _sample_jit(graphdef, params, prompt, prompt_len, jnp.float32(temperature), jnp.int32(top_k),
-                    jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed), max_new=int(max_new),
-                    rows=rows)
-  return {k: v[:b] for k, v in jax.device_get(out).items()}
+    arrays, params = shard_rows(mesh, arrays, params)
+    rows, total = b, total or len(arrays[0])
+  *columns, prompt_len = arrays
+  out = _sample_jit(graphdef, params, TokenBatch(*columns), prompt_len, jnp.float32(temperature),
+                    jnp.int32(top_k), jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed),
+                    jnp.int32(offset), max_new=int(max_new), rows=rows, total_rows=total)
+  out = jax.device_get(out)
+  if processes > 1:
+    from jax.experimental import multihost_utils
+    out = multihost_utils.process_allgather(out, tiled=True)  # the shares, in process order
+  return {k: np.asarray(v)[:b] for k, v in out.items()}
