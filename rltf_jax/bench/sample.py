@@ -7,6 +7,12 @@ width/64, MLP 4*width SwiGLU) run back to back on the same machine. As the peer,
 generates exactly `--new` tokens (EOS is blocked until then) with temperature 1 and no top-k/top-p.
 FLOPs: XLA's cost analysis of the prefill plus `--new` times that of one loop body (decode + draw);
 MFU is quoted against the matmul ceiling of the compute dtype (`--dtype`, default the model's).
+
+What limits it (the `split_*` fields): the prefill, one decode step and one draw timed alone
+(the decode with its cache donated, as in the loop), and the bytes of KV cache a decode step
+reads (k of every layer for the scores, v for the values) against the read bandwidth measured in
+the same run (`read_gbps`): `cache_read_floor_s` is the least time a decode step can take to read
+its cache, whatever its FLOPs.
 """
 
 from __future__ import annotations
@@ -82,10 +88,30 @@ def main(argv=None) -> int:
   body_c = jax.jit(body).lower(params, cache, tok).compile()
   flops = common.compiled_flops(pre) + args.new * common.compiled_flops(body_c)
   ceil = common.ceilings(args.dtype)
+
+  # The split: each part alone; the decode's cache is donated and fed back, as in the loop.
+  prefill_s = common.time_call(lambda: pre(params, padded, plen), repeats=args.repeats)
+  decode_c = jax.jit(lambda p, c, t: sampler.decode(graphdef, p, t, c, 3)[1], donate_argnums=1)
+  state = {"cache": decode_c(params, cache, tok)}
+
+  def one_decode():
+    state["cache"] = decode_c(params, state["cache"], tok)
+    return state["cache"]
+  decode_s = common.time_call(one_decode)
+  h = jnp.zeros((b, args.width), jnp.float32)
+  draw_c = jax.jit(lambda p, h, t: sampler._draw_event(
+      nnx.merge(graphdef, p), h, sampler.Last(t.visit, t.age, t.pos), jax.random.key(0), 3,
+      (1.0, 0, 1.0), 0, jnp.zeros(b, bool)))
+  draw_s = common.time_call(draw_c, params, h, tok)
+  cache_bytes = sum(a.nbytes for a in (*state["cache"].k, *state["cache"].v))  # k for scores, v for values
+  read_gbps = common.read_bandwidth_gbps()
   common.print_result(dict(
       bench="sample", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, prompt=lp,
       new=args.new, mlp=args.mlp, dtype=args.dtype, backend=jax.default_backend(),
       new_tokens_per_s=b * args.new / batch_s, step_s=batch_s / args.new, batch_s=batch_s,
       first_call_s=first_s, flops_per_step=flops / args.new, **ceil,
-      mfu=flops / batch_s / (ceil["ceiling_gflops"] * 1e9), peak_rss_mb=common.peak_rss_mb()))
+      mfu=flops / batch_s / (ceil["ceiling_gflops"] * 1e9), peak_rss_mb=common.peak_rss_mb(),
+      split_prefill_s=prefill_s, split_decode_step_s=decode_s, split_draw_s=draw_s,
+      kv_cache_read_bytes_per_step=cache_bytes, read_gbps=read_gbps,
+      cache_read_floor_s=cache_bytes / (read_gbps * 1e9)))
   return 0
