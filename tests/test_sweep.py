@@ -17,7 +17,7 @@ def test_table2_ablation_sweep_has_the_papers_grid():
            r["overrides"]["methods"]) for r in runs}
   expected = {(n, p, ("rltf",)) for n in (100, 1000, 10000) for p in (0.5, 1.0)}
   assert expected | {(10000, 0.5, ("sft",)), (None, None, ("base",))} == grid
-  changed = sweep.apply_overrides(cfg, runs[1]["overrides"])
+  changed = sweep.apply_overrides(cfg, runs[2]["overrides"])  # rl-n100-p0.5
   assert changed.rltf.num_pairs == 100 and cfg.rltf.num_pairs != 100  # the base config is untouched
   with pytest.raises(ConfigError, match="no field 'num_pair'"):
     sweep.apply_overrides(cfg, {"rltf.num_pair": 5})
