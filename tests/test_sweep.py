@@ -60,7 +60,7 @@ def test_seeds_offset_only_the_training_seeds_and_keep_seed_zero_as_the_run_itse
     assert seeded[section][leaf] == cfg[section][leaf]
   # a run with overrides of its own keeps them, and its directory suffix gains the seed
   cfg2, runs2, _, _ = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py") + ":smoke")
-  run = sweep.with_seeds(cfg2, runs2[1:2], (1,))[0]
+  run = sweep.with_seeds(cfg2, runs2[2:3], (1,))[0]  # rl-n100-p0.5
   assert run["run_name"] == "rl-n100-p0.5-s1" and run["overrides"]["rltf.num_pairs"] == 100
 
 
