@@ -124,8 +124,7 @@ FSDP_SCRIPT = """
 """
 
 
-# In the default suite: the issue's own check of FSDP (three compiles of the step in a subprocess:
-# 75 s on a loaded 2-core machine).
+@pytest.mark.slow  # three compiles of the step in a subprocess: 75 s on a loaded 2-core machine
 def test_fsdp_on_four_devices_matches_one_device(tmp_path):
   """(data 2, fsdp 2) and (fsdp 2, tensor 2) give the losses and parameters of one device after
   three steps, up to float rounding (the sums over the batch run in another order; Adam turns

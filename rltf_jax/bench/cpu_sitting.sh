@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 FIELDS="bench head_codes vocab width layers step_s steps_per_s tokens_per_s new_tokens_per_s pair_tokens_per_s
 mfu ceiling_gflops flops_per_step tail_share split_prefill_s split_decode_step_s split_draw_s
-kv_cache_read_bytes_per_step read_gbps cache_read_floor_s"
+kv_cache_read_bytes_per_step read_gbps cache_read_floor_s split_forward_s split_forward_gflop
+split_step_over_forward step_gflop"
 trim() { tail -1 | "$PY" -c "import json, sys; keep = set(sys.argv[1].split()); d = json.loads(sys.stdin.read())
 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in d.items() if k in keep}))" "$FIELDS"; }
 bench() { echo "$1"; shift; "$PY" -m rltf_jax.bench "$@" 2>&1 | trim; }

@@ -12,7 +12,8 @@ B * (PL + 2 * CL).
 
 The last line printed is one JSON object with `steps_per_s`, `pair_tokens_per_s` and `mfu` (model
 FLOPs of one step from XLA's cost analysis, per second, over the matmul ceiling of the compute
-dtype, `--dtype`, measured by `rltf_jax.bench.common`; the float32 ceiling is printed beside it).
+dtype, `--dtype`, measured by `rltf_jax.bench.common`; the float32 ceiling is printed beside it),
+and the split: the forward pass alone (`split_forward_s`, its GFLOP) and the step's time over it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def main(argv=None) -> dict:
   jax.block_until_ready(metrics["loss"])
   dt = (time.perf_counter() - t0) / (args.steps - args.warmup)
   ceil = bench_common.ceilings(args.dtype)
+  # The split: the forward pass alone (the reference pass's program) against the whole step; a
+  # step near 3x its forward spends its time as the FLOPs say (backward ~2x forward).
+  trained = state["params"]  # the initial ones were donated to the first step
+  forward = ref_fn.lower(graphdef, trained, batches[0]).compile()
+  forward_s = bench_common.time_call(forward, trained, batches[0], repeats=10)
+  forward_flops = bench_common.compiled_flops(forward)
   bench_common.print_result(dict(
       bench="dpo", device=jax.devices()[0].device_kind, V=args.V, D=args.D, L=args.L, B=args.B,
       dtype=args.dtype, **ceil,
@@ -125,7 +132,9 @@ def main(argv=None) -> dict:
       scored_tokens=int(packed.target_token.shape[1]), steps_per_s=1.0 / dt,
       pair_tokens_per_s=args.B * (args.PL + 2 * args.CL) / dt, step_gflop=flops / 1e9,
       mfu=(flops / dt / 1e9 / ceil["ceiling_gflops"]) if flops else None,
-      final_loss=float(metrics["loss"]), peak_rss_mb=bench_common.peak_rss_mb()))
+      final_loss=float(metrics["loss"]), peak_rss_mb=bench_common.peak_rss_mb(),
+      split_forward_s=forward_s, split_forward_gflop=forward_flops / 1e9,
+      split_step_over_forward=dt / forward_s))
   return 0
 
 
