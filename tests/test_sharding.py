@@ -148,17 +148,23 @@ def test_fsdp_on_four_devices_matches_one_device(tmp_path):
   assert len(up.sharding.device_set) == 1 and up.shape == (32, 128)
 
 
+def generator_inputs():
+  """(graphdef, params, vocabulary) of the generation tests: a tiny random decoder over 26 codes."""
+  from configs import base as base_config
+  from rltf_jax.data.vocab import Vocabulary
+  c = base_config.get_config().model
+  c.width, c.num_layers, c.num_heads, c.compute_dtype = 32, 1, 2, "float32"
+  graphdef, params = dec.init_decoder(c, 30, seed=3)
+  vocab = Vocabulary(("<pad>", "<bos>", "<eos>", "<unk>") + tuple(f"ICD10CM/A{i:02d}" for i in range(26)))
+  return graphdef, params, vocab
+
+
 GENERATION_SCRIPT = """
     import json, jax, numpy as np
-    from configs import base as base_config
-    from rltf_jax.data.vocab import Vocabulary
-    from rltf_jax.models import decoder as dec
+    from test_sharding import generator_inputs
     from rltf_jax.sampling.generator import TransformerGenerator
     assert len(jax.devices()) == 4
-    c = base_config.get_config().model
-    c.width, c.num_layers, c.num_heads, c.compute_dtype = 32, 1, 2, "float32"
-    graphdef, params = dec.init_decoder(c, 30, seed=3)
-    vocab = Vocabulary(("<pad>", "<bos>", "<eos>", "<unk>") + tuple(f"ICD10CM/A{i:02d}" for i in range(26)))
+    graphdef, params, vocab = generator_inputs()
     # 6 rows a batch: not a multiple of the 4 devices, so every batch is padded and unpadded.
     gen = TransformerGenerator(graphdef, params, vocab, batch_size=6, max_prompt_len=16)
     one = TransformerGenerator(graphdef, params, vocab, batch_size=6, max_prompt_len=16)
@@ -371,14 +377,9 @@ PROCESS_GENERATION_SCRIPT = """
     if num_processes > 1:
       jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
                                  process_id=process_id, local_device_ids=[0])
-    from configs import base as base_config
-    from rltf_jax.data.vocab import Vocabulary
-    from rltf_jax.models import decoder as dec
+    from test_sharding import generator_inputs
     from rltf_jax.sampling.generator import TransformerGenerator
-    c = base_config.get_config().model
-    c.width, c.num_layers, c.num_heads, c.compute_dtype = 32, 1, 2, "float32"
-    graphdef, params = dec.init_decoder(c, 30, seed=3)
-    vocab = Vocabulary(("<pad>", "<bos>", "<eos>", "<unk>") + tuple(f"ICD10CM/A{i:02d}" for i in range(26)))
+    graphdef, params, vocab = generator_inputs()
     # Batches of 5 rows, then 2: both padded to a multiple of the 2 processes and unpadded.
     g = TransformerGenerator(graphdef, params, vocab, batch_size=5, max_prompt_len=16)
     prompts = g.generate_patients(7, seed=3, max_events=6)  # seed 2: the random model dates an event 130+ years on, which PatientEvents refuses

@@ -21,38 +21,26 @@ def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32
   a = jax.random.normal(jax.random.key(0), (n, n), precision.compute_dtype(dtype))
   b = jax.random.normal(jax.random.key(1), (n, n), precision.compute_dtype(dtype))
   f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-  f(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best / 1e9
+  return 2.0 * n ** 3 / time_call(f, a, b, repeats=repeats, stat=min) / 1e9
 
 
 def read_bandwidth_gbps(megabytes: int = 256, repeats: int = 5) -> float:
   """Best-of-`repeats` GB/s of a jitted sum over a float32 buffer far larger than the caches: the
   memory ceiling of a step that streams its data (the sampler's KV cache) once."""
   x = jnp.ones(megabytes * 2 ** 20 // 4, jnp.float32)
-  f = jax.jit(jnp.sum)
-  f(x).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(x).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return x.nbytes / best / 1e9
+  return x.nbytes / time_call(jax.jit(jnp.sum), x, repeats=repeats, stat=min) / 1e9
 
 
-def time_call(f, *args, repeats: int = 20) -> float:
-  """Median seconds of `f(*args)` (already compiled), results waited for."""
+def time_call(f, *args, repeats: int = 20, stat=np.median) -> float:
+  """`stat` (median; `min` for a ceiling) of the seconds of `repeats` calls `f(*args)`, results
+  waited for, after one untimed call (compilation)."""
   jax.block_until_ready(f(*args))
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
     jax.block_until_ready(f(*args))
     times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  return float(stat(times))
 
 
 def add_dtype_flag(parser) -> None:

@@ -78,11 +78,13 @@ def main(argv=None) -> int:
   pre = jax.jit(sampler.prefill, static_argnums=(0, 4)).lower(graphdef, params, padded, plen, args.new).compile()
   _, cache = jax.jit(sampler.prefill, static_argnums=(0, 4))(graphdef, params, padded, plen, args.new)
 
+  def draw(params, h, token):  # one event per row from hidden states h, as the loop draws it
+    return sampler._draw_event(nnx.merge(graphdef, params), h, sampler.Last(token.visit, token.age, token.pos),
+                               jax.random.key(0), 3, (1.0, 0, 1.0), 0, jnp.zeros(b, bool))
+
   def body(params, cache, token):
     h, cache = sampler.decode(graphdef, params, token, cache, 3)
-    model = nnx.merge(graphdef, params)
-    last = sampler.Last(token.visit, token.age, token.pos)
-    return sampler._draw_event(model, h, last, jax.random.key(0), 3, (1.0, 0, 1.0), 0, jnp.zeros(b, bool)), cache
+    return draw(params, h, token), cache
 
   tok = TokenBatch(*(jnp.asarray(a[:, -1]) for a in prompt))
   body_c = jax.jit(body).lower(params, cache, tok).compile()
@@ -99,10 +101,7 @@ def main(argv=None) -> int:
     return state["cache"]
   decode_s = common.time_call(one_decode)
   h = jnp.zeros((b, args.width), jnp.float32)
-  draw_c = jax.jit(lambda p, h, t: sampler._draw_event(
-      nnx.merge(graphdef, p), h, sampler.Last(t.visit, t.age, t.pos), jax.random.key(0), 3,
-      (1.0, 0, 1.0), 0, jnp.zeros(b, bool)))
-  draw_s = common.time_call(draw_c, params, h, tok)
+  draw_s = common.time_call(jax.jit(draw), params, h, tok)
   cache_bytes = sum(a.nbytes for a in (*state["cache"].k, *state["cache"].v))  # k for scores, v for values
   read_gbps = common.read_bandwidth_gbps()
   common.print_result(dict(

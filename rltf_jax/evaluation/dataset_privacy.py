@@ -235,7 +235,7 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
 # ---------------------------------------------------------------- a run's released records
 RUN_FILE = "privacy.json"
 ARRAYS_FILE = "distances.npz"  # per data and population: nearest-reference distances, record lengths
-RUN_VERSION = 1  # bump when evaluate_run's numbers change, so finished runs recompute them
+RUN_VERSION = 2  # 2: half the evaluated patients released, the other half the holdout; bump when evaluate_run's numbers change, so finished runs recompute them
 
 
 def released_records(eval_dir: Path, prompts: PatientEvents, truncate_events: int) -> PatientEvents:

@@ -27,7 +27,7 @@ from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation.plots import write_plots, write_privacy_plot
 from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
-REPORT_VERSION = 4  # bump when the report's content changes, so finished runs rewrite it
+REPORT_VERSION = 5  # 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 

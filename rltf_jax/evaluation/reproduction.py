@@ -289,8 +289,8 @@ def table2_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, dict, list
   found, cfgs, missing = {}, {}, []
   for run in with_seeds(base_cfg, rows, seeds[:1]):
     cfg = apply_overrides(base_cfg, run.get("overrides", {}))
-    method = cfg.methods[0]
-    d = root / f"{get_cohort(cfg.cohort).name}-{run.get('run_name', run['name'])}" / "eval" / method
+    cfg.run_name = run.get("run_name", run["name"])
+    d = pipeline.cohort_dir_of(cfg, root) / "eval" / cfg.methods[0]
     cfgs[run["name"]] = cfg
     if (d / "metrics.json").exists() and (d / "per_patient.npz").exists():
       found[run["name"]] = d
@@ -299,12 +299,18 @@ def table2_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, dict, list
   return root, found, cfgs, missing
 
 
-def _difference(a: dict, b: dict, metric: str, samples: int, seed: int) -> dict | None:
-  """A minus B on all patients (paired bootstrap), or None when they scored other patients."""
-  if not np.array_equal(a["test_subject_id"], b["test_subject_id"]):
-    return None
-  d = paired_strata(a, b, samples, seed)["all"]
-  return d.get(metric)
+def _differences(loaded: dict, samples: int, seed: int):
+  """`difference(a, b, metric)`: row A minus row B on all patients (paired bootstrap), or None
+  when they scored other patients; each pair of rows is bootstrapped once, for every metric."""
+  done = {}
+
+  def difference(a: str, b: str, metric: str) -> dict | None:
+    if (a, b) not in done:
+      x, y = loaded[a][1], loaded[b][1]
+      same = np.array_equal(x["test_subject_id"], y["test_subject_id"])
+      done[a, b] = paired_strata(x, y, samples, seed)["all"] if same else {}
+    return done[a, b].get(metric)
+  return difference
 
 
 def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple[list[str], dict]:
@@ -319,14 +325,14 @@ def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple
     return lines + ["Not run yet."], dict(missing=missing)
   loaded = {name: _load(d) for name, d in found.items()}
   m0 = next(iter(loaded.values()))[0]
-  samples, seed = int(m0["settings"]["bootstrap_samples"]), int(m0["settings"]["seed"])
+  difference = _differences(loaded, int(m0["settings"]["bootstrap_samples"]), int(m0["settings"]["seed"]))
   if missing:
     lines += [f"**Not finished**: {', '.join(missing)}.", ""]
   header = ["Row", "N", "P", "Pairs used (pos + neg)", "Validation positives", "F1", "Recall",
             "ROUGE-1", "AUROC syn.", "Recall - base", "F1 - base", "Paper F1 / AUROC / ROUGE-1"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   data = dict(rows={}, claims={}, missing=missing)
-  for name, (m, pp) in loaded.items():
+  for name, (m, _) in loaded.items():
     cfg, t = cfgs[name], m["fidelity"]
     method = cfg.methods[0]
     training = m.get("training") or {}
@@ -334,8 +340,7 @@ def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple
             + ("" if training.get("as_requested") else " *")) if "positive_pairs" in training else "-"
     vs_base = {}
     if "base" in loaded and name != "base":
-      for metric in ("recall", "f1"):
-        vs_base[metric] = _difference(pp, loaded["base"][1], metric, samples, seed)
+      vs_base = {metric: difference(name, "base", metric) for metric in ("recall", "f1")}
     t2 = _paper_table2(cfg) if method != "base" else None
     row = dict(method=method, n=int(cfg.rltf.num_pairs), p=float(cfg.rltf.positive_fraction),
                f1=t["target"]["f1"]["value"], recall=t["target"]["recall"]["value"],
@@ -352,7 +357,7 @@ def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple
             "|---|---|---|---|"]
   for text, a, b, metric in TABLE2_CLAIMS:
     if a in loaded and b in loaded:
-      diff = _difference(loaded[a][1], loaded[b][1], metric, samples, seed)
+      diff = difference(a, b, metric)
       side = _side(diff)
       verdict = {"above": "holds", "below": "fails (the other way)"}.get(side, "undecided")
     else:

@@ -252,7 +252,7 @@ class MetricsWriter:
   def __init__(self, path: str | Path):
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.enabled = jax.process_index() == 0
+    self.enabled = io.writes_files()
 
   def write(self, record: Mapping[str, Any]) -> None:
     if not self.enabled:
