@@ -16,8 +16,8 @@ split_step_over_forward step_gflop"
 trim() { tail -1 | "$PY" -c "import json, sys; keep = set(sys.argv[1].split()); d = json.loads(sys.stdin.read())
 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in d.items() if k in keep}))" "$FIELDS"; }
 bench() { echo "$1"; shift; "$PY" -m rltf_jax.bench "$@" 2>&1 | trim; }
-bench "pretrain, default shape, factorised head" pretrain --vocab 7900 --width 128 --layers 2 --batch 16 --seq 128 --mlp gelu --steps 30
-bench "pretrain, default shape, full head" pretrain --vocab 7900 --width 128 --layers 2 --batch 16 --seq 128 --mlp gelu --head-codes 0 --steps 30
+bench "pretrain, default shape, factorised head" pretrain --vocab 7900 --width 128 --layers 2 --heads 4 --batch 16 --seq 128 --mlp gelu --steps 30
+bench "pretrain, default shape, full head" pretrain --vocab 7900 --width 128 --layers 2 --heads 4 --batch 16 --seq 128 --mlp gelu --head-codes 0 --steps 30
 bench "pretrain, peer shape, full head" pretrain --head-codes 0 --steps 20
 bench "sample, peer shape, full head" sample
 bench "dpo, peer shape, full head" dpo

@@ -1,6 +1,6 @@
 """Pretraining step benchmark: tokens/s, step time, peak memory, MFU against the matmul ceiling.
 
-  python -m rltf_jax.bench pretrain [--vocab 8000 --width 256 --layers 4 --batch 16 --seq 256] [--pack 0]
+  python -m rltf_jax.bench pretrain [--vocab 8000 --width 256 --layers 4 --heads 0 --batch 16 --seq 256] [--pack 0]
 
 FLOPs per step come from XLA's cost analysis of the compiled train step (forward, backward and
 optimizer); MFU = FLOPs / step time / the matmul ceiling of the compute dtype (`--dtype`, default the
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--seq", type=int, default=256)
   ap.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"), help="swiglu = the Llama peers' MLP")
+  ap.add_argument("--heads", type=int, default=0, help="attention heads (model.num_heads; 0 = width // 64)")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
   ap.add_argument("--head-codes", type=int, default=None,
                   help="factorised code head's full rows (model.head_codes; 0 = one full head; default: the config's)")
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
 
   cfg = ml_collections.ConfigDict()
   cfg.model = base_config.get_config().model
-  cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=0, mlp_activation=args.mlp,
+  cfg.model.update(dict(width=args.width, num_layers=args.layers, num_heads=args.heads, mlp_activation=args.mlp,
                         compute_dtype=args.dtype))
   if args.head_codes is not None:
     cfg.model.head_codes = args.head_codes
