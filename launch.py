@@ -31,7 +31,7 @@ def main(argv):
     batch.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)  # before any JAX use
     cli_main(lambda: batch.run_distributed(cfg, workdir))
   else:
-    cli_main(lambda: pipeline.run(cfg, workdir))
+    cli_main(lambda: pipeline.run(cfg, workdir, compilation_cache=True))
 
 
 if __name__ == "__main__":

@@ -133,14 +133,28 @@ def check_ranges(cfg, ranges: dict) -> None:
                           f"{bound if op else 'in ' + bound}")
 
 
-def run(cfg, workdir: str | None = None) -> int:
+def use_compilation_cache(root: str | Path) -> None:
+  """Keeps XLA's compiled programs in `<root>/jax_cache` (unless JAX_COMPILATION_CACHE_DIR names
+  another place), so a further cohort or a rerun in the same work directory loads what an earlier
+  run compiled (the fine-tunes' and the sampler's length buckets, the evaluation's programs)
+  instead of compiling it again. The command lines call it, not the library: the setting is global
+  to the process, and tests in one process must not share a cache in a deleted directory."""
+  import jax  # the pipeline's other stages import it through their modules
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str(Path(root).absolute() / "jax_cache"))
+
+
+def run(cfg, workdir: str | None = None, compilation_cache: bool = False) -> int:
   """Runs every stage of `cfg` for its cohort; prints the report's path as the last line.
 
   The work directory is locked for the run (`runs.workdir_lock`): a second run on it stops at once
-  with a one-line message instead of corrupting the first one's checkpoints and metrics."""
+  with a one-line message instead of corrupting the first one's checkpoints and metrics.
+  `compilation_cache`: `use_compilation_cache(work directory)` first (launch.py sets it)."""
   require_fields(cfg, base_config.get_config(cfg.size if "size" in cfg else None))
   check_ranges(cfg, base_config.RANGES)
   root = Path(workdir or cfg.workdir or default_workdir(cfg))
+  if compilation_cache:
+    use_compilation_cache(root)
   with runs.workdir_lock(root):
     return _run(cfg, root)
 

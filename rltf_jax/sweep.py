@@ -115,9 +115,12 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
   return cfg
 
 
-def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None) -> int:
+def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None,
+              compilation_cache: bool = False) -> int:
   base_cfg, runs, sweep_name, default_seeds = load_sweep(spec)
   root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  if compilation_cache:  # the command line's choice (pipeline.use_compilation_cache)
+    pipeline.use_compilation_cache(root)
   names = [r["name"] for r in runs]
   if len(set(names)) != len(names):
     raise ConfigError(f"sweep {sweep_name}: run names must be unique, got {names}")
@@ -305,7 +308,7 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", default=None,
                       help="training seeds, e.g. 0,1,2 (default: the sweep's get_seeds, else 0)")
   args = parser.parse_args(argv)
-  cli_main(lambda: run_sweep(args.config, args.workdir, args.seeds))
+  cli_main(lambda: run_sweep(args.config, args.workdir, args.seeds, compilation_cache=True))
 
 
 if __name__ == "__main__":

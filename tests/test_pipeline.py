@@ -139,3 +139,34 @@ def test_base_model_key_ignores_the_enriched_sample_but_not_the_population(tiny_
   assert wider.fingerprint() != tiny_dataset.fingerprint()
   assert wider.used_codes_only().fingerprint() == tiny_dataset.used_codes_only().fingerprint()
   assert wider.used_codes_only().equals(tiny_dataset)
+
+
+def test_compilation_cache_lives_in_the_work_directory_and_yields_to_the_environment(tmp_path):
+  """`use_compilation_cache` (launch.py and the sweep call it): a first process's compile misses
+  and lands in `<workdir>/jax_cache`, a second process's same compile is read from there (JAX's
+  cache-hit events), and JAX_COMPILATION_CACHE_DIR, when set, wins."""
+  import os
+  import subprocess
+  program = ("import sys, jax, jax.numpy as jnp\n"
+             "from jax import monitoring\n"
+             "from rltf_jax import pipeline\n"
+             "events = []\n"
+             "monitoring.register_event_listener(lambda name, **kw: events.append(name))\n"
+             "pipeline.use_compilation_cache(sys.argv[1])\n"
+             "jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((8, 8))).block_until_ready()\n"
+             "print(jax.config.jax_compilation_cache_dir)\n"
+             "print(sum(e.endswith('/cache_hits') for e in events), sum(e.endswith('/cache_misses') for e in events))\n")
+  env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+  def run(e):
+    out = subprocess.run([sys.executable, "-c", program, str(tmp_path / "work")], env=e, cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    return out[0], tuple(int(n) for n in out[1].split())
+
+  where, (hits, misses) = run(env)
+  assert where == str((tmp_path / "work" / "jax_cache").absolute()) and hits == 0 and misses > 0
+  assert any(p.name.startswith("jit_") for p in (tmp_path / "work" / "jax_cache").iterdir())
+  assert run(env)[1] == (misses, 0)  # the same programs again: every one read, none compiled
+  where, (hits, misses) = run(dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "elsewhere")))
+  assert where == str(tmp_path / "elsewhere") and hits == 0
