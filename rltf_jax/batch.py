@@ -109,7 +109,7 @@ def build_base(cfg, root: Path) -> Path:
 def run_distributed(cfg, workdir: str | None) -> int:
   """`launch.py --distributed`: one process of several builds the data and the base model with the
   others, then stops (the later stages run on one device: rerun without --distributed)."""
-  root = Path(workdir or cfg.workdir or pipeline.default_workdir(cfg))
+  root = pipeline.workdir_of(cfg, workdir)
   if jax.process_count() == 1:
     return pipeline.run(cfg, str(root))
   with _lock(root):
@@ -135,10 +135,6 @@ def sweep_tasks(spec: str, seeds: str | None = None):
   return base_cfg, name, out
 
 
-def _root(base_cfg, workdir: str | None) -> Path:
-  return Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
-
-
 def _label(index: int, cfg) -> str:
   return f"{index:03d}-{pipeline.cohort_dir_of(cfg, Path('.')).name}"
 
@@ -146,7 +142,7 @@ def _label(index: int, cfg) -> str:
 def prepare(spec: str, workdir: str | None = None, seeds: str | None = None) -> int:
   """The data and every distinct base model of the sweep's tasks."""
   base_cfg, name, tasks = sweep_tasks(spec, seeds)
-  root = _root(base_cfg, workdir)
+  root = pipeline.workdir_of(base_cfg, workdir)
   done = set()
   with _lock(root):
     for cfg, _ in tasks:
@@ -164,7 +160,7 @@ def run_task(spec: str, index: int, workdir: str | None = None, seeds: str | Non
   if not 0 <= index < len(tasks):
     raise ConfigError(f"task index {index} is out of range: sweep {name} has {len(tasks)} tasks "
                       f"(0..{len(tasks) - 1})")
-  root = _root(base_cfg, workdir)
+  root = pipeline.workdir_of(base_cfg, workdir)
   cohort_dirs = [pipeline.cohort_dir_of(c, root) for c, _ in tasks]
   cfg, run = tasks[index]
   mine = cohort_dirs[index]

@@ -33,6 +33,7 @@ import re
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging as absl_logging
@@ -82,8 +83,10 @@ class Context:
     return self.dataset.select(np.flatnonzero(np.isin(self.dataset.subject_id, self.plan.model_subject_id)))
 
 
-def default_workdir(cfg) -> Path:
-  return Path("runs") / f"{cfg.data.source}-{cfg.size}"
+def workdir_of(cfg, workdir: str | Path | None = None) -> Path:
+  """The work directory: `workdir` (the --workdir flag), else `cfg.workdir`, else
+  runs/<data source>-<size>."""
+  return Path(workdir or cfg.workdir or Path("runs") / f"{cfg.data.source}-{cfg.size}")
 
 
 def _announce(name: str, directory: Path) -> float:
@@ -139,7 +142,6 @@ def use_compilation_cache(root: str | Path) -> None:
   run compiled (the fine-tunes' and the sampler's length buckets, the evaluation's programs)
   instead of compiling it again. The command lines call it, not the library: the setting is global
   to the process, and tests in one process must not share a cache in a deleted directory."""
-  import jax  # the pipeline's other stages import it through their modules
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", str(Path(root).absolute() / "jax_cache"))
 
@@ -152,7 +154,7 @@ def run(cfg, workdir: str | None = None, compilation_cache: bool = False) -> int
   `compilation_cache`: `use_compilation_cache(work directory)` first (launch.py sets it)."""
   require_fields(cfg, base_config.get_config(cfg.size if "size" in cfg else None))
   check_ranges(cfg, base_config.RANGES)
-  root = Path(workdir or cfg.workdir or default_workdir(cfg))
+  root = workdir_of(cfg, workdir)
   if compilation_cache:
     use_compilation_cache(root)
   with runs.workdir_lock(root):

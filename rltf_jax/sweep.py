@@ -118,7 +118,7 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
 def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None,
               compilation_cache: bool = False) -> int:
   base_cfg, runs, sweep_name, default_seeds = load_sweep(spec)
-  root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  root = pipeline.workdir_of(base_cfg, workdir)
   if compilation_cache:  # the command line's choice (pipeline.use_compilation_cache)
     pipeline.use_compilation_cache(root)
   names = [r["name"] for r in runs]

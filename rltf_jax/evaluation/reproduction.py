@@ -69,7 +69,7 @@ def _side(cell, margin: float = 0.0) -> str:
 def collect_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, list[str]]:
   """(work directory, {cohort: {seed: {method: eval dir}}}, missing run/method labels)."""
   base_cfg, runs, _, seeds = load_sweep(sweep)
-  root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  root = pipeline.workdir_of(base_cfg, workdir)
   found, missing = {}, []
   for run in with_seeds(base_cfg, runs, seeds):
     cohort = run["overrides"].get("cohort", base_cfg.cohort)
@@ -285,7 +285,7 @@ def table2_runs(sweep: str, workdir: str | None) -> tuple[Path, dict, dict, list
   """(work directory, {row name: eval dir}, {row name: its run's config}, missing rows) of the
   Table 2 sweep, each row at its first seed."""
   base_cfg, rows, _, seeds = load_sweep(sweep)
-  root = Path(workdir or base_cfg.workdir or pipeline.default_workdir(base_cfg))
+  root = pipeline.workdir_of(base_cfg, workdir)
   found, cfgs, missing = {}, {}, []
   for run in with_seeds(base_cfg, rows, seeds[:1]):
     cfg = apply_overrides(base_cfg, run.get("overrides", {}))
