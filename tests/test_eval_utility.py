@@ -154,3 +154,51 @@ def test_prompt_only_control_trains_on_the_prompts_alone(tmp_path):
   assert utility.evaluate_utility(back, **kw) == out
   plain = utility.save_utility_data(tmp_path / "old.npz", _data(ds))
   assert "prompt_only" not in utility.evaluate_utility(utility.load_utility_data(plain), **kw)
+
+
+def test_features_come_from_the_real_records_so_every_method_shares_the_real_fits(monkeypatch):
+  """Two generators' synthetic records (one writing a code no real record holds) give the same
+  features and real matrices; the second evaluation reuses the real and prompt-only fits (no
+  CatBoost call) and they equal a fresh fit (CatBoost is deterministic for a seed)."""
+  from rltf_jax.evaluation import conditional
+  cohort = get_cohort("scd")
+  ds = toy_dataset(200, seed=4)
+  prompts, _ = conditional.truncate(ds, 4)
+  labels = ds.patients_with_any(cohort.codes)
+  # Synthetic records of "another generator": the same records with a code only it writes.
+  extra = PatientEvents.build(
+      subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day, offsets=ds.offsets,
+      code=np.where(np.arange(ds.num_events) % 5 == 0, len(CODES), ds.code), day=ds.day,
+      visit=ds.visit, pos=ds.pos, codes=CODES + ["ICD10CM/ONLY_SYNTHETIC"], split=ds.split)
+  build = lambda syn: utility.build_utility_data(
+      ds, syn, labels, syn.patients_with_any(cohort.codes), cohort.codes, model_fraction=0.7,
+      seed=0, cohort="scd", prompts=prompts, prompt_labels=prompts.patients_with_any(cohort.codes))[0]
+  a, b = build(ds), build(extra)
+  assert "ICD10CM/ONLY_SYNTHETIC" not in a.features and np.array_equal(a.features, b.features)
+  for m in ("real_model", "real_valid", "prompt_model"):
+    assert (a.X[m] != b.X[m]).nnz == 0
+  assert (a.X["synthetic_model"] != b.X["synthetic_model"]).nnz > 0
+  kw = dict(iterations=15, threads=1, seed=0, bootstrap_samples=20)
+  monkeypatch.setattr(utility, "_FITS", {})
+  first = utility.evaluate_utility(a, **kw)
+  made = utility.fits_made
+  second = utility.evaluate_utility(b, **kw)
+  assert utility.fits_made - made == 2  # synthetic and augmentation; real and prompt-only reused
+  assert second["real"] == first["real"] and second["prompt_only"] == first["prompt_only"]
+  monkeypatch.setattr(utility, "_FITS", {})  # a fresh fit of the same rows gives the same numbers
+  assert utility.evaluate_utility(b, rows=("real",), **kw)["real"] == first["real"]
+  assert utility.fits_made - made == 3
+
+
+def test_record_features_drop_the_targets_and_codes_of_a_single_patient():
+  ds = toy_dataset(40, seed=5)
+  lone = PatientEvents.build(
+      subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day, offsets=ds.offsets,
+      code=np.where(np.arange(ds.num_events) == ds.offsets[3], len(CODES), ds.code), day=ds.day,
+      visit=ds.visit, pos=ds.pos, codes=CODES + ["ICD10CM/LONE"], split=ds.split)
+  # The lone code twice in one patient is still one patient.
+  lone.code[ds.offsets[3] + 1] = len(CODES)
+  features = utility.record_features(lone, get_cohort("scd").codes)
+  assert "ICD10CM/LONE" not in features and "ICD10CM/D573" not in features
+  assert set(features) == set(CODES) - {"ICD10CM/D573"}
+  assert "ICD10CM/LONE" in utility.record_features(lone, [], min_patients=1)

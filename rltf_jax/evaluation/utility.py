@@ -1,9 +1,13 @@
 """Machine-learning utility: does a classifier trained on synthetic records work on real ones?
 
 The evaluated test patients are split 70/30 (stratified by cohort membership, seeded) into a
-modelling and a validation set. Features are per-patient counts of every code except the cohort's
-target codes; the label is cohort membership of the same record. Three CatBoost classifiers are
-trained and scored on the real validation set:
+modelling and a validation set. Features are per-patient counts of the codes that occur in at
+least two of the evaluated patients' real records, except the cohort's target codes (a code no
+other real record holds is zero on every other row, so it cannot be both learned and used;
+`record_features`); the label is cohort membership of the same record. The feature set is thus the same for every method evaluated on those patients,
+so the real and prompt-only classifiers are the same fits for all of them, and `fit_and_score`
+reuses a finished fit instead of refitting it. Three CatBoost classifiers are trained and scored on
+the real validation set:
   real          the modelling patients' real records (prompt + true continuation);
   synthetic     the modelling patients' prompts completed by the generator (features AND label from
                 prompt + generated continuation);
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
@@ -45,6 +50,18 @@ def feature_codes(code_table: Iterable[str], target_codes: Iterable[str]) -> np.
   """Sorted code strings used as features: the table without any of the target codes."""
   targets = set(target_codes)
   return np.array(sorted(c for c in set(map(str, code_table)) if c not in targets), dtype=str)
+
+
+def record_features(records: PatientEvents, target_codes: Iterable[str], min_patients: int = 2
+                    ) -> np.ndarray:
+  """The evaluation's features: the codes that occur in the records of at least `min_patients` of
+  `records` (the real records of the evaluated patients), without the target codes. A code one
+  patient holds is zero on every other row: it cannot be learned on the modelling rows and scored
+  on the validation rows both, and it costs CatBoost as much as any other column."""
+  n = len(records.codes)
+  pairs = np.unique(records.event_patient().astype(np.int64) * n + records.code)
+  patients_per_code = np.bincount(pairs % n, minlength=n)
+  return feature_codes(records.codes[patients_per_code >= min_patients], target_codes)
 
 
 def count_matrix(records: PatientEvents, features: np.ndarray) -> sp.csr_matrix:
@@ -120,18 +137,49 @@ def load_utility_data(path: str | Path) -> UtilityData:
 
 
 # ---------------------------------------------------------------- classifiers
+# Finished fits by a digest of everything they depend on (`_fit_key`). CatBoost on the CPU is
+# deterministic for a seed and thread count, so a fit found here is the fit that would be made:
+# the base model's, RLTF's and SFT's evaluations of one cohort share their real and prompt-only
+# rows (one process runs them all), which saves two of each later evaluation's six fits.
+_FITS: dict[str, np.ndarray] = {}
+_MAX_FITS = 32  # ~100 KB each at the default size
+fits_made = 0   # CatBoost fits this process has run (what the reuse saves is visible)
+
+
+def _fit_key(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, **settings) -> str:
+  h = hashlib.sha256(repr(sorted(settings.items())).encode())
+  for x in (X_train, X_valid):
+    x = x if x.has_canonical_format else x.copy()
+    x.sum_duplicates()  # one layout per matrix, so equal matrices digest equally
+    for part in (np.array(x.shape), x.indptr, x.indices, x.data.astype(np.float32)):
+      h.update(np.ascontiguousarray(part).tobytes())
+  h.update(np.asarray(y_train, bool).tobytes())
+  return h.hexdigest()
+
+
 def fit_and_score(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, *,
                   iterations: int, threads: int, seed: int, depth: int = 6) -> tuple[np.ndarray, bool]:
   """(P(positive) for each validation row, constant?). A one-class training set gives the
-  constant score of its label (no classifier can be trained)."""
+  constant score of its label (no classifier can be trained). A fit this process already made on
+  the same inputs and settings is returned as it is (see `_FITS`)."""
+  global fits_made
   y_train = np.asarray(y_train, bool)
   if y_train.all() or not y_train.any():
     return np.full(X_valid.shape[0], float(y_train.mean()) if len(y_train) else 0.0), True
+  key = _fit_key(X_train, y_train, X_valid, iterations=iterations, threads=threads, seed=seed,
+                 depth=depth)
+  if key in _FITS:
+    return _FITS[key].copy(), False
   from catboost import CatBoostClassifier  # imported here: slow to import, needed only here
   model = CatBoostClassifier(iterations=iterations, depth=depth, thread_count=threads,
                              random_seed=seed, verbose=False, allow_writing_files=False)
   model.fit(X_train, y_train.astype(np.int32))
-  return model.predict_proba(X_valid)[:, 1], False
+  scores = model.predict_proba(X_valid)[:, 1]
+  fits_made += 1
+  if len(_FITS) >= _MAX_FITS:
+    del _FITS[next(iter(_FITS))]  # the oldest
+  _FITS[key] = scores.copy()
+  return scores, False
 
 
 def label_table(real: np.ndarray, synthetic: np.ndarray, in_prompt: np.ndarray | None = None) -> dict:
@@ -202,13 +250,14 @@ def build_utility_data(real: PatientEvents, synthetic: PatientEvents, real_label
   """Splits the patients (by their real labels), builds the count matrices; returns the data and
   whether the split was stratified. `real` and `synthetic` hold the same patients in the same order:
   real records and prompt + generated records. `prompts` (same patients, with `prompt_labels`)
-  adds the prompt-only control's modelling matrix."""
+  adds the prompt-only control's modelling matrix. Features: the codes of the `real` records
+  (`record_features`), so they do not depend on what the generator wrote."""
   if not np.array_equal(real.subject_id, synthetic.subject_id):
     raise DataError("utility: real and synthetic records must list the same patients in order")
   if prompts is not None and (prompt_labels is None or not np.array_equal(real.subject_id, prompts.subject_id)):
     raise DataError("utility: prompts need their labels and must list the real records' patients in order")
   target_codes = list(target_codes)
-  features = feature_codes(np.concatenate([real.codes, synthetic.codes]), target_codes)
+  features = record_features(real, target_codes)
   model, valid, stratified = model_validation_split(real_labels, model_fraction, seed)
   X = dict(real_model=count_matrix(real.select(model), features),
            synthetic_model=count_matrix(synthetic.select(model), features),

@@ -239,8 +239,9 @@ def calibration_aurocs(cfg, pool=None, *, num_patients: int = 400_000, seed: int
     events), at most half of them cohort members (`eval.member_fraction` = 0.5): up to `members`
     members, as many non-members, both uniform samples of their stratum in the population
     (thinned from the pool by inclusion probability, so that no weight is needed);
-  - features: per-patient counts of every code except the cohort's targets, on the whole record
-    (prompt + true continuation is the patient's record); label: the record holds a target code;
+  - features: per-patient counts of the codes at least two of these records hold, except the
+    cohort's targets (`utility.record_features`), on the whole record (prompt + true continuation is the
+    patient's record); label: the record holds a target code;
   - CatBoost (`iterations`, `depth`: eval.catboost_*), trained on a stratified `model_fraction`
     split, AUROC on the rest.
 
@@ -284,7 +285,7 @@ def calibration_aurocs(cfg, pool=None, *, num_patients: int = 400_000, seed: int
     if min(y.sum(), (~y).sum()) < 4:
       out[name] = dict(auroc=float("nan"), positives=int(y.sum()), patients=int(len(y)))
       continue
-    features = utility.feature_codes(records.codes, co.codes)
+    features = utility.record_features(records, co.codes)
     model, valid, _ = utility.model_validation_split(y, model_fraction, seed)
     x = utility.count_matrix(records, features)
     score, _ = utility.fit_and_score(x[model], y[model], x[valid], iterations=iterations,
