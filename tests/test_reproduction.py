@@ -38,11 +38,21 @@ def test_enriched_sweep_is_weighted_and_gives_a_reproduction_section(enriched_sw
   assert "utility_scores_synthetic" in pp
 
   readme = tmp_path / "README.md"
-  readme.write_text(f"intro\n\n{reproduction.START}\nOLD-TEXT\n{reproduction.END}\n\nafter\n")
-  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--readme", str(readme)]) == 0
+  readme.write_text(f"intro\n\n{reproduction.START}\nOLD-TEXT\n{reproduction.END}\n\n"
+                    f"{reproduction.TABLE2_START}\nOLD-TABLE-2\n{reproduction.TABLE2_END}\n\nafter\n")
+  # --table2 '': the rare cohorts are regenerated, the README's Table 2 block is left as it was.
+  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--readme", str(readme),
+                            "--table2", ""]) == 0
   text = readme.read_text()
   assert text.startswith("intro") and text.rstrip().endswith("after") and "OLD-TEXT" not in text
   assert "## Reproduction" in text and "| Shock |" in text and "**" in text
+  assert "OLD-TABLE-2" in text and "4 attention heads" not in text  # smoke size: 1 head
+  assert "1 layers of width 32, 1 attention heads, 40 pretraining steps" in text
+  # The default names the Table 2 sweep, whose runs are not in this work directory: its block says so.
+  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--readme", str(readme)]) == 0
+  text = readme.read_text()
+  assert "OLD-TABLE-2" not in text and "### Table 2" in text and "Not run yet." in text
+  assert text.index(reproduction.END) < text.index(reproduction.TABLE2_START)
   data = json.loads((work / "sweeps" / "one_cohort" / "reproduction.json").read_text())
   d = data["evidence"]["shock"]["rltf-base"]
   assert set(d) >= {"all", "new_onset", "repeat"} and "auroc_synthetic" in d["all"]
