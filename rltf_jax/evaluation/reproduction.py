@@ -271,9 +271,9 @@ def build_section(root: Path, found: dict, missing: list[str], sweep: str) -> tu
 
 def _model_shape(cfg) -> str:
   """The base model's shape and budget, so a regenerated section says which model it measured."""
+  from rltf_jax.models.decoder import num_heads  # the decoder's own default (width // 64)
   m = cfg.model
-  heads = int(m.num_heads) or max(1, int(m.width) // 64)
-  return (f"{int(m.num_layers)} layers of width {int(m.width)}, {heads} attention heads, "
+  return (f"{int(m.num_layers)} layers of width {int(m.width)}, {num_heads(m)} attention heads, "
           f"{int(cfg.pretrain.steps):,} pretraining steps")
 
 
@@ -335,7 +335,7 @@ def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple
   root, found, cfgs, missing = table2_runs(sweep, workdir)
   lines = ["", "### Table 2: the number of pairs N and their positive fraction P (SCD)", "",
            f"From `python -m rltf_jax.sweep --config={sweep}` in `{root}` (one training seed; base model: "
-           f"{_model_shape(load_sweep(sweep)[0])}); each row "
+           f"{_model_shape(next(iter(cfgs.values())))}); each row "
            "fine-tunes the same base model and is evaluated on the same patients, so differences are "
            "paired. *Pairs used* is what the data gave (* where it could not give the requested N and P).", ""]
   if not found:
