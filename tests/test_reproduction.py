@@ -121,6 +121,17 @@ def test_table2_block_judges_each_claim_on_paired_rows(tmp_path):
   assert data["rows"]["rl-n10000-p0.5"]["paper"]["f1"] == 0.41
   text = "\n".join(lines)
   assert "| rl-n10000-p0.5 | 10000 | 0.5 | 50 + 50 |" in text and "0.41 / 0.61 / 0.372" in text
+  # --sweep '': Table 2 alone is regenerated; the README's rare-cohort block is left as it was.
+  readme = tmp_path / "README.md"
+  readme.write_text(f"{reproduction.START}\nOLD-TEXT\n{reproduction.END}\n"
+                    f"{reproduction.TABLE2_START}\nOLD-TABLE-2\n{reproduction.TABLE2_END}\n")
+  assert reproduction.main(["--sweep", "", "--workdir", str(tmp_path), "--readme", str(readme)]) == 0
+  after = readme.read_text()
+  assert "OLD-TEXT" in after and "OLD-TABLE-2" not in after and "| rl-n10000-p0.5 | 10000 |" in after
+  table2_dir = tmp_path / "sweeps" / "table2_ablation"
+  assert json.loads((table2_dir / "reproduction_table2.json").read_text())["claims"] == data["claims"]
+  with pytest.raises(DataError, match="both empty"):
+    reproduction.main(["--sweep", "", "--table2", "", "--workdir", str(tmp_path)])
   # The same rows the other way round: the claim fails.
   rows_rev = tmp_path / "rev"
   for name, generated in (("rl-n10000-p0.5", poor), ("rl-n100-p0.5", good)):

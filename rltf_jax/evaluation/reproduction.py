@@ -13,7 +13,8 @@ drew an enriched sample (`rltf_jax.data.enrich`). The section is written to
 between `<!-- reproduction:start -->` and `<!-- reproduction:end -->`. Table 2 is its own block,
 between `<!-- table2:start -->` and `<!-- table2:end -->`, replaced only when `--table2` names its
 sweep (the default): `--table2 ''` regenerates the rare cohorts and leaves the README's Table 2 as
-it is, for when only the rare sweep has been rerun.
+it is, for when only the rare sweep has been rerun; `--sweep ''` regenerates Table 2 alone (written
+to `<workdir>/sweeps/<table2 sweep>/reproduction_table2.md`), for when only it has been rerun.
 
 Verdicts (fixed rules, so that the outcome is not chosen after seeing it). A claim about a
 difference *holds* for a cohort when its pooled 95% interval lies wholly on the claimed side,
@@ -416,29 +417,42 @@ def splice(readme: Path, section: str, start: str = START, end: str = END) -> No
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--sweep", default=DEFAULT_SWEEP)
+  p.add_argument("--sweep", default=DEFAULT_SWEEP,
+                 help="the rare-cohort sweep ('' leaves the README's Reproduction block as it is)")
   p.add_argument("--workdir", default=None)
   p.add_argument("--table2", default=TABLE2_SWEEP,
                  help="the Table 2 sweep ('' leaves the README's Table 2 block as it is)")
   p.add_argument("--readme", type=Path, default=None)
   args = p.parse_args(argv)
-  root, found, missing = collect_runs(args.sweep, args.workdir)
-  if not found:
-    raise DataError(f"no finished evaluation of {args.sweep} under {root}; run "
-                    f"`python -m rltf_jax.sweep --config={args.sweep}` first")
-  table2 = table2_section(args.table2, args.workdir) if args.table2 else None
-  section, data = build_section(root, found, missing, args.sweep)
-  name = Path(args.sweep.partition(":")[0]).stem
-  out = root / "sweeps" / name
-  if table2:
-    data["table2"] = _plain(table2[1])
-  io.atomic_write_json(out / "reproduction.json", data)
-  path = io.atomic_write_text(out / "reproduction.md", section + ("\n\n" + table2[0] if table2 else "") + "\n")
+  if not (args.sweep or args.table2):
+    raise DataError("reproduction: --sweep and --table2 are both empty; nothing to regenerate")
+  written = []
+  if args.table2:
+    table2, table2_data = table2_section(args.table2, args.workdir)
+  if args.sweep:
+    root, found, missing = collect_runs(args.sweep, args.workdir)
+    if not found:
+      raise DataError(f"no finished evaluation of {args.sweep} under {root}; run "
+                      f"`python -m rltf_jax.sweep --config={args.sweep}` first")
+    section, data = build_section(root, found, missing, args.sweep)
+    out = root / "sweeps" / Path(args.sweep.partition(":")[0]).stem
+    if args.table2:
+      data["table2"] = _plain(table2_data)
+    io.atomic_write_json(out / "reproduction.json", data)
+    written.append(io.atomic_write_text(
+        out / "reproduction.md", section + ("\n\n" + table2 if args.table2 else "") + "\n"))
+  else:  # Table 2 alone: its files sit in its own sweep's directory
+    root = table2_runs(args.table2, args.workdir)[0]
+    out = root / "sweeps" / Path(args.table2.partition(":")[0]).stem
+    io.atomic_write_json(out / "reproduction_table2.json", _plain(table2_data))
+    written.append(io.atomic_write_text(out / "reproduction_table2.md", table2 + "\n"))
   if args.readme:
-    splice(args.readme, section)
-    if table2:
-      splice(args.readme, table2[0], TABLE2_START, TABLE2_END)
-  print(path)
+    if args.sweep:
+      splice(args.readme, section)
+    if args.table2:
+      splice(args.readme, table2, TABLE2_START, TABLE2_END)
+  for path in written:
+    print(path)
   return 0
 
 
