@@ -160,6 +160,75 @@ def test_deterministic_for_a_seed():
   assert not a.equals(c)
 
 
+def _dense_hazard(sim, cc, rng):
+  """The hazard formula of the story's docstring, one [P, M] masked pass per factor (no row
+  restriction): the reference `_Simulation._hazard` must equal exactly."""
+  ages = np.arange(story._MAX_AGE + 1) + 0.5
+  per_year = np.interp(ages, story._AGES, cc.age_curve)
+  cum = np.concatenate([[0.0], np.cumsum(per_year)])
+  w = (per_year / 12.0).astype(np.float32)[sim.age_pm] * sim.active
+  pre = np.interp(sim.age_start, np.arange(story._MAX_AGE + 2), cum)
+  if cc.prevalent_only:
+    w[:] = 0.0
+    pre = np.ones(sim.P)
+  months = np.arange(sim.M)
+  scale = np.where(sim.sex == 1, cc.male_rr, 1.0)
+  for f, rr in cc.risk.items():
+    np.multiply(w, np.float32(rr), out=w, where=sim.onset_month[f][:, None] < months)
+    pre = pre * np.where(sim.onset_month[f] < sim.start, rr, 1.0)
+  for f, rr in cc.recent.items():
+    pat, mon, _ = sim.episodes[f]
+    recent = np.zeros((sim.P, sim.M), bool)
+    for lag in range(cc.recent_months):   # an episode in month m marks m .. m + recent_months - 1
+      ok = mon + lag < sim.M
+      recent[pat[ok], mon[ok] + lag] = True
+    np.multiply(w, np.float32(rr), out=w, where=recent)
+  if cc.requires:
+    ok = np.zeros((sim.P, sim.M), bool)
+    ok_pre = np.zeros(sim.P, bool)
+    for f in cc.requires:
+      ok |= (sim.onset_month[f][:, None] < months) | (sim.onset_month[f][:, None] < 0)
+      ok_pre |= sim.onset_month[f] < sim.start
+    w *= ok
+    pre = pre * ok_pre
+  if cc.frailty_sigma > 0:
+    s = cc.frailty_sigma
+    scale = scale * np.exp(rng.normal(0.0, s, sim.P) - s * s / 2)
+  w *= scale.astype(np.float32)[:, None]
+  return w, pre * scale
+
+
+def test_hazard_touching_only_affected_rows_equals_the_dense_formula():
+  cfg = default_config()
+  sim = story._Simulation(cfg, 3_000, 5)
+  sim.enrol()
+  sim.conditions()
+  kinds = dict(prevalent=0, requires=0, recent=0, risk=0)
+  for name in catalog.CONDITIONS:
+    cc = cfg.conditions[name]
+    kinds["prevalent"] += bool(cc.prevalent_only)
+    kinds["requires"] += bool(cc.requires)
+    kinds["recent"] += bool(cc.recent)
+    kinds["risk"] += bool(cc.risk)
+    w, pre = sim._hazard(name, cc, sim.rng("condition", name))
+    w_ref, pre_ref = _dense_hazard(sim, cc, sim.rng("condition", name))
+    assert w.dtype == w_ref.dtype and np.array_equal(w, w_ref), name
+    assert np.array_equal(pre, pre_ref), name
+  assert min(kinds.values()) > 0, kinds   # every branch of the hazard was compared
+  # Both ways of `_multiply_rows` (a few rows gathered, most rows through one masked pass).
+  rng = np.random.default_rng(0)
+  for n_rows in (10, 2_500):
+    w = rng.random((3_000, 7), dtype=np.float32)
+    rows = np.sort(rng.choice(3_000, n_rows, replace=False))
+    where = rng.random((n_rows, 7)) < 0.5
+    ref = w.copy()
+    full = np.zeros(w.shape, bool)
+    full[rows] = where
+    np.multiply(ref, np.float32(1.7), out=ref, where=full)
+    story._Simulation._multiply_rows(w, rows, np.float32(1.7), where)
+    assert np.array_equal(w, ref)
+
+
 def test_bad_input_is_refused(capsys):
   cfg = default_config()
   for n in (0, -5):

@@ -263,12 +263,13 @@ class _Simulation:
     self.onset_month: dict[str, np.ndarray] = {}  # first month present (-1: before enrolment)
     self.onset_day: dict[str, np.ndarray] = {}
     self.episodes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # patient, month, day
-    self._recent_cache: dict[tuple[str, int], np.ndarray] = {}
+    # (factor, months) -> (patients with an episode of factor, their `_recent` rows)
+    self._recent_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     self.ids = np.arange(1, num_patients + 1, dtype=np.int64)  # subject ids
 
   def keep(self, idx: np.ndarray, id_offset: int) -> None:
     """Restricts the draw to patients `idx` after the conditions are drawn (`simulate_subsample`)."""
-    for name in ("sex", "start", "end", "birth_day", "active", "age_pm", "age_start"):
+    for name in ("sex", "start", "end", "birth_day", "active", "age_pm", "age_start", "age_index"):
       setattr(self, name, getattr(self, name)[idx])
     for table in (self.onset_month, self.onset_day):
       for name in table:
@@ -304,54 +305,75 @@ class _Simulation:
     mid = self.cal.month_day[:-1] + 15
     self.age_pm = np.clip((mid[None, :] - self.birth_day[:, None]) // 365.25, 0, _MAX_AGE).astype(np.int16)
     self.age_start = (self.cal.month_day[self.start] - self.birth_day) / 365.25
+    # The age index of enrolled months, and _MAX_AGE + 1 (a zero row of `_hazard`'s table) outside.
+    self.age_index = np.where(self.active, self.age_pm, np.int16(_MAX_AGE + 1))
 
   # ---------------------------------------------------------------- 2. conditions
-  def _has_before(self, factor: str) -> np.ndarray:
-    """bool [P, M]: the factor began in an earlier month."""
-    return self.onset_month[factor][:, None] < np.arange(self.M)[None, :]
-
-  def _recent(self, factor: str, months: int) -> np.ndarray:
-    """bool [P, M]: an episode of `factor` in this month or the `months - 1` before (cached)."""
+  def _recent(self, factor: str, months: int) -> tuple[np.ndarray, np.ndarray]:
+    """(patients with an episode of `factor`, bool [their number, M]: an episode in this month or
+    the `months - 1` before); every other patient's row would be all False. Cached."""
     key = (factor, months)
     if key not in self._recent_cache:
       pat, mon, _ = self.episodes[factor]
-      ind = np.zeros((self.P, self.M + 1), np.int16)
-      ind[pat, mon + 1] = 1
+      rows, local = np.unique(pat, return_inverse=True)
+      ind = np.zeros((len(rows), self.M + 1), np.int16)
+      ind[local, mon + 1] = 1
       cs = np.cumsum(ind, axis=1, dtype=np.int16)   # cs[:, m + 1]: months with episodes up to m
       lo = np.maximum(np.arange(self.M) + 1 - months, 0)
-      self._recent_cache[key] = (cs[:, 1:] - cs[:, lo]) > 0
+      self._recent_cache[key] = rows, (cs[:, 1:] - cs[:, lo]) > 0
     return self._recent_cache[key]
 
+  @staticmethod
+  def _multiply_rows(w: np.ndarray, rows: np.ndarray, factor: np.float32, where: np.ndarray) -> None:
+    """w[rows] *= factor where `where` (bool [len(rows), M]) holds, in place. Equal to a masked
+    multiply over all of `w` whose other rows are all False, at the cost of the rows touched."""
+    if 3 * len(rows) > len(w):   # a gather and a scatter of most rows cost more than one pass
+      mask = np.zeros(w.shape, bool)
+      mask[rows] = where
+      np.multiply(w, factor, out=w, where=mask)
+    elif len(rows):
+      sub = w[rows]
+      np.multiply(sub, factor, out=sub, where=where)
+      w[rows] = sub
+
   def _hazard(self, name: str, cc, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(window hazard [P, M] per month, hazard accumulated before enrolment [P])."""
+    """(window hazard [P, M] per month, hazard accumulated before enrolment [P]). Each factor
+    touches only the rows of the patients who have it: most risk factors are rare."""
     ages_year = np.arange(_MAX_AGE + 1) + 0.5
     per_year = np.interp(ages_year, _AGES, cc.age_curve)
     cum = np.concatenate([[0.0], np.cumsum(per_year)])
-    w = (per_year / 12.0).astype(np.float32)[self.age_pm]
-    w *= self.active
     pre = np.interp(self.age_start, np.arange(_MAX_AGE + 2), cum)
-    if cc.prevalent_only:
-      w[:] = 0.0
+    if cc.prevalent_only:   # no onset during enrolment: every factor below leaves zeros zero
+      w = np.zeros((self.P, self.M), np.float32)
       pre = np.ones(self.P)
+    else:   # one gather; months outside enrolment read the table's final zero
+      w = np.append((per_year / 12.0).astype(np.float32), np.float32(0.0))[self.age_index]
+    months = np.arange(self.M)
     scale = np.where(self.sex == 1, cc.male_rr, 1.0)
     for f, rr in cc.risk.items():
-      np.multiply(w, np.float32(rr), out=w, where=self._has_before(f))
-      scale_pre = np.where(self.onset_month[f] < self.start, rr, 1.0)
+      onset = self.onset_month[f]
+      if not cc.prevalent_only:
+        rows = np.flatnonzero(onset < self.M - 1)   # the factor began before the last month
+        self._multiply_rows(w, rows, np.float32(rr), onset[rows, None] < months)
+      scale_pre = np.where(onset < self.start, rr, 1.0)
       pre = pre * scale_pre
-    for f, rr in cc.recent.items():
-      np.multiply(w, np.float32(rr), out=w, where=self._recent(f, cc.recent_months))
+    if not cc.prevalent_only:
+      for f, rr in cc.recent.items():
+        rows, recent = self._recent(f, cc.recent_months)
+        self._multiply_rows(w, rows, np.float32(rr), recent)
     if cc.requires:
-      ok = np.zeros((self.P, self.M), bool)
+      # Present in month m when one of them began before m (onset -1: before enrolment).
+      first = np.min([self.onset_month[f] for f in cc.requires], axis=0)
+      w *= first[:, None] < months
       ok_pre = np.zeros(self.P, bool)
       for f in cc.requires:
-        ok |= self._has_before(f) | (self.onset_month[f][:, None] < 0)
         ok_pre |= self.onset_month[f] < self.start
-      w *= ok
       pre = pre * ok_pre
     if cc.frailty_sigma > 0:
       s = cc.frailty_sigma
       scale = scale * np.exp(rng.normal(0.0, s, self.P) - s * s / 2)
-    w *= scale.astype(np.float32)[:, None]
+    if not cc.prevalent_only:
+      w *= scale.astype(np.float32)[:, None]
     pre = pre * scale
     return w, pre
 
