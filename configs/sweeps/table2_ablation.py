@@ -1,7 +1,7 @@
 """The paper's Table 2 on sickle-cell disease: N in {100, 1000, 10000} x P in {0.5, 1.0} with
 DPO-Positive, plus SFT at N = 10000, P = 0.5, and the base model once for reference.
 
-  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py        # laptop size (~75 min)
+  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py        # laptop size (~50 min)
   python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py:smoke  # plumbing check
   python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py:paper  # batch job
 
@@ -9,11 +9,13 @@ Every row must train on the N and P it names, at SCD's true rarity. N = 10000 at
 10,000 SCD patients in the pairs part of the enriched sample: the population stays the default
 one (50,000 patients at the paper's prevalences, so the base model is the default run's), and the
 enriched sample draws 70 million further patients (SCD 0.036%: ~25,200 of them, all kept, half for
-pairs) and keeps 26,000 members of each other rare cohort and 0.05% of everyone else. Drawing it
-took 51 minutes with two worker processes (199,000 kept patients; 2026-12-01, partly beside other
-work) and the eight rows 21 minutes more: 6 minutes for each RL row at N = 10000 (2,500 steps),
-5 for SFT, 1-2 for the others. Every row is evaluated on the same 4,000 patients (70% of them
-scored), the rare sweep's size. The sweep table marks (*) any row whose data still could not give
+pairs) and keeps 26,000 members of each other rare cohort and 0.05% of everyone else (199,223
+kept patients). The whole sweep took 50m41s from a fresh clone on 2 cores (2026-12-02, at
+`c6b9fe5`): the data 25.6 minutes with two worker processes (partly beside other work; the
+simulator's conditions step has been ~1.5x faster per enrichment chunk since), the base model
+6.5, and the eight rows 18.4: 3.7-5.4 minutes for each row at N = 10000 (2,500 steps), about 1 for
+the others. Every row is evaluated on the same 4,000 patients (70% of them scored), the rare
+sweep's size. The sweep table marks (*) any row whose data still could not give
 its N and P, and names two rows that trained on the same pairs.
 """
 
