@@ -23,6 +23,8 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
+  from rltf_jax import host_memory
+  host_memory.keep_freed_memory()   # before JAX starts its threads
   from rltf_jax import batch, pipeline
   from rltf_jax.errors import cli_main
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir

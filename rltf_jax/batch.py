@@ -47,7 +47,7 @@ import jax
 from absl import logging as absl_logging
 
 from configs import base as base_config
-from rltf_jax import pipeline, runs, sweep
+from rltf_jax import host_memory, pipeline, runs, sweep
 from rltf_jax.errors import ConfigError, cli_main
 from rltf_jax.runs import RunDir
 from rltf_jax.training import pretrain
@@ -200,6 +200,7 @@ def main(argv=None) -> None:
                       help="prepare: jax.distributed.initialize() from the environment first")
   add_process_flags(parser)
   args = parser.parse_args(argv)
+  host_memory.keep_freed_memory()
   if args.distributed or args.coordinator_address:
     initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 

@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from rltf_jax import io, pipeline
+from rltf_jax import host_memory, io, pipeline
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation import paper_numbers as paper
 from rltf_jax.errors import ConfigError, RLTFError, cli_main
@@ -308,6 +308,7 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", default=None,
                       help="training seeds, e.g. 0,1,2 (default: the sweep's get_seeds, else 0)")
   args = parser.parse_args(argv)
+  host_memory.keep_freed_memory()
   cli_main(lambda: run_sweep(args.config, args.workdir, args.seeds, compilation_cache=True))
 
 

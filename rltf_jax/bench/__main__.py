@@ -11,6 +11,8 @@ def main(argv=None) -> int:
   if not argv or argv[0] not in COMMANDS:
     print(f"usage: python -m rltf_jax.bench {{{'|'.join(COMMANDS)}}} [flags]", file=sys.stderr)
     return 2
+  from rltf_jax import host_memory
+  host_memory.keep_freed_memory()   # as the command-line runs have it
   module = importlib.import_module(f"rltf_jax.bench.{argv[0]}")
   return module.main(argv[1:]) or 0
 
