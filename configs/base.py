@@ -205,8 +205,9 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.model.compute_dtype = "float32"
 
   # Pretraining (rltf_jax/training/pretrain.py). Default: 2,800 packed steps of 16 x 128 tokens
-  # (~2,000 real targets each, ~5.6M in all, 2.8 epochs of the 50k-patient simulator) at ~0.19
-  # s/step (the factorised code head, 4 heads) take ~9 minutes on a 2-core CPU. On the
+  # (~2,000 real targets each, ~5.6M in all, 2.8 epochs of the 50k-patient simulator) at ~0.07
+  # s/step (the factorised code head, 4 heads, freed host memory kept: rltf_jax/host_memory.py)
+  # take ~3 minutes on a 2-core CPU. On the
   # pre-calibration simulator the old 700 steps with one full head reached a validation code loss
   # of 4.885 nats, 700 factorised ones 4.882 (the factorisation costs nothing there), 2,800
   # factorised ones 4.684 (README, "Model").

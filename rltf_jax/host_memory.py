@@ -6,14 +6,15 @@ chunks, and per-thread arenas that shrink), so the next step faults the same pag
 2 cores the default pretraining step took ~45,000 minor page faults and spent more time in the
 kernel than in XLA's kernels. One arena, no mmap'd chunks and no trimming keep that memory mapped
 and reused: `python -m rltf_jax.bench pretrain --vocab 7900 --width 128 --layers 2 --batch 16
---seq 128 --heads 4 --mlp gelu` runs ~2x faster with it (see the README, "Speed"). What it costs:
+--seq 128 --heads 4 --mlp gelu` runs ~1.7-2x faster with it (README, "Benchmarks"). What it costs:
 memory the process frees is kept for its next allocation instead of being returned, so the
 resident size stays at its peak. Results are unchanged (where a buffer lives does not change what
 XLA computes in it).
 
 The command-line entry points call `keep_freed_memory()` first; a library user may call it too,
 before the first JAX computation (XLA's threads pick their arena when they start).
-`RLTF_HOST_MALLOC=default`, or malloc settings of one's own in `GLIBC_TUNABLES`, leaves glibc as it is.
+`RLTF_HOST_MALLOC=default`, or malloc settings of one's own in `GLIBC_TUNABLES`, leaves glibc as
+it is.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def keep_freed_memory() -> bool:
   if _applied is not None:
     return _applied
   _applied = False
-  if os.environ.get("RLTF_HOST_MALLOC", "") == "default" or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+  own_settings = "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+  if os.environ.get("RLTF_HOST_MALLOC", "") == "default" or own_settings:
     return _applied
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return _applied

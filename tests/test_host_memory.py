@@ -1,4 +1,5 @@
-"""host_memory.keep_freed_memory: freed blocks stay mapped, so re-allocating them costs no page faults."""
+"""host_memory.keep_freed_memory: freed blocks stay mapped, so allocating them again costs no
+page faults."""
 
 import platform
 import subprocess
