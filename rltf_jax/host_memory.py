@@ -12,7 +12,9 @@ resident size stays at its peak. Results are unchanged (where a buffer lives doe
 XLA computes in it).
 
 The command-line entry points call `keep_freed_memory()` first; a library user may call it too,
-before the first JAX computation (XLA's threads pick their arena when they start).
+before the first JAX computation (XLA's threads pick their arena when they start). The tests do
+not: their many small compilations ran ~1.5x slower with it (tests/test_pretrain.py and
+tests/test_sampler.py: 61-67 s against 42-44 s), and they time nothing.
 `RLTF_HOST_MALLOC=default`, or malloc settings of one's own in `GLIBC_TUNABLES`, leaves glibc as
 it is.
 """

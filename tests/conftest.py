@@ -13,11 +13,6 @@ import pytest
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true") if f)
 
-# As the command-line runs have it (rltf_jax/host_memory.py): before the first JAX computation.
-from rltf_jax import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RLTF_SHARED", REPO.parent / "shared"))
 
