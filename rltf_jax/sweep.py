@@ -64,6 +64,11 @@ def load_sweep(spec: str):
   return module.get_config(arg), module.get_sweep(arg), Path(path).stem, seeds
 
 
+def sweep_dir(root: str | Path, spec: str) -> Path:
+  """Where a sweep's combined outputs go: `<workdir>/sweeps/<the sweep config's file stem>`."""
+  return Path(root) / "sweeps" / Path(spec.partition(":")[0]).stem
+
+
 def parse_seeds(seeds) -> tuple[int, ...]:
   """`"0,1,2"` or a sequence of ints -> distinct non-negative ints, in order."""
   items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
@@ -145,7 +150,7 @@ def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None,
       continue
     print(f"=== {label} finished in {time.time() - t0:.0f}s", flush=True)
     rows.extend(collect_rows(root, cfg, run))
-  out = root / "sweeps" / sweep_name
+  out = sweep_dir(root, spec)
   table = write_table(out, sweep_name, rows, failures)
   print(table.resolve(), flush=True)
   return 1 if failures else 0

@@ -44,7 +44,7 @@ from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation.report import paired_strata
-from rltf_jax.sweep import apply_overrides, load_sweep, with_seeds
+from rltf_jax.sweep import apply_overrides, load_sweep, sweep_dir, with_seeds
 
 DEFAULT_SWEEP = "configs/sweeps/rare_cohorts.py"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
@@ -435,15 +435,14 @@ def main(argv: list[str] | None = None) -> int:
       raise DataError(f"no finished evaluation of {args.sweep} under {root}; run "
                       f"`python -m rltf_jax.sweep --config={args.sweep}` first")
     section, data = build_section(root, found, missing, args.sweep)
-    out = root / "sweeps" / Path(args.sweep.partition(":")[0]).stem
+    out = sweep_dir(root, args.sweep)
     if args.table2:
       data["table2"] = _plain(table2_data)
     io.atomic_write_json(out / "reproduction.json", data)
     written.append(io.atomic_write_text(
         out / "reproduction.md", section + ("\n\n" + table2 if args.table2 else "") + "\n"))
   else:  # Table 2 alone: its files sit in its own sweep's directory
-    root = table2_runs(args.table2, args.workdir)[0]
-    out = root / "sweeps" / Path(args.table2.partition(":")[0]).stem
+    out = sweep_dir(pipeline.workdir_of(load_sweep(args.table2)[0], args.workdir), args.table2)
     io.atomic_write_json(out / "reproduction_table2.json", _plain(table2_data))
     written.append(io.atomic_write_text(out / "reproduction_table2.md", table2 + "\n"))
   if args.readme:

@@ -343,7 +343,7 @@ class _Simulation:
     per_year = np.interp(ages_year, _AGES, cc.age_curve)
     cum = np.concatenate([[0.0], np.cumsum(per_year)])
     pre = np.interp(self.age_start, np.arange(_MAX_AGE + 2), cum)
-    if cc.prevalent_only:   # no onset during enrolment: every factor below leaves zeros zero
+    if cc.prevalent_only:   # no onset during enrolment (the factors below leave zeros zero)
       w = np.zeros((self.P, self.M), np.float32)
       pre = np.ones(self.P)
     else:   # one gather; months outside enrolment read the table's final zero
@@ -352,15 +352,13 @@ class _Simulation:
     scale = np.where(self.sex == 1, cc.male_rr, 1.0)
     for f, rr in cc.risk.items():
       onset = self.onset_month[f]
-      if not cc.prevalent_only:
-        rows = np.flatnonzero(onset < self.M - 1)   # the factor began before the last month
-        self._multiply_rows(w, rows, np.float32(rr), onset[rows, None] < months)
+      rows = np.flatnonzero(onset < self.M - 1)   # the factor began before the last month
+      self._multiply_rows(w, rows, np.float32(rr), onset[rows, None] < months)
       scale_pre = np.where(onset < self.start, rr, 1.0)
       pre = pre * scale_pre
-    if not cc.prevalent_only:
-      for f, rr in cc.recent.items():
-        rows, recent = self._recent(f, cc.recent_months)
-        self._multiply_rows(w, rows, np.float32(rr), recent)
+    for f, rr in cc.recent.items():
+      rows, recent = self._recent(f, cc.recent_months)
+      self._multiply_rows(w, rows, np.float32(rr), recent)
     if cc.requires:
       # Present in month m when one of them began before m (onset -1: before enrolment).
       first = np.min([self.onset_month[f] for f in cc.requires], axis=0)
@@ -372,8 +370,7 @@ class _Simulation:
     if cc.frailty_sigma > 0:
       s = cc.frailty_sigma
       scale = scale * np.exp(rng.normal(0.0, s, self.P) - s * s / 2)
-    if not cc.prevalent_only:
-      w *= scale.astype(np.float32)[:, None]
+    w *= scale.astype(np.float32)[:, None]
     pre = pre * scale
     return w, pre
 
