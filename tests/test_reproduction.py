@@ -121,6 +121,9 @@ def test_table2_block_judges_each_claim_on_paired_rows(tmp_path):
   assert data["rows"]["rl-n10000-p0.5"]["paper"]["f1"] == 0.41
   text = "\n".join(lines)
   assert "| rl-n10000-p0.5 | 10000 | 0.5 | 50 + 50 |" in text and "0.41 / 0.61 / 0.372" in text
+  # The no-model anchor, by hand: the fake prompts hold the target for no patient, so it finds none.
+  assert data["prompt_rule"] == dict(precision=0.0, recall=0.0, f1=0.0, true_positive=0,
+                                     actual_positive=int(truth.sum()))
   # --sweep '': Table 2 alone is regenerated; the README's rare-cohort block is left as it was.
   readme = tmp_path / "README.md"
   readme.write_text(f"{reproduction.START}\nOLD-TEXT\n{reproduction.END}\n"
@@ -139,3 +142,17 @@ def test_table2_block_judges_each_claim_on_paired_rows(tmp_path):
   _, rev = reproduction.table2_lines(str(REPO / reproduction.TABLE2_SWEEP), str(rows_rev))
   assert rev["claims"][reproduction.TABLE2_CLAIMS[0][0]]["verdict"].startswith("fails")
   assert rev["claims"][reproduction.TABLE2_CLAIMS[1][0]]["verdict"] == "not run yet"
+
+
+def test_prompt_rule_against_hand_counts():
+  """Four scored patients (one more is not scored): the rule predicts patients 0 and 1 (target in the
+  prompt); the truth is 0 and 2. Unweighted TP 1, FP 1, FN 1; weighted by (1, 3, 2, 1): precision
+  1 / 4, recall 1 / 3."""
+  pp = dict(test_validation=np.array([1, 1, 1, 1, 0], bool),
+            test_target_in_prompt=np.array([1, 1, 0, 0, 1], bool),
+            test_target_in_true=np.array([1, 0, 1, 0, 1], bool),
+            test_weight=np.array([1.0, 3.0, 2.0, 1.0, 100.0]))
+  rule = reproduction._prompt_rule(pp)
+  assert rule["true_positive"] == 1 and rule["actual_positive"] == 2
+  assert rule["precision"] == pytest.approx(0.25) and rule["recall"] == pytest.approx(1 / 3)
+  assert rule["f1"] == pytest.approx(2 * 0.25 / 3 / (0.25 + 1 / 3))

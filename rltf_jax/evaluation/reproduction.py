@@ -371,6 +371,12 @@ def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple
         used, str(row["positives"]), f(row["f1"]), f(row["recall"]), f(row["rouge1"], 3),
         f(row["auroc_synthetic"], 3), _fmt(vs_base.get("recall")), _fmt(vs_base.get("f1")),
         f"{t2['f1']:.2f} / {t2['auroc']:.2f} / {t2['rouge1']:.3f}" if t2 else "-"]) + " |")
+  data["prompt_rule"] = _prompt_rule(next(iter(loaded.values()))[1])
+  rule = data["prompt_rule"]
+  lines += ["", f"A rule with no model, on the same patients: write the target exactly when the prompt has "
+            f"it. Its F1 is {rule['f1']:.2f}, recall {rule['recall']:.2f} ({rule['true_positive']} of "
+            f"{rule['actual_positive']}), precision {rule['precision']:.2f}: a row below it has learnt "
+            "less about when the target continues than the prompt already shows."]
   lines += ["", "| Claim of the ablation | Ours (A - B, 95% interval) | Paper (A - B) | Verdict here |",
             "|---|---|---|---|"]
   for text, a, b, metric in TABLE2_CLAIMS:
@@ -386,6 +392,18 @@ def table2_lines(sweep: str = TABLE2_SWEEP, workdir: str | None = None) -> tuple
     data["claims"][text] = dict(difference=diff, verdict=verdict)
     lines.append(f"| {text} | {_fmt(diff, 3 if metric == 'rouge1' else 2)} | {paper_diff} | **{verdict}** |")
   return lines, data
+
+
+def _prompt_rule(per_patient: dict) -> dict:
+  """Precision, recall and F1 (population-weighted, as the rows') of predicting the target in the
+  continuation exactly when the prompt holds it, on the scored patients, with its counts."""
+  v = np.asarray(per_patient["test_validation"], bool)
+  pred = np.asarray(per_patient["test_target_in_prompt"], bool)[v]
+  true = np.asarray(per_patient["test_target_in_true"], bool)[v]
+  w = per_patient["test_weight"][v] if "test_weight" in per_patient else None
+  precision, recall, f1 = (float(x) for x in metrics.precision_recall_f1(pred, true, w)[0])
+  return dict(precision=precision, recall=recall, f1=f1, true_positive=int((pred & true).sum()),
+              actual_positive=int(true.sum()))
 
 
 def _paper_table2(cfg) -> dict | None:
