@@ -113,6 +113,8 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.rltf.keep_proportion = True  # too few positives: shrink N to keep P (else keep N, change P)
   cfg.rltf.split_seed = 0          # patients drawn and split points
   cfg.rltf.insert_seed = 1         # negatives' insertion index and inserted code
+  cfg.rltf.positive_split = "first"  # positives split before: "first" target (paper) | "any" occurrence
+  cfg.rltf.pairs_per_patient = 1     # a patient may give up to this many pairs (paper: 1)
   # Windows (events): the prompt keeps its most recent events, the continuation its first ones;
   # BOS + prompt + continuation + EOS fit the pretraining length (pretrain.seq_len).
   cfg.rltf.max_prompt_events = 15 if smoke else (255 if paper else 63)
@@ -279,7 +281,7 @@ RANGES = {
     "halo": {"num_layers": "int>=1", "width": "int>=1", "num_heads": "int>=1", "max_visits": "int>=3",
              "max_codes": "int>=0", "learning_rate": ">0", "batch_size": "int>=1", "epochs": "int>=1"},
     "rltf": dict(_OPTIMISER, num_pairs="int>=1", positive_fraction="[0,1]", max_prompt_events="int>=1",
-                 max_continuation_events="int>=1", beta=">0", positive_lambda=">=0", epochs="int>=1",
+                 max_continuation_events="int>=1", pairs_per_patient="int>=1", beta=">0", positive_lambda=">=0", epochs="int>=1",
                  reference_batch_size="int>=1"),
     "sft": dict(_OPTIMISER, epochs="int>=1", aux_weight=">=0"),
     "eval": {"truncate_events": "int>=1", "min_prompt_events": "int>=0", "max_new_events": "int>=1",

@@ -57,19 +57,21 @@ def rows(ev: PatientEvents, i: int):
 def check_pairs(data: PreferenceData, source: PatientEvents):
   targets = set(COHORT.codes)
   src_index = {s: i for i, s in enumerate(source.subject_id)}
+  pair_subject = data.subject_id
   window = data.params["max_continuation_events"]
   for i in range(data.num_pairs):
     prompt, chosen, rejected = rows(data.prompt, i), rows(data.chosen, i), rows(data.rejected, i)
     assert data.prompt.subject_id[i] == data.chosen.subject_id[i] == data.rejected.subject_id[i]
-    record = rows(source, src_index[data.chosen.subject_id[i]])
-    assert source.split[src_index[data.chosen.subject_id[i]]] == 0, "pairs come from training patients"
+    record = rows(source, src_index[pair_subject[i]])
+    assert source.split[src_index[pair_subject[i]]] == 0, "pairs come from training patients"
     j = data.split_point[i]
     # The prompt is the record's events before j (its most recent ones), the chosen continuation the
     # events from j on (its first ones), and `ends` says whether it reaches the record's end.
     assert prompt == record[max(0, j - data.params["max_prompt_events"]):j]
     assert chosen == record[j:j + window]
     assert data.ends[i] == (j + len(chosen) == len(record))
-    assert not any(e[0] in targets for e in prompt), "a prompt holds the target"
+    if data.params.get("positive_split", "first") == "first" or not data.positive[i]:
+      assert not any(e[0] in targets for e in prompt), "a prompt holds the target"
     e = data.edit_index[i]
     assert chosen[:e] == rejected[:e]
     if data.positive[i]:
@@ -101,6 +103,29 @@ def test_pair_properties_over_random_data(seed):
   check_pairs(data, ds)
   # Both kinds of edge occur in 120 random pairs.
   assert (data.split_point[~data.positive] == 0).any() or (data.prompt.lengths == 0).any()
+
+
+def test_repeat_pairs_and_several_pairs_per_patient():
+  """positive_split="any" draws split points before any target occurrence (so some prompts hold
+  the target: repeat pairs) and pairs_per_patient lifts the one-pair-per-member cap; every other
+  property of a pair holds as under the paper's rule."""
+  ds = random_dataset(seed=4, target_rate=0.1, max_events=40)
+  member = ds.subset("train").patients_with_any(COHORT.codes)
+  n_members = int(member.sum())
+  paper = build_preference_data(ds, COHORT, rltf_cfg(num_pairs=4 * n_members, positive_fraction=0.5))
+  assert paper.positive.sum() == n_members  # capped at one pair per member
+  data = build_preference_data(ds, COHORT, rltf_cfg(num_pairs=4 * n_members, positive_fraction=0.5,
+                                                    positive_split="any", pairs_per_patient=3))
+  assert data.positive.sum() == 2 * n_members > n_members
+  check_pairs(data, ds)
+  pos = data.positive
+  prompt_has = data.prompt.patients_with_any(COHORT.codes)
+  assert prompt_has[pos].any() and not prompt_has[~pos].any()
+  assert np.unique(data.subject_id[pos], return_counts=True)[1].max() >= 2
+  # The paper's rule leaves the pairs' identity as it was (no lever keys in the params).
+  assert "positive_split" not in paper.params and data.params["positive_split"] == "any"
+  with pytest.raises(ConfigError, match="positive_split"):
+    build_preference_data(ds, COHORT, rltf_cfg(positive_split="last"))
 
 
 def test_windows_keep_the_edit_region():

@@ -1,5 +1,7 @@
 """RLTF: DPO-Positive fine-tuning of the base decoder on the cohort's preference pairs."""
 
+import numpy as np
+
 from rltf_jax.methods import decoder_generator
 from rltf_jax.training import dpo, preference
 
@@ -15,7 +17,7 @@ def generator(ctx, ckpt):
 
 
 def trained_on(ctx):
-  return ctx.pairs.chosen.subject_id
+  return np.unique(ctx.pairs.subject_id)
 
 
 def describe(ctx):

@@ -1,5 +1,7 @@
 """SFT: the base decoder fine-tuned with the language-model loss on the pairs' chosen sequences."""
 
+import numpy as np
+
 from rltf_jax.methods import decoder_generator
 from rltf_jax.training import preference, sft
 
@@ -15,7 +17,7 @@ def generator(ctx, ckpt):
 
 
 def trained_on(ctx):
-  return ctx.pairs.chosen.subject_id
+  return np.unique(ctx.pairs.subject_id)
 
 
 def describe(ctx):

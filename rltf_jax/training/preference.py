@@ -15,6 +15,16 @@ For each drawn patient with events E_1..E_L (0-based below: events[0..L-1]):
                  insertion point in the record (so the code joins that visit), or the one just
                  after it when the insertion is at the very start of an empty-prompt record.
 
+Levers beyond the paper's rule (config `rltf.positive_split`, `rltf.pairs_per_patient`; the
+paper's rule is "first" and 1):
+  positive_split = "any": the split point is drawn before a uniformly drawn target occurrence
+      (j in {r'-K+1..r'} for that occurrence r'), so the prompt may already hold the target; the
+      rejected continuation still has every target event removed, and the pair parts at the
+      continuation's first target. These are the repeat pairs: a chronic cohort's evaluated
+      positives are mostly patients whose history already holds the target.
+  pairs_per_patient = m: each patient may be drawn up to m times (other split points and
+      insertions), so N is no longer capped at one pair per cohort member.
+
 EOS belongs to the continuation: it is what the model generates to end a record, so a
 continuation that reaches the end of the record is scored with its EOS, in chosen and rejected
 alike (`ends`). Patients without events are never drawn.
@@ -57,6 +67,10 @@ _PARTS = ("prompt", "chosen", "rejected")
 _EVENT_FIELDS = ("subject_id", "sex", "birth_day", "split", "offsets", "code", "day", "visit", "pos",
                  "codes")
 FORMAT_VERSION = 1
+# Where a positive's continuation starts: "first", the paper's (before the first target, so the
+# prompt never holds it), or "any" (before a uniformly drawn occurrence, so a prompt may hold
+# earlier ones: the repeat pairs that teach what a chronic cohort's evaluation asks).
+POSITIVE_SPLITS = ("first", "any")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,6 +85,15 @@ class PreferenceData:
   ends: np.ndarray         # bool [N]: the continuation reaches the record's end (EOS is scored)
   params: dict[str, Any]   # build parameters, seeds, counts, source fingerprint
   directory: Path | None = None  # where the pairs are saved (reference log-probs are cached there)
+
+  @property
+  def subject_id(self) -> np.ndarray:
+    """int64 [N]: each pair's patient. The parts' own ids are these when every patient gives one
+    pair; with several pairs per patient they are the pair's row (a `PatientEvents` needs unique
+    ids), and this array says whose record each pair is."""
+    if "pair_subject_id" in self.params:
+      return np.asarray(self.params["pair_subject_id"], np.int64)
+    return self.chosen.subject_id
 
   @property
   def num_pairs(self) -> int:
@@ -148,7 +171,25 @@ def _build_params(cfg, cohort: Cohort) -> dict[str, Any]:
               num_pairs=n, positive_fraction=p, split_seed=int(cfg.split_seed),
               insert_seed=int(cfg.insert_seed), keep_proportion=bool(cfg.keep_proportion),
               max_prompt_events=int(cfg.max_prompt_events),
-              max_continuation_events=int(cfg.max_continuation_events))
+              max_continuation_events=int(cfg.max_continuation_events),
+              **_lever_params(cfg))
+
+
+def _lever_params(cfg) -> dict[str, Any]:
+  """The pair levers beyond the paper's rule (`positive_split`, `pairs_per_patient`), recorded only
+  when they differ from it, so pairs built by the paper's rule keep their identity."""
+  split = str(cfg.get("positive_split", "first"))
+  per_patient = int(cfg.get("pairs_per_patient", 1))
+  if split not in POSITIVE_SPLITS:
+    raise ConfigError(f"rltf.positive_split must be one of {POSITIVE_SPLITS}, got {split!r}")
+  if per_patient < 1:
+    raise ConfigError(f"rltf.pairs_per_patient must be at least 1, got {per_patient}")
+  out = {}
+  if split != "first":
+    out["positive_split"] = split
+  if per_patient != 1:
+    out["pairs_per_patient"] = per_patient
+  return out
 
 
 def build_preference_data(dataset: PatientEvents, cohort: Cohort, cfg,
@@ -195,6 +236,10 @@ def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any],
   n, p = params["num_pairs"], params["positive_fraction"]
   max_prompt, window = params["max_prompt_events"], params["max_continuation_events"]
   pos_pool, neg_pool = np.flatnonzero(member), np.flatnonzero(~member)
+  # Several pairs per patient: each patient enters its pool that many times (other split points,
+  # insertion positions), still without replacement.
+  per_patient = params.get("pairs_per_patient", 1)
+  pos_pool, neg_pool = np.tile(pos_pool, per_patient), np.tile(neg_pool, per_patient)
   n_pos, n_neg = _pair_counts(n, p, len(pos_pool), len(neg_pool), params["keep_proportion"], cohort)
 
   split_rng = np.random.default_rng(params["split_seed"])
@@ -208,10 +253,16 @@ def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any],
 
   # ---- split points
   length = train.lengths[drawn]
+  is_target = train.event_is_any(cohort.codes)
   first_target = train.first_position_of_any(cohort.codes)[drawn]
-  lo = np.where(positive, np.maximum(0, first_target - window + 1), 0)
-  hi = np.where(positive, first_target, length)  # inclusive
+  anchor = first_target
+  if params.get("positive_split", "first") == "any":
+    anchor = _draw_occurrence(train, is_target, drawn, positive, split_rng)
+  lo = np.where(positive, np.maximum(0, anchor - window + 1), 0)
+  hi = np.where(positive, anchor, length)  # inclusive
   split = lo + np.floor(split_rng.random(len(drawn)) * (hi - lo + 1)).astype(np.int64)
+  if params.get("positive_split", "first") == "any":
+    first_target = np.where(positive, _next_occurrence(train, is_target, drawn, split), first_target)
   prompt_start = np.maximum(0, split - max_prompt)
   cont_end = np.minimum(length, split + window)
   ends = cont_end == length
@@ -222,7 +273,6 @@ def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any],
   chosen_ev = gather_ranges(base + split, chosen_lens)
 
   # ---- rejected: removal for positives, one insertion for negatives
-  is_target = train.event_is_any(cohort.codes)
   pair_of_chosen = np.repeat(np.arange(len(drawn)), chosen_lens)
   keep = ~(positive[pair_of_chosen] & is_target[chosen_ev])
   # Insertion index k: {0..n_c} when the continuation ends in the window, else {0..n_c - 1}.
@@ -250,10 +300,15 @@ def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any],
   edit_index = np.where(positive, first_target - split, k)
   params = dict(params, num_positive=int(n_pos), num_negative=int(n_neg))
 
+  pair_ids = train.subject_id[drawn]
+  repeated = len(np.unique(drawn)) < len(drawn)
+  if repeated:  # several pairs of one patient: the parts are keyed by pair row (see `subject_id`)
+    params["pair_subject_id"] = pair_ids.tolist()
+
   def events(ev_idx, lens, code_idx=None):
     offsets = np.concatenate([[0], np.cumsum(lens)])
     return PatientEvents.build(
-        subject_id=train.subject_id[drawn], sex=train.sex[drawn], birth_day=train.birth_day[drawn],
+        subject_id=np.arange(len(drawn)) if repeated else pair_ids, sex=train.sex[drawn], birth_day=train.birth_day[drawn],
         split=np.zeros(len(drawn), np.int8), offsets=offsets,
         code=train.code[ev_idx] if code_idx is None else code_idx, day=train.day[ev_idx],
         visit=train.visit[ev_idx], pos=train.pos[ev_idx], codes=train.codes,
@@ -265,9 +320,31 @@ def _draw_pairs(train: PatientEvents, cohort: Cohort, params: dict[str, Any],
       edit_index=edit_index, ends=ends, params=dict(params, request=_request(params)))
 
 
+def _draw_occurrence(train: PatientEvents, is_target: np.ndarray, drawn: np.ndarray,
+                     positive: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """int64 [len(drawn)]: for positives, the record position of one of the patient's target events,
+  drawn uniformly among them; -1 for negatives."""
+  target_event = np.flatnonzero(is_target)  # sorted, so each patient's occurrences are contiguous
+  first = np.searchsorted(target_event, train.offsets[drawn])
+  count = np.searchsorted(target_event, train.offsets[drawn + 1]) - first
+  pick = first + np.floor(rng.random(len(drawn)) * np.maximum(count, 1)).astype(np.int64)
+  position = target_event[np.minimum(pick, len(target_event) - 1)] - train.offsets[drawn]
+  return np.where(positive, position, -1)
+
+
+def _next_occurrence(train: PatientEvents, is_target: np.ndarray, drawn: np.ndarray,
+                     split: np.ndarray) -> np.ndarray:
+  """int64 [len(drawn)]: record position of each patient's first target event at or after `split`
+  (the chosen continuation's first target: where chosen and rejected part)."""
+  target_event = np.flatnonzero(is_target)
+  at = np.searchsorted(target_event, train.offsets[drawn] + split)
+  return target_event[np.minimum(at, len(target_event) - 1)] - train.offsets[drawn]
+
+
 def _request(params: dict[str, Any]) -> dict[str, Any]:
   """The part of `params` a rerun must match to reuse saved pairs."""
-  return {k: v for k, v in params.items() if k not in ("num_positive", "num_negative", "request")}
+  return {k: v for k, v in params.items()
+          if k not in ("num_positive", "num_negative", "request", "pair_subject_id")}
 
 
 def _pair_counts(n: int, p: float, pos_avail: int, neg_avail: int, keep_proportion: bool,
