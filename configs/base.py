@@ -173,6 +173,7 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.eval.top_k = 0          # 0 = off
   cfg.eval.top_p = 1.0        # 1 = off
   cfg.eval.seed = 0           # patient draw, split, bootstrap and generation seed
+  cfg.eval.forecast_samples = 4 if smoke else 8  # K draws per patient (forecast evaluator)
 
   # ---------------------------------------------------------------- base model (rltf_jax/models/decoder.py)
   # CHIRon-style decoder; see the decoder docstring for the event heads. Default: a model whose
@@ -288,7 +289,7 @@ RANGES = {
              "num_test_patients": "int>=0", "num_train_patients": "int>=0",
              "num_membership_patients": "int>=0", "model_fraction": "(0,1)", "member_fraction": "(0,1]",
              "bootstrap_samples": "int>=0", "catboost_iterations": "int>=1", "catboost_depth": "int>=1",
-             "catboost_threads": "int>=1", "temperature": ">0", "top_k": "int>=0", "top_p": "(0,1]"},
+             "catboost_threads": "int>=1", "forecast_samples": "int>=1", "temperature": ">0", "top_k": "int>=0", "top_p": "(0,1]"},
     "model": {"width": "int>=1", "num_layers": "int>=1", "num_heads": "int>=0", "mlp_ratio": "int>=1",
               "max_visits": "int>=1", "max_age_years": "int>=1", "rope_base": ">0", "norm_eps": ">0",
               "head_codes": "int>=0", "tail_rank": "int>=1"},

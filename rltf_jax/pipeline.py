@@ -47,7 +47,7 @@ from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
-from rltf_jax.evaluation import dataset_privacy, evaluate, report
+from rltf_jax.evaluation import dataset_privacy, evaluate, forecast, report
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
 
@@ -196,13 +196,23 @@ def _run(cfg, root: Path) -> int:
     checkpoints[name] = method.train(ctx)
 
   # ---------------------------------------------------------------- conditional generation + evaluation
-  for name, method in zip(cfg.methods, chosen):
+  # The base model first: its forecast draws tune every method's logit-bias anchor.
+  order = sorted(zip(cfg.methods, chosen), key=lambda item: item[0] != "base")
+  base_eval = cohort_dir / "eval" / "base"
+  for name, method in order:
     out = cohort_dir / "eval" / name
     t0 = _announce(f"eval {name}", out)
+    inputs = dict(model=runs.finished_key(checkpoints[name]), sampling=runs.digest(cfg.sampling))
+    base_forecast = None
+    if name == "base":
+      base_forecast = forecast.SELF
+    elif "base" in cfg.methods:
+      base_forecast = base_eval / "test_forecast.npz"
+      inputs["base_eval"] = runs.finished_key(base_eval)
     evaluate.evaluate_generator(
         method.generator(ctx, checkpoints[name]), dataset, cohort, cfg.eval, out,
         trained_on=method.trained_on(ctx), training=method.describe(ctx), design=design,
-        inputs=dict(model=runs.finished_key(checkpoints[name]), sampling=runs.digest(cfg.sampling)))
+        inputs=inputs, base_forecast=base_forecast)
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
   # ---------------------------------------------------------------- privacy of the released records

@@ -40,19 +40,19 @@ from rltf_jax.data import enrich
 from rltf_jax.data.cohorts import Cohort, get_cohort
 from rltf_jax.data.events import SPLITS, PatientEvents
 from rltf_jax.errors import DataError
-from rltf_jax.evaluation import conditional, metrics, prevalence, privacy, utility
+from rltf_jax.evaluation import conditional, forecast, metrics, prevalence, privacy, utility
 from rltf_jax.runs import RunDir
 
 log = logging.getLogger(__name__)
 
 METRICS_KIND = "rltf_jax.generator_eval"
-METRICS_VERSION = 3  # 3: stratified draw, design weights; 2: validation patients, length-matched
+METRICS_VERSION = 4  # 4: forecast (K draws); 3: stratified draw, design weights; 2: validation patients
 
 # Fields of cfg.eval that change the numbers (and so must match for a cached metrics.json).
 _RESULT_FIELDS = ("truncate_events", "min_prompt_events", "max_new_events", "num_test_patients",
                   "num_train_patients", "num_membership_patients", "model_fraction", "member_fraction",
                   "bootstrap_samples", "catboost_iterations", "catboost_depth", "seed",
-                  "temperature", "top_k", "top_p")
+                  "temperature", "top_k", "top_p", "forecast_samples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +163,8 @@ def _fidelity(in_prompt, in_true, in_generated, rouge_prf, B: int, seed: int, po
 def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, cfg,
                        out_dir: str | Path, *, trained_on=None,
                        members: PatientEvents | None = None, inputs: dict | None = None,
-                       training: dict | None = None, design=None) -> dict:
+                       training: dict | None = None, design=None,
+                       base_forecast: str | Path | None = None) -> dict:
   """Runs the whole evaluation of `generator` (see the module doc) and returns the metrics dict.
 
   `cfg` is `cfg.eval`. `trained_on` names the patients the method was trained on (subject ids, or
@@ -182,6 +183,10 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   `truncate_events`, the true continuation's length); `fidelity_uncut` and `utility_uncut` give
   the same numbers for the whole generation (up to `max_new_events`). `training` (the caller's
   description of the method's training data, e.g. its pairs' counts) is stored as it is.
+
+  `base_forecast`: the base model's `test_forecast.npz` on the same patients (its evaluation's),
+  from which the forecast's logit-bias anchor is tuned; `forecast.SELF` when `generator` is the
+  base model (its own draws are used); None where no base model is evaluated (no such anchor).
 
   `design` (`rltf_jax.data.enrich.Design`; default: the test split, every patient weight 1) says
   which split the evaluated patients come from and their prior inclusion probabilities; every
@@ -247,6 +252,14 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   fidelity_uncut = _fidelity(in_prompt[v], in_true[v], in_generated_uncut[v], rouge_test_uncut[v], B,
                              seed, "validation", f"whole generation (at most {max_new} events)", wv)
   timing["fidelity_s"] = time.perf_counter() - t
+
+  # ---------------------------------------------------------------- forecast (K draws per patient)
+  t = time.perf_counter()
+  base_draws = base_forecast if base_forecast in (None, forecast.SELF) else io.load_npz(base_forecast)
+  forecast_result, forecast_arrays = forecast.evaluate(
+      generator, prompts, in_true, in_prompt, in_generated, weights, valid, cohort.codes, cfg, out,
+      base_draws=base_draws)
+  timing["forecast_s"] = time.perf_counter() - t
 
   # ---------------------------------------------------------------- utility (modelling -> validation)
   t = time.perf_counter()
@@ -338,7 +351,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
       test_rouge1_prf=rouge_test, test_rouge1_prf_uncut=rouge_test_uncut,
       test_true_events=true.lengths, test_generated_events=generated.lengths,
       train_subject_id=dataset.subject_id[trained_draw], train_rouge1_prf=rouge_train,
-      train_rouge1_prf_uncut=rouge_train_uncut)
+      train_rouge1_prf_uncut=rouge_train_uncut, **forecast_arrays)
 
   timing["total_s"] = time.perf_counter() - t0
   result = dict(
@@ -359,6 +372,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
           shorter_than_true_fraction=float((generated.lengths < T).mean()),
           empty_generated_fraction=float((generated.lengths == 0).mean()),
           max_new_events_reached_fraction=float((generated.lengths >= max_new).mean())),
+      forecast=forecast_result,
       fidelity=fidelity, fidelity_uncut=fidelity_uncut, utility=util, utility_uncut=util_uncut,
       memorization=memo, prevalence=prev, training=dict(training or {}),
       timing={k: round(v, 3) for k, v in timing.items()})

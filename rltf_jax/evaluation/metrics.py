@@ -13,7 +13,8 @@ Conventions (the paper's tables print 0.00/0.00/0.00 where a method never genera
 
 Design weights (`weights=`, one per patient: 1 / inclusion probability, `rltf_jax.data.enrich`)
 multiply the resample counts, so a number from a cohort-enriched sample estimates its value in the
-population (a ratio estimator), and its interval resamples the patients actually drawn. Functions
+population (a ratio estimator), and its interval resamples the patients actually drawn, within
+the design's cells (patients of equal weight: the strata whose sizes the design fixed). Functions
 given design weights also report the unweighted numbers and the raw counts beside them.
 """
 
@@ -30,26 +31,49 @@ _MAX_WEIGHT_ENTRIES = 10_000_000
 
 
 # ---------------------------------------------------------------- bootstrap
-def bootstrap_weights(n: int, num_samples: int, seed: int) -> Iterator[np.ndarray]:
-  """Yields int64 [b, n] blocks of multinomial resample counts, `num_samples` rows in all."""
+def bootstrap_weights(n: int, num_samples: int, seed: int, cells: np.ndarray | None = None
+                      ) -> Iterator[np.ndarray]:
+  """Yields int64 [b, n] blocks of multinomial resample counts, `num_samples` rows in all.
+
+  With `cells` (int [n], e.g. `design_cells`) each resample draws, within every cell, as many
+  patients as the cell holds: the stratified bootstrap of a stratified design, whose cells' sizes
+  were fixed by the design, not drawn."""
   rng = np.random.default_rng(seed)
   block = max(1, min(num_samples, _MAX_WEIGHT_ENTRIES // max(n, 1)))
+  members = None
+  if cells is not None and len(np.unique(cells)) > 1:
+    order = np.argsort(cells, kind="stable")
+    _, start, size = np.unique(np.asarray(cells)[order], return_index=True, return_counts=True)
+    members = (order, np.repeat(start, size), np.repeat(size, size))
   done = 0
   while done < num_samples:
     b = min(block, num_samples - done)
-    idx_bxn = rng.integers(0, n, size=(b, n)) if n else np.zeros((b, 0), np.int64)
+    if members is not None:  # slot j of the sorted order draws a member of its own cell
+      order, cell_start, cell_size = members
+      idx_bxn = order[cell_start + np.floor(rng.random((b, n)) * cell_size).astype(np.int64)]
+    else:
+      idx_bxn = rng.integers(0, n, size=(b, n)) if n else np.zeros((b, 0), np.int64)
     flat = (np.arange(b)[:, None] * n + idx_bxn).ravel()
     yield np.bincount(flat, minlength=b * n).reshape(b, n)
     done += b
 
 
+def design_cells(weights) -> np.ndarray | None:
+  """int [n]: the design's cells, i.e. patients of equal design weight (a stratified draw gives
+  every patient of one stratum the same inclusion probability); None without weights."""
+  if weights is None:
+    return None
+  return np.unique(np.round(np.asarray(weights, np.float64), 9), return_inverse=True)[1]
+
+
 def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, num_samples: int, seed: int,
-              level: float = 0.95) -> dict:
+              level: float = 0.95, cells: np.ndarray | None = None) -> dict:
   """Point estimate and percentile interval of `stat`, a function of weights [b, n] -> [b] or
   [b, k]. Returns {"value", "ci95": [lo, hi], "bootstrap_defined": fraction of resamples where the
-  statistic is defined} (arrays of values and intervals when `stat` returns k numbers)."""
+  statistic is defined} (arrays of values and intervals when `stat` returns k numbers). `cells`:
+  resample within them (`bootstrap_weights`)."""
   value = stat(np.ones((1, n), np.int64))[0]
-  draws = np.concatenate([stat(w) for w in bootstrap_weights(n, num_samples, seed)]) \
+  draws = np.concatenate([stat(w) for w in bootstrap_weights(n, num_samples, seed, cells)]) \
       if num_samples else np.zeros((0,) + np.shape(value))
   lo, hi = _nan_percentiles(draws, [50 * (1 - level), 50 * (1 + level)])
   defined = float(np.mean(np.isfinite(draws))) if len(draws) else 0.0
@@ -98,7 +122,8 @@ def mean_ci(x: np.ndarray, num_samples: int, seed: int, weights: np.ndarray | No
   def stat(w):
     with np.errstate(invalid="ignore", divide="ignore"):
       return (w @ x) / w.sum(axis=1) if n else np.full(len(w), np.nan)
-  return bootstrap(_weighted(stat, _design(weights, n)), n, num_samples, seed)
+  design = _design(weights, n)
+  return bootstrap(_weighted(stat, design), n, num_samples, seed, cells=design_cells(design))
 
 
 # ---------------------------------------------------------------- classification of the target
@@ -139,7 +164,7 @@ def target_fidelity(pred: np.ndarray, true: np.ndarray, num_samples: int, seed: 
   def table(boot):
     return {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
             for i, name in enumerate(names)}
-  out = table(bootstrap(_weighted(stat, design), len(pred), num_samples, seed))
+  out = table(bootstrap(_weighted(stat, design), len(pred), num_samples, seed, cells=design_cells(design)))
   out["weighted"] = design is not None
   if design is not None:
     out["unweighted"] = table(bootstrap(stat, len(pred), num_samples, seed))
@@ -160,7 +185,8 @@ def calibration_ratio(pred: np.ndarray, true: np.ndarray, num_samples: int, seed
   def stat(w):
     with np.errstate(invalid="ignore", divide="ignore"):
       return np.where(w @ true > 0, (w @ pred) / (w @ true), np.nan)
-  out = bootstrap(_weighted(stat, _design(weights, len(pred))), len(pred), num_samples, seed)
+  design = _design(weights, len(pred))
+  out = bootstrap(_weighted(stat, design), len(pred), num_samples, seed, cells=design_cells(design))
   out.update(generated=int(pred.sum()), true=int(true.sum()), patients=int(len(pred)))
   return out
 
@@ -194,7 +220,8 @@ def paired_difference(pred_a, pred_b, true: np.ndarray, rouge_a, rouge_b, num_sa
         rouge = (w @ (x - y)) / w.sum(axis=1)
       diffs.append(np.concatenate([prf, rouge[:, None]], axis=1))
     return np.mean(diffs, axis=0)
-  boot = bootstrap(_weighted(stat, _design(weights, len(true))), len(true), num_samples, seed)
+  design = _design(weights, len(true))
+  boot = bootstrap(_weighted(stat, design), len(true), num_samples, seed, cells=design_cells(design))
   out = {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
          for i, name in enumerate(("precision", "recall", "f1", "rouge1"))}
   out["patients"], out["actual_positive"], out["seeds"] = int(len(true)), int(true.sum()), len(pa)
@@ -213,7 +240,9 @@ def paired_auroc_difference(scores_a, scores_b, labels: np.ndarray, num_samples:
 
   def stat(w):
     return np.mean([auroc(a, labels, w) - auroc(b, labels, w) for a, b in zip(sa, sb)], axis=0)
-  out = bootstrap(_weighted(stat, _design(weights, len(labels))), len(labels), num_samples, seed)
+  design = _design(weights, len(labels))
+  out = bootstrap(_weighted(stat, design), len(labels), num_samples, seed,
+                  cells=design_cells(design))
   out["seeds"] = len(sa)
   return out
 
@@ -271,7 +300,9 @@ def ranking_metrics(scores: np.ndarray, labels: np.ndarray, num_samples: int, se
   `weights` when given: AUPRC depends on prevalence, AUROC on the mix within each class)."""
   def stat(w):
     return np.stack([auroc(scores, labels, w), auprc(scores, labels, w)], axis=1)
-  boot = bootstrap(_weighted(stat, _design(weights, len(scores))), len(scores), num_samples, seed)
+  design = _design(weights, len(scores))
+  boot = bootstrap(_weighted(stat, design), len(scores), num_samples, seed,
+                   cells=design_cells(design))
   return {name: dict(value=boot["value"][i], ci95=[boot["ci95"][0][i], boot["ci95"][1][i]])
           for i, name in enumerate(("auroc", "auprc"))}
 

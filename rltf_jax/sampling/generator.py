@@ -57,7 +57,7 @@ class TransformerGenerator:
     return cls(graphdef, params, vocab, start_prior=load_start_prior(ckpt_dir), **kwargs)
 
   # ---------------------------------------------------------------- sampling
-  def _sample_rows(self, prompt: TokenBatch, max_new: int, seed: int) -> dict[str, np.ndarray]:
+  def _sample_rows(self, prompt: TokenBatch, max_new: int, seed: int, **target) -> dict[str, np.ndarray]:
     """Samples in fixed-size batches (the last one padded), so shapes repeat and nothing recompiles."""
     n = prompt.tokens.shape[0]
     plen = np.maximum(lengths(prompt), 1)
@@ -75,7 +75,8 @@ class TransformerGenerator:
         bl = np.concatenate([bl, np.ones(short, np.int32)])
       out = sampler.sample(self.graphdef, self.params, b, bl, max_new=max_new,
                            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                           seed=seed * 1_000_003 + i, buckets=self.buckets, mesh=self.mesh)
+                           seed=seed * 1_000_003 + i, buckets=self.buckets, mesh=self.mesh,
+                           **target)
       outs.append({k: v[:self.batch_size - short] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -100,6 +101,39 @@ class TransformerGenerator:
       return self._to_events(prompts, dict(num_new=np.zeros(0, np.int32), tokens=np.zeros((0, 1), np.int32),
                                            gap_days=np.zeros((0, 1), np.int32), visit=np.zeros((0, 1), np.int32),
                                            pos=np.zeros((0, 1), np.int32)), np.zeros(0, np.int64))
+    batch, last_day = self._encode_prompts(prompts, seed)
+    out = self._sample_rows(batch, max_new_events, seed)
+    return self._to_events(prompts, out, last_day)
+
+  def forecast(self, prompts: PatientEvents, target_codes, *, horizon: int, samples: int, seed: int,
+               bias: float = 0.0, masked: bool = True) -> dict[str, np.ndarray]:
+    """K = `samples` continuations of `horizon` events per prompt, with the target codes tracked.
+
+    Returns `target_mass` f32 [N, K, horizon] (each step's probability of a target code, 0 after
+    EOS) and `hits` int [N] (draws whose events hold a target code). With `masked` (default) the
+    codes are drawn with the targets masked out, so `hits` is 0 and
+    `1 - prod(1 - target_mass, axis=-1)` averaged over K is the model's probability of a target in
+    the next `horizon` events (`rltf_jax.sampling.sampler`); unmasked, `hits` / K estimates it.
+    `bias` is added to the target codes' scaled logits. Draw k of a prompt is row k of its block
+    of K rows, so a run is fixed by `seed`."""
+    n, k = prompts.num_patients, int(samples)
+    target_mask = np.zeros(len(self.vocab), bool)
+    target_mask[[self.vocab.id(c) for c in target_codes if c in self.vocab]] = True
+    if n == 0 or not target_mask.any():
+      return dict(target_mass=np.zeros((n, k, horizon), np.float32), hits=np.zeros(n, np.int64))
+    batch, _ = self._encode_prompts(prompts, seed)
+    batch = TokenBatch(*(np.repeat(a, k, axis=0) for a in batch))
+    out = self._sample_rows(batch, horizon, seed, target_mask=target_mask, target_bias=bias,
+                            mask_target=masked)
+    live = np.arange(horizon)[None, :] < out["num_new"][:, None]
+    hit = (target_mask[out["tokens"]] & live).any(1)
+    return dict(target_mass=out["target_mass"].reshape(n, k, horizon),
+                hits=hit.reshape(n, k).sum(1).astype(np.int64))
+
+  def _encode_prompts(self, prompts: PatientEvents, seed: int) -> tuple[TokenBatch, np.ndarray]:
+    """(right-padded prompt tokens, each prompt's last day); an empty prompt starts like an
+    unconditional patient."""
+    n = prompts.num_patients
     batch = encode_patients(prompts, self.vocab, np.arange(n), self.max_prompt_len, window="last",
                             add_eos=False)
     lens = prompts.lengths
@@ -113,8 +147,7 @@ class TransformerGenerator:
       age = np.maximum(age, 0)
       batch.age[rows, 0], batch.pos[rows, 0] = age, pos
       last_day[rows] = prompts.birth_day[rows] + np.round(age * DAYS_PER_YEAR).astype(np.int64)
-    out = self._sample_rows(batch, max_new_events, seed)
-    return self._to_events(prompts, out, last_day)
+    return batch, last_day
 
   def _draw_start(self, n: int, seed: int):
     """(age, pos, sex, birth_day) of `n` random training patients' first visits."""

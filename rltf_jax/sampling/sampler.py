@@ -20,6 +20,15 @@ near zero gives the greedy sequence of events. Draws use one uniform per head an
 inverse CDF (cheaper than Gumbel noise over the vocabulary; see `_inverse_cdf`); a seed fixes
 the result.
 PAD, BOS and UNK are never sampled; EOS is blocked for the first `min_new` steps.
+
+Target forecasts (`target`, see `sample`). Given a set of target codes, each step also returns
+q_t, the probability that the code drawn at that step is a target code (under the filtered
+sampling distribution, given the attributes drawn for the event), and may (a) add a scalar bias to
+the target codes' logits and (b) draw the code with the target codes masked out. Along a masked
+path the probability that the true model writes a target in its first T events is exactly
+1 - prod_t (1 - q_t) averaged over paths (each masked event's likelihood ratio to the unmasked
+model is 1 - q_t; summing P(first target at t) over t telescopes), which is the low-variance
+estimator the forecast evaluator uses (`rltf_jax.evaluation.forecast`).
 """
 
 from __future__ import annotations
@@ -95,21 +104,40 @@ def _draw(logits, u, temperature, top_k, top_p):
   """Ancestral draw from softmax(logits / temperature) after the top-k / top-p filters."""
   k_all = logits.shape[-1]
   x = logits / jnp.maximum(temperature, 1e-6)
-
-  def filtered(x):
-    desc = -jnp.sort(-x, axis=-1)
-    k = jnp.where((top_k <= 0) | (top_k > k_all), k_all, top_k)
-    rank = jnp.arange(k_all)
-    p = jax.nn.softmax(jnp.where(rank < k, desc, -jnp.inf), axis=-1)
-    # Nucleus: keep the shortest prefix whose mass reaches top_p (always at least one entry).
-    keep = ((jnp.cumsum(p, axis=-1) - p) < top_p) & (rank < k)
-    n_keep = jnp.maximum(keep.sum(-1), 1)
-    threshold = jnp.take_along_axis(desc, (n_keep - 1)[:, None], axis=-1)
-    return jnp.where(x >= threshold, x, -jnp.inf)
-
   need = ((top_k > 0) & (top_k < k_all)) | (top_p < 1.0)
-  x = jax.lax.cond(need, filtered, lambda x: x, x)
+  x = jax.lax.cond(need, lambda x: _filtered(x, top_k, top_p), lambda x: x, x)
   return _inverse_cdf(jax.nn.softmax(x, axis=-1), u).astype(jnp.int32)
+
+
+def _filtered(x, top_k, top_p):
+  """Scaled logits with everything outside the top-k and the top-p nucleus set to -inf."""
+  k_all = x.shape[-1]
+  desc = -jnp.sort(-x, axis=-1)
+  k = jnp.where((top_k <= 0) | (top_k > k_all), k_all, top_k)
+  rank = jnp.arange(k_all)
+  p = jax.nn.softmax(jnp.where(rank < k, desc, -jnp.inf), axis=-1)
+  # Nucleus: keep the shortest prefix whose mass reaches top_p (always at least one entry).
+  keep = ((jnp.cumsum(p, axis=-1) - p) < top_p) & (rank < k)
+  n_keep = jnp.maximum(keep.sum(-1), 1)
+  threshold = jnp.take_along_axis(desc, (n_keep - 1)[:, None], axis=-1)
+  return jnp.where(x >= threshold, x, -jnp.inf)
+
+
+def _draw_code_tracked(logits, u, controls, target):
+  """As `_pick` for the code head (temperature > 0), with a target set: returns (code, q), q the
+  target codes' share of the filtered sampling distribution after `bias` is added to their scaled
+  logits; with `masked` the code is drawn from the rest (from everything where q = 1)."""
+  temperature, top_k, top_p = controls
+  target_V, bias, masked = target
+  x = logits / jnp.maximum(temperature, 1e-6) + jnp.where(target_V, bias, 0.0)
+  k_all = x.shape[-1]
+  need = ((top_k > 0) & (top_k < k_all)) | (top_p < 1.0)
+  x = jax.lax.cond(need, lambda x: _filtered(x, top_k, top_p), lambda x: x, x)
+  p = jax.nn.softmax(x, axis=-1)
+  q = jnp.where(target_V, p, 0.0).sum(-1)
+  rest = jnp.where(masked & target_V, 0.0, p)
+  rest = jnp.where((rest.sum(-1) > 0)[:, None], rest, p)
+  return _inverse_cdf(rest, u).astype(jnp.int32), jnp.clip(q, 0.0, 1.0)
 
 
 def _inverse_cdf(p, u):
@@ -163,8 +191,10 @@ def _uniforms(key, step, b: int, rows: int | None, offset=0, total: int | None =
 
 
 def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bos, rows=None,
-                offset=0, total=None):
-  """One event per row: (token, visit, age, pos, gap_days), attributes first, then the code.
+                offset=0, total=None, target=None):
+  """One event per row: (token, visit, age, pos, gap_days, q), attributes first, then the code;
+  q [B] is the target codes' probability at this step (`_draw_code_tracked`), zeros without a
+  `target`.
 
   `after_bos` [B]: the previous token is BOS, which carries its next event's visit attributes by
   construction (see `sequences.py`), so that event stays in BOS's visit."""
@@ -190,13 +220,17 @@ def _draw_event(model, h_BxD, last: Last, key, step, controls, min_new, after_bo
   banned = jnp.zeros(logits.shape[-1], bool).at[jnp.array([PAD, BOS, UNK])].set(True)
   logits = jnp.where(banned, _BANNED, logits)
   logits = jnp.where((step < min_new) & (jnp.arange(logits.shape[-1]) == EOS), _BANNED, logits)
-  code = _pick(logits, u[4], temperature, top_k, top_p)
+  if target is None:
+    code, q = _pick(logits, u[4], temperature, top_k, top_p), jnp.zeros(h_BxD.shape[0])
+  else:
+    code, q = _draw_code_tracked(logits, u[4], controls, target)
   return (code, last.visit + new_visit, last.age + days.astype(jnp.float32) / dec.DAYS_PER_YEAR,
-          pos_row, days)
+          pos_row, days, q)
 
 
 def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p, min_new, key,
-                 row_offset, *, max_new: int, rows: int | None = None, total_rows: int | None = None):
+                 row_offset, target=None, *, max_new: int, rows: int | None = None,
+                 total_rows: int | None = None):
   model = nnx.merge(graphdef, params)
   b, lp = prompt.tokens.shape
   controls = (temperature, top_k, top_p)
@@ -206,12 +240,16 @@ def _sample_impl(graphdef, params, prompt, prompt_len, temperature, top_k, top_p
   out = dict(tokens=jnp.zeros((b, max_new), jnp.int32), visit=jnp.zeros((b, max_new), jnp.int32),
              age=jnp.zeros((b, max_new), jnp.float32), pos=jnp.zeros((b, max_new), jnp.int32),
              gap_days=jnp.zeros((b, max_new), jnp.int32))
+  if target is not None:
+    out["target_mass"] = jnp.zeros((b, max_new), jnp.float32)
 
   def emit(step, h, last, done, out, num_new, after_bos):
-    code, visit, age, pos, days = _draw_event(model, h, last, key, step, controls, min_new, after_bos,
-                                              rows, row_offset, total_rows)
+    code, visit, age, pos, days, q = _draw_event(model, h, last, key, step, controls, min_new,
+                                                 after_bos, rows, row_offset, total_rows, target)
     code = jnp.where(done, PAD, code)
     new = dict(tokens=code, visit=visit, age=age, pos=pos, gap_days=days)
+    if target is not None:
+      new["target_mass"] = q
     out = {k: out[k].at[:, step].set(jnp.where(done, jnp.zeros_like(v), v)) for k, v in new.items()}
     num_new = num_new + (~done & (code != EOS)).astype(jnp.int32)
     done = done | (code == EOS)
@@ -267,8 +305,15 @@ def shard_rows(mesh: Mesh, arrays, params):
 
 def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, temperature=1.0,
            top_k=0, top_p=1.0, seed=0, min_new=0, buckets: Sequence[int] = DEFAULT_BUCKETS,
-           mesh: Mesh | None = None):
+           mesh: Mesh | None = None, target_mask=None, target_bias: float = 0.0,
+           mask_target: bool = False):
   """Samples up to `max_new` events after each prompt.
+
+  `target_mask` (bool [vocabulary size]: the target codes' tokens; optional): also return `target_mass` f32 [B, max_new], each step's
+  probability of a target code (0 after EOS), with `target_bias` added to the target codes'
+  scaled logits and, with `mask_target`, the codes drawn with the targets masked out (module doc).
+  Bias and masking are traced: changing them never recompiles. Without `target_mask` the
+  function is the one it was without them (same program, same draws).
 
   `prompt` is right-padded; `prompt_len` int32 [B] (each >= 1: at least BOS). Returns numpy
   arrays: tokens, visit, age, pos (raw CMS code), gap_days (days since the previous event's
@@ -303,9 +348,14 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
     arrays, params = shard_rows(mesh, arrays, params)
     rows, total = b, total or len(arrays[0])
   *columns, prompt_len = arrays
+  target = None
+  if target_mask is not None:
+    if temperature <= 0:
+      raise DataError("target forecasts need temperature > 0 (greedy decoding has no probabilities)")
+    target = (jnp.asarray(target_mask, bool), jnp.float32(target_bias), jnp.bool_(mask_target))
   out = _sample_jit(graphdef, params, TokenBatch(*columns), prompt_len, jnp.float32(temperature),
                     jnp.int32(top_k), jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed),
-                    jnp.int32(offset), max_new=int(max_new), rows=rows, total_rows=total)
+                    jnp.int32(offset), target, max_new=int(max_new), rows=rows, total_rows=total)
   out = jax.device_get(out)
   if processes > 1:
     from jax.experimental import multihost_utils
