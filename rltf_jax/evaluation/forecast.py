@@ -178,39 +178,50 @@ def paired_differences(p_a, p_b, y, in_prompt, weights, num_samples: int, seed: 
 
 # ---------------------------------------------------------------- draws (cached like the generations)
 def draw_cached(generator, prompts: PatientEvents, target_codes, *, horizon: int, samples: int,
-                seed: int, first_draw_hits: np.ndarray, path: Path) -> dict[str, np.ndarray]:
-  """K draws per prompt: `hits` int [N] (draw 0 is the evaluation's own generation, whose first
-  `horizon` events `first_draw_hits` says hold the target; K - 1 further ordinary draws) and, for a
-  generator with probabilities, `target_mass` f32 [N, K, horizon] from K masked draws. Saved at
-  `path` and read back when it holds the same patients and K."""
+                seed: int, first_draw_hits: np.ndarray, hit_rows: np.ndarray, mass_rows: np.ndarray,
+                path: Path) -> dict[str, np.ndarray]:
+  """K draws per prompt of `hit_rows`: `hits` int [N] (draw 0 is the evaluation's own generation,
+  whose first `horizon` events `first_draw_hits` says hold the target; K - 1 further ordinary
+  draws; -1 for rows not drawn) and, for a generator with probabilities, `target_mass`
+  f32 [N, K, horizon] from K masked draws of `mass_rows` (NaN elsewhere). Saved at `path` and read
+  back when it holds the same patients, rows and K."""
   path = Path(path)
+  n = prompts.num_patients
+  key = dict(subject_id=prompts.subject_id, samples=np.int64(samples), hit_rows=np.asarray(hit_rows),
+             mass_rows=np.asarray(mass_rows))
   if path.exists():
     cached = io.load_npz(path)
-    if np.array_equal(cached["subject_id"], prompts.subject_id) and int(cached["samples"]) == samples:
+    if all(np.array_equal(cached.get(k), v) for k, v in key.items()):
       return cached
     raise DataError(f"{path} holds forecast draws of other patients or another K; delete it to redraw")
-  hits = np.asarray(first_draw_hits, np.int64).copy()
-  out = dict(subject_id=prompts.subject_id, samples=np.int64(samples))
+  hits = np.full(n, -1, np.int64)
+  hits[hit_rows] = np.asarray(first_draw_hits, np.int64)[hit_rows]
+  out = dict(key)
+  with_hits = prompts.select(hit_rows)
   if hasattr(generator, "forecast"):
     if samples > 1:
-      hits += generator.forecast(prompts, target_codes, horizon=horizon, samples=samples - 1,
-                                 seed=seed + 1, masked=False)["hits"]
-    out["target_mass"] = generator.forecast(prompts, target_codes, horizon=horizon, samples=samples,
-                                            seed=seed + 2, masked=True)["target_mass"]
+      hits[hit_rows] += generator.forecast(with_hits, target_codes, horizon=horizon,
+                                           samples=samples - 1, seed=seed + 1, masked=False)["hits"]
+    mass = np.full((n, samples, horizon), np.nan, np.float32)
+    mass[mass_rows] = generator.forecast(prompts.select(mass_rows), target_codes, horizon=horizon,
+                                         samples=samples, seed=seed + 2, masked=True)["target_mass"]
+    out["target_mass"] = mass
   else:
     for k in range(1, samples):  # no probabilities: K ordinary completions
-      more = generator.complete(prompts, max_new_events=horizon, seed=seed + 10 + k)
-      hits += conditional.head(more, horizon).patients_with_any(target_codes)
+      more = generator.complete(with_hits, max_new_events=horizon, seed=seed + 10 + k)
+      hits[hit_rows] += conditional.head(more, horizon).patients_with_any(target_codes)
   out["hits"] = hits
   io.atomic_savez(path, **out)
   return out
 
 
 def probability(draws: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-  """(p_i, how it was estimated) from `draw_cached`'s draws."""
+  """(p_i, how it was estimated) from `draw_cached`'s draws; NaN for rows not drawn."""
   if "target_mass" in draws:
     return target_probability(draws["target_mass"]), "masked draws (exact in expectation)"
-  return draws["hits"] / float(draws["samples"]), "hits / K (the generator exposes no probabilities)"
+  hits = draws["hits"].astype(np.float64)
+  return (np.where(hits >= 0, hits / float(draws["samples"]), np.nan),
+          "hits / K (the generator exposes no probabilities)")
 
 
 # ---------------------------------------------------------------- the ceiling anchor
@@ -263,18 +274,23 @@ def evaluate(generator, prompts: PatientEvents, truth: np.ndarray, in_prompt: np
   tune the logit bias. `base_draws`: the base model's `draw_cached` draws on the same patients
   (None: the logit-bias anchor is not computed, and the report says so)."""
   T, K, B, seed = int(cfg.truncate_events), int(cfg.forecast_samples), int(cfg.bootstrap_samples), int(cfg.seed)
-  draws = draw_cached(generator, prompts, target_codes, horizon=T, samples=K, seed=seed + 3,
-                      first_draw_hits=first_draw_hits, path=Path(out_dir) / "test_forecast.npz")
-  p, source = probability(draws)
   truth, in_prompt, valid = np.asarray(truth, bool), np.asarray(in_prompt, bool), np.asarray(valid, bool)
-  fit_rows = np.flatnonzero(~valid)
+  fit_rows, valid_rows = np.flatnonzero(~valid), np.flatnonzero(valid)
+  # The base model draws every patient (its modelling patients' draws tune the logit bias); any
+  # other method only the validation patients it is scored on.
+  is_base = isinstance(base_draws, str) and base_draws == SELF
+  draws = draw_cached(generator, prompts, target_codes, horizon=T, samples=K, seed=seed + 3,
+                      first_draw_hits=first_draw_hits, hit_rows=valid_rows,
+                      mass_rows=np.arange(len(truth)) if is_base else valid_rows,
+                      path=Path(out_dir) / "test_forecast.npz")
+  p, source = probability(draws)
   anchors = dict(truth=truth.astype(np.float64), never=np.zeros(len(truth)),
                  prompt_rule=in_prompt.astype(np.float64))
   anchors["ceiling"] = ceiling_probability(
       prompts, truth, weights, fit_rows, iterations=int(cfg.catboost_iterations),
       threads=int(cfg.catboost_threads), depth=int(cfg.catboost_depth), seed=seed)
   bias = None
-  base_draws = draws if base_draws is SELF or base_draws == SELF else base_draws
+  base_draws = draws if is_base else base_draws
   if base_draws is not None and "target_mass" in base_draws:
     if not np.array_equal(base_draws["subject_id"], prompts.subject_id):
       raise DataError("the base model's forecast draws are of other patients than this evaluation's")

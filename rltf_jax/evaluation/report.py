@@ -23,11 +23,11 @@ import numpy as np
 from rltf_jax import io
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
-from rltf_jax.evaluation import metrics, paper_numbers as paper
+from rltf_jax.evaluation import forecast_report, metrics, paper_numbers as paper
 from rltf_jax.evaluation.plots import write_plots, write_privacy_plot
 from rltf_jax.evaluation.results import PAPER_NOTE, collect, fmt, label, lookup
 
-REPORT_VERSION = 5  # 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
+REPORT_VERSION = 6  # 6: the forecast section leads; 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 
@@ -550,6 +550,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "should raise the target's recall far above the base model's, leave ROUGE-1 about where it was, "
       "and bring synthetic-data AUROC closer to the real-data AUROC.", "",
       *_definition_lines(run_dir),
+      *forecast_report.forecast_section(results, forecast_report.write_reliability_plot(results, out)),
       "## Summary", "", *_summary(results, comparisons),
       *_fidelity_section(results),
       *[f"![recall and F1]({p})" for p in plots["fidelity"]], "",
