@@ -174,6 +174,7 @@ def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.Co
   cfg.eval.top_p = 1.0        # 1 = off
   cfg.eval.seed = 0           # patient draw, split, bootstrap and generation seed
   cfg.eval.forecast_samples = 4 if smoke else 8  # K draws per patient (forecast evaluator)
+  cfg.eval.evaluators = ("fidelity", "forecast", "utility", "memorization", "prevalence")  # by name
 
   # ---------------------------------------------------------------- base model (rltf_jax/models/decoder.py)
   # CHIRon-style decoder; see the decoder docstring for the event heads. Default: a model whose

@@ -266,7 +266,18 @@ def ceiling_probability(prompts: PatientEvents, truth: np.ndarray, weights: np.n
 
 
 # ---------------------------------------------------------------- the evaluator
-def evaluate(generator, prompts: PatientEvents, truth: np.ndarray, in_prompt: np.ndarray,
+def evaluate(plan, results: dict) -> tuple[dict, dict]:
+  """Evaluator `forecast`: {"forecast"} and the per-patient hits, p and anchors' p."""
+  del results
+  base = plan.base_forecast
+  base_draws = base if base is None or (isinstance(base, str) and base == SELF) else io.load_npz(base)
+  result, arrays = forecast_target(plan.generator, plan.prompts, plan.in_true, plan.in_prompt,
+                                   plan.in_generated, plan.weights, plan.valid, plan.cohort.codes,
+                                   plan.cfg, plan.out, base_draws=base_draws)
+  return dict(forecast=result), arrays
+
+
+def forecast_target(generator, prompts: PatientEvents, truth: np.ndarray, in_prompt: np.ndarray,
              first_draw_hits: np.ndarray, weights: np.ndarray, valid: np.ndarray, target_codes,
              cfg, out_dir: Path, base_draws: dict | None = None) -> tuple[dict, dict]:
   """The forecast part of `metrics.json` and its per-patient arrays, for every test patient's

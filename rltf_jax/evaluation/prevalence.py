@@ -21,9 +21,10 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.evaluation import metrics
-from rltf_jax.evaluation.conditional import common_codes, recode
+from rltf_jax.evaluation.conditional import common_codes, join, recode
 
 
 def presence(ds: PatientEvents, codes: np.ndarray) -> sp.csr_matrix:
@@ -74,3 +75,16 @@ def prevalence_fidelity(real_records: PatientEvents, synthetic_records: PatientE
         cohort_synthetic=metrics.mean_ci(syn.patients_with_any(target_codes), num_samples, seed, weights))
     arrays.update({f"{part}_{k}": v for k, v in arr.items()})
   return out, arrays
+
+
+def evaluate(plan, results: dict) -> tuple[dict, dict]:
+  """Evaluator `prevalence` on the validation patients; saves `prevalence.npz` (the scatter plot)."""
+  del results
+  vi = np.flatnonzero(plan.valid)
+  synthetic_records = join(plan.prompts, plan.cut)
+  prev, arrays = prevalence_fidelity(
+      plan.test.select(vi), synthetic_records.select(vi), plan.true.select(vi), plan.cut.select(vi),
+      plan.cohort.codes, plan.B, plan.seed, plan.weights[plan.valid])
+  prev["population"], prev["continuation"] = "validation", f"first {plan.T} generated events"
+  io.atomic_savez(plan.out / "prevalence.npz", **arrays)
+  return dict(prevalence=prev), {}

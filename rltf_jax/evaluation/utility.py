@@ -40,7 +40,7 @@ from sklearn.model_selection import train_test_split
 from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.errors import DataError, cli_main
-from rltf_jax.evaluation import metrics
+from rltf_jax.evaluation import conditional, metrics
 
 MATRICES = ("real_model", "synthetic_model", "real_valid")
 OPTIONAL_MATRICES = ("prompt_model",)  # saved and loaded when present
@@ -270,6 +270,34 @@ def build_utility_data(real: PatientEvents, synthetic: PatientEvents, real_label
     y["prompt_model"] = np.asarray(prompt_labels, bool)[model]
   return UtilityData(features=features, X=X, y=y, model_subject_id=real.subject_id[model],
                      valid_subject_id=real.subject_id[valid], cohort=cohort), stratified
+
+
+def evaluate(plan, results: dict) -> tuple[dict, dict]:
+  """Evaluator `utility`: {"utility", "utility_uncut"} (train on the modelling patients' real,
+  synthetic or prompt-only records, score on the validation patients' real ones) and each row's
+  validation scores; saves `utility.npz` and `utility_uncut.npz`."""
+  del results
+  cfg, cohort, seed, B = plan.cfg, plan.cohort, plan.seed, plan.B
+  real_records = plan.test  # prompt + true continuation is the patient's whole record
+  util_kw = dict(iterations=int(cfg.catboost_iterations), threads=int(cfg.catboost_threads), seed=seed,
+                 bootstrap_samples=B, depth=int(cfg.catboost_depth), weights=plan.weights[plan.valid])
+  out, scores = {}, {}
+  for key, continuation, rows in (("utility", plan.cut, None),
+                                  ("utility_uncut", plan.generated, ("synthetic", "augmentation"))):
+    synthetic = conditional.join(plan.prompts, continuation)
+    data, _ = build_utility_data(
+        real_records, synthetic, real_records.patients_with_any(cohort.codes),
+        synthetic.patients_with_any(cohort.codes),
+        cohort.codes, model_fraction=float(cfg.model_fraction), seed=seed, cohort=cohort.name,
+        prompts=plan.prompts, prompt_labels=plan.in_prompt)
+    if not np.array_equal(data.model_subject_id, plan.patients.model_subject_id):
+      raise DataError("utility's modelling split differs from the evaluation plan's")  # one split for all
+    save_utility_data(plan.out / f"{key}.npz", data)
+    kw = dict(util_kw, **({"rows": rows} if rows else {"scores_out": scores}))
+    out[key] = evaluate_utility(data, **kw)
+  out["utility"]["stratified_split"] = plan.patients.stratified
+  del out["utility_uncut"]["validation"]  # the same as the primary one's
+  return out, {f"utility_scores_{k}": v for k, v in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
