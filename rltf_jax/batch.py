@@ -46,7 +46,7 @@ from pathlib import Path
 import jax
 from absl import logging as absl_logging
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax import host_memory, pipeline, runs, sweep
 from rltf_jax.errors import ConfigError, cli_main
 from rltf_jax.runs import RunDir

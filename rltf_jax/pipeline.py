@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 from absl import logging as absl_logging
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax import io, methods, runs
 from rltf_jax.data.cohorts import (COHORTS, Cohort, get_cohort, is_definition, read_definition,
                                    require_positives, resolve_with_mapping)
@@ -47,7 +47,8 @@ from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
-from rltf_jax.evaluation import dataset_privacy, evaluate, forecast, report
+from rltf_jax.evaluation import dataset_privacy, evaluate, forecast
+from rltf_jax.reporting import report
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
 

@@ -26,21 +26,18 @@ the last line printed is the path of `table.md`.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 import statistics
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from rltf_jax import host_memory, io, pipeline
+from rltf_jax import configs, host_memory, io, pipeline
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation import paper_numbers as paper
 from rltf_jax.errors import ConfigError, RLTFError, cli_main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # The config fields a training seed offsets (see the module docstring).
 TRAINING_SEEDS = ("pretrain.seed", "rltf.seed", "sft.seed", "lstm.seed", "halo.seed")
 # The per-row numbers averaged over seeds.
@@ -49,14 +46,10 @@ SUMMARISED = ("precision", "recall", "f1", "rouge1", "auroc_synthetic", "auroc_a
 
 def load_sweep(spec: str):
   """Imports `path[:arg]`; returns (base config, runs, sweep name, seeds)."""
-  path, _, arg = spec.partition(":")
+  path, _, arg = configs.resolve(spec).partition(":")
   if not Path(path).is_file():
     raise ConfigError(f"sweep config {path} does not exist")
-  if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # sweep configs import configs.base
-  module_spec = importlib.util.spec_from_file_location(f"sweep_{Path(path).stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = configs.load_module(path, prefix="sweep")
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"{path} has no get_sweep(arg): it is a single-run config; use launch.py")
   arg = arg or None

@@ -42,7 +42,7 @@ from rltf_jax.data import enrich, meds
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.errors import ConfigError, DataError, cli_main
 from rltf_jax.evaluation import conditional
-from rltf_jax.evaluation.results import fmt, lookup
+from rltf_jax.reporting.results import fmt, lookup
 
 MODES = ("patients", "continue", "enriched")
 

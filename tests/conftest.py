@@ -40,7 +40,7 @@ def tiny_dataset():
 
 
 ENRICHED_SWEEP = """
-from configs import base
+from rltf_jax.configs import base
 
 def get_config(arg=None):
   cfg = base.get_config("smoke", cohort="shock")

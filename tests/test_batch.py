@@ -13,7 +13,7 @@ from rltf_jax.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 SWEEP = """
-from configs import base
+from rltf_jax.configs import base
 
 def get_config(arg=None):
   cfg = base.get_config("smoke")

@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import base, simulator
+from rltf_jax.configs import base, simulator
 from conftest import REPO
 from rltf_jax import sweep
 from rltf_jax.data.cohorts import COHORTS
@@ -80,8 +80,9 @@ def test_cohort_floor_applies_at_draw_time_after_overrides():
 def test_simulator_config_matches_table4_and_imports_no_library():
   assert simulator.TABLE4_PERCENT == {n: c.paper_frequency_percent for n, c in COHORTS.items()}
   assert list(simulator.TABLE4_PERCENT) == list(COHORTS)
-  code = ("import sys; import configs.simulator; "
-          "print(sorted(m for m in sys.modules if m.startswith('rltf_jax')))")
+  code = ("import sys; import rltf_jax.configs.simulator; "
+          "print(sorted(m for m in sys.modules if m.startswith('rltf_jax') "
+          "and m != 'rltf_jax' and not m.startswith('rltf_jax.configs')))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ privacy loss; marginals: no copies, membership AUC ~0.5)."""
 import numpy as np
 import scipy.sparse as sp
 
-from configs import simulator
+from rltf_jax.configs import simulator
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.data.simulate import story
 from rltf_jax.evaluation import dataset_privacy as dp

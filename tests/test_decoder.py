@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.data.sequences import TokenBatch, encode_patients, lengths
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
 from rltf_jax.errors import DataError

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax import runs
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary
@@ -230,7 +230,7 @@ def test_packed_layout_by_hand(pairs_fixture, request):
 def pretrained_base():
   """(cfg, dataset, base run directory, scratch directory): a tiny decoder pretrained on simulator
   data, shared by the fine-tune tests of this process."""
-  from configs import base
+  from rltf_jax.configs import base
   from rltf_jax.data import simulate
   from rltf_jax.data.cohorts import COHORTS
   from rltf_jax.data.events import assign_splits

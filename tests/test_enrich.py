@@ -4,7 +4,7 @@ estimates that recover the population's values (checked against a brute-force dr
 import numpy as np
 import pytest
 
-from configs import simulator
+from rltf_jax.configs import simulator
 from rltf_jax.data import enrich
 from rltf_jax.data.cohorts import COHORTS, get_cohort
 from rltf_jax.data.simulate import catalog, story

@@ -8,8 +8,9 @@ import pytest
 
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.errors import ConfigError, DataError
-from rltf_jax.evaluation import evaluate, report, utility
-from rltf_jax.evaluation.results import collect
+from rltf_jax.evaluation import evaluate, utility
+from rltf_jax.reporting import report
+from rltf_jax.reporting.results import collect
 from test_eval_utility import toy_dataset
 
 T = 3
@@ -201,7 +202,7 @@ def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
 
 def test_config_has_the_eval_section():
   pytest.importorskip("rltf_jax.data.simulate")
-  from configs import base
+  from rltf_jax.configs import base
   for size, n in (("smoke", 100), (None, 2000)):
     cfg = base.get_config(size).eval
     assert cfg.num_test_patients == n and cfg.max_new_events >= cfg.truncate_events

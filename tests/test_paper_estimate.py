@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import base
+from rltf_jax.configs import base
 from rltf_jax.bench import paper_estimate as pe
 from rltf_jax.models import decoder as dec
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, shared_path
 
 sys.path.insert(0, str(REPO))
-from configs import base as base_config  # noqa: E402
+from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import checkpoints, io, runs
 from rltf_jax import pipeline  # noqa: E402
 from rltf_jax.errors import ConfigError  # noqa: E402

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.errors import ConfigError
 from rltf_jax.models import precision
 

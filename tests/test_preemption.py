@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
   import os, signal, sys
   sys.path.insert(0, "tests")
   from test_pretrain import tiny_config
-  from configs import simulator
+  from rltf_jax.configs import simulator
   from rltf_jax.data import simulate
   from rltf_jax.data.events import assign_splits
   from rltf_jax.data.vocab import Vocabulary

@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import base as base_config
-from configs import simulator
+from rltf_jax.configs import base as base_config
+from rltf_jax.configs import simulator
 from rltf_jax import runs
 from rltf_jax.checkpoints import Checkpointer, load_decoder
 from rltf_jax.data import simulate

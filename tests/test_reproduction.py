@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO))
 from rltf_jax import io  # noqa: E402
 from rltf_jax.data import enrich  # noqa: E402
 from rltf_jax.errors import DataError  # noqa: E402
-from rltf_jax.evaluation import reproduction  # noqa: E402
+from rltf_jax.reporting import reproduction  # noqa: E402
 
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax import pipeline, runs
 from rltf_jax.errors import BusyError, ConfigError, DataError, StorageError, TrainingError, cli_main
 from rltf_jax.training.loop import check_finite

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import BOS, EOS, PAD, Vocabulary

@@ -150,7 +150,7 @@ def test_fsdp_on_four_devices_matches_one_device(tmp_path):
 
 def generator_inputs():
   """(graphdef, params, vocabulary) of the generation tests: a tiny random decoder over 26 codes."""
-  from configs import base as base_config
+  from rltf_jax.configs import base as base_config
   from rltf_jax.data.vocab import Vocabulary
   c = base_config.get_config().model
   c.width, c.num_layers, c.num_heads, c.compute_dtype = 32, 1, 2, "float32"
@@ -289,7 +289,7 @@ PRETRAIN_SCRIPT = """
 
 def pretrain_inputs(fsdp: int = 1):
   """(config, dataset, vocabulary) of the multi-process pretraining test: 8 steps of 8 rows."""
-  from configs import simulator
+  from rltf_jax.configs import simulator
   from rltf_jax.data import simulate
   from rltf_jax.data.events import assign_splits
   from rltf_jax.data.vocab import Vocabulary
@@ -331,7 +331,7 @@ LAUNCH_SCRIPT = """
     import json, sys
     port, num_processes, process_id, workdir = sys.argv[1:5]
     if num_processes == "1":  # the reference: the same two stages in one process on one device
-      from configs import base
+      from rltf_jax.configs import base
       from rltf_jax import batch
       from pathlib import Path
       print(batch.build_base(base.get_config("smoke"), Path(workdir)))
@@ -413,7 +413,7 @@ def test_a_process_share_draws_its_rows_numbers():
 def test_batch_shares_make_up_the_whole_batch():
   """The rows [lo, hi) a process encodes (training and validation, packed or not) are those rows
   of the batch one process encodes."""
-  from configs import simulator
+  from rltf_jax.configs import simulator
   from rltf_jax.data import simulate
   from rltf_jax.data.vocab import Vocabulary
   from rltf_jax.training import pretrain as pt
@@ -443,7 +443,7 @@ def test_process_rows_of_one_process_are_the_whole_batch():
 
 DPO_SCRIPT = """
     import json, jax, ml_collections, numpy as np
-    from configs import base as base_config
+    from rltf_jax.configs import base as base_config
     from test_dpo import tiny_decoder
     from test_preference import COHORT, random_dataset, rltf_cfg
     from rltf_jax.data.vocab import Vocabulary

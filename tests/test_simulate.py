@@ -5,9 +5,11 @@ import re
 import numpy as np
 import pytest
 
-from configs.simulator import get_config as default_config
+from rltf_jax.configs.simulator import get_config as default_config
 from rltf_jax.data import simulate
-from rltf_jax.data.simulate import catalog, cli, diagnostics, story
+from rltf_jax.commands import simulate as cli
+from rltf_jax.data.simulate import catalog, story
+from rltf_jax.evaluation import simulator_calibration as diagnostics
 from rltf_jax.data.codes import CodeType
 from rltf_jax.data.cohorts import COHORTS
 from rltf_jax.errors import ConfigError, cli_main
@@ -305,7 +307,7 @@ def test_calibration_measures_the_evaluations_auroc_on_a_small_draw():
 def test_data_include_and_value_tokens_leave_the_simulator_data_byte_identical():
   """The issue-15 data options at their defaults (and with every family included) change nothing
   of the simulator's data: its fingerprint equals a draw split without them, as before they existed."""
-  from configs import base
+  from rltf_jax.configs import base
   from rltf_jax.data.events import assign_splits
   from rltf_jax.data.load import load_with_report, simulator_config
   cfg = base.get_config("smoke").data

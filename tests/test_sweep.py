@@ -108,7 +108,7 @@ def test_table_shows_the_pairs_used_and_marks_one_experiment_under_two_names(tmp
 def test_table2_ablation_draws_enough_positives_for_every_row():
   """At SCD's true rarity: the enriched sample's pairs part must hold N x P positives for every row
   (all SCD patients kept: the members cap is above their expected number)."""
-  from configs import simulator
+  from rltf_jax.configs import simulator
   cfg, runs, _, _ = sweep.load_sweep(str(REPO / "configs/sweeps/table2_ablation.py"))
   ec = cfg.data.enrich
   assert cfg.data.min_cohort_percent == 0

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
-from configs import base as base_config  # noqa: E402
+from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import pipeline  # noqa: E402
 from rltf_jax.data import cohorts  # noqa: E402
 from rltf_jax.errors import ConfigError  # noqa: E402

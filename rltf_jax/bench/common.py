@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.models import precision
 
 

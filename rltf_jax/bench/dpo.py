@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.bench import common as bench_common
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.data.vocab import NUM_SPECIAL, Vocabulary

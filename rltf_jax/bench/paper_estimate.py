@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from rltf_jax import configs
 from rltf_jax.models import decoder as dec
 
 BYTES_F32 = 4
@@ -140,13 +140,13 @@ def table(est: dict, xla: float | None = None) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="configs/scd.py:paper", help="config file[:arg]")
+  parser.add_argument("--config", default="configs/scd.py:paper", help="config file or packaged name[:arg]")
   parser.add_argument("--vocab", type=int, default=0, help="vocabulary size (default: data.vocab_max_size)")
   parser.add_argument("--devices", type=int, default=1, help="data-parallel devices")
   parser.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation assumed")
   parser.add_argument("--xla", action="store_true", help="also XLA's FLOP count of the lowered step")
   args = parser.parse_args(argv)
-  cfg = _load_config(args.config)
+  cfg = configs.load(args.config)
   vocab = args.vocab or int(cfg.data.vocab_max_size)
   est = estimate(cfg, vocab, args.devices, args.mfu)
   m, p = cfg.model, cfg.pretrain
@@ -158,19 +158,6 @@ def main(argv=None) -> int:
         "f32 params, grads and Adam moments (16 B/param), replicated; f32 activations; dense "
         "datasheet peaks.")
   return 0
-
-
-def _load_config(spec: str):
-  """`path[:arg]` as launch.py reads it."""
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  root = Path(__file__).resolve().parents[2]
-  if str(root) not in sys.path:
-    sys.path.insert(0, str(root))  # configs import configs.base
-  module_spec = importlib.util.spec_from_file_location(f"config_{Path(path).stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 if __name__ == "__main__":

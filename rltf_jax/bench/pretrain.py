@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.bench import common
 from rltf_jax.data.sequences import PackedBatch, TokenBatch, plan_packing
 from rltf_jax.training import pretrain as pt

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.bench import common
 from rltf_jax.data.sequences import TokenBatch, bucket_length
 from rltf_jax.data.vocab import BOS

@@ -16,10 +16,11 @@ import argparse
 import sys
 import time
 
-from configs import simulator as simulator_config
+from rltf_jax.configs import simulator as simulator_config
 from rltf_jax import io as rltf_io
 from rltf_jax.data import meds
-from rltf_jax.data.simulate import diagnostics, story
+from rltf_jax.data.simulate import story
+from rltf_jax.evaluation import simulator_calibration as diagnostics
 from rltf_jax.errors import ConfigError
 
 

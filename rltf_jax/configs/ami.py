@@ -1,6 +1,6 @@
 """Acute Myocardial Infarction (AMI): a rare cohort in the paper (0.524%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

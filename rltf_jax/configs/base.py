@@ -9,7 +9,7 @@ Any field can be overridden on the command line, e.g. `--config.rltf.beta=0.2`.
 
 import ml_collections
 
-from configs import simulator
+from rltf_jax.configs import simulator
 
 
 def get_config(arg: str | None = None, cohort: str = "scd") -> ml_collections.ConfigDict:

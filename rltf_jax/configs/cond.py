@@ -1,6 +1,6 @@
 """Conduction Disorders (Cond.): a common cohort in the paper (1.767%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

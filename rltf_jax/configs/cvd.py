@@ -1,6 +1,6 @@
 """Acute Cerebrovascular Disease (CVD): a rare cohort in the paper (0.648%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Diabetes Mellitus Without Complication (DM): a common cohort in the paper (11.13%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

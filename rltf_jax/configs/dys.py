@@ -1,6 +1,6 @@
 """Cardiac Dysrhythmias (Dys.): a common cohort in the paper (6.643%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Fluid And Electrolyte Disorders (Fluid.): a common cohort in the paper (21.5%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Gastrointestinal Hemorrhage (GI Hem.): a common cohort in the paper (1.517%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

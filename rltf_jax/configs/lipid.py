@@ -1,6 +1,6 @@
 """Disorders Of Lipid Metabolism (Lipid.): a common cohort in the paper (4.857%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

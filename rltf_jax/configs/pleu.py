@@ -1,6 +1,6 @@
 """Pleurisy; Pneumothorax; Pulmonary Collapse (Pleu.): a rare cohort in the paper (0.516%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

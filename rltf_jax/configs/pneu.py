@@ -1,6 +1,6 @@
 """Pneumonia Except That Caused By Tuberculosis Or Sexually Transmitted Disease (Pneu.): a common cohort in the paper (1.611%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

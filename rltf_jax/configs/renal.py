@@ -1,6 +1,6 @@
 """Acute And Unspecified Renal Failure (Renal.): a common cohort in the paper (1.319%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Respiratory Failure; Insufficiency; Arrest Adult (Resp.): a common cohort in the paper (1.167%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

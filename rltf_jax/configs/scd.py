@@ -1,6 +1,6 @@
 """Sickle-cell disease (SCD): the paper's rarest cohort (0.036%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Septicemia Except In Labor (Sep.): a rare cohort in the paper (0.871%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

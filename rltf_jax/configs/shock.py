@@ -1,6 +1,6 @@
 """Shock (Shock): a rare cohort in the paper (0.341%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -26,7 +26,7 @@ change:
 and, for the surgical-complication cohort, whose floor at `workup_prob` 0 was 0.87 (paper 0.79),
 its hazard ratios after a recent surgery (60 -> 12) and with cancer (4 -> 1.5): conditions-step
 knobs (the count stays exact); the history still shows a relative risk near 4 after surgery.
-The values were found by bisection on `rltf_jax.data.simulate.diagnostics.calibration_aurocs`
+The values were found by bisection on `rltf_jax.evaluation.simulator_calibration.calibration_aurocs`
 (200,000-patient enriched draws, 500 members per cohort, CatBoost 200 iterations, depth 6) and
 checked on an independent draw with `python -m rltf_jax.data.simulate --patients 50000 --report`,
 which prints the measured AUROC beside the paper's. SCD is not calibrated (paper 0.58, ours about

@@ -1,6 +1,6 @@
 """Complications Of Surgical Procedures Or Medical Care (Surg.): a rare cohort in the paper (0.64%)."""
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

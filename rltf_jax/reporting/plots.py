@@ -17,7 +17,7 @@ import numpy as np
 from rltf_jax import io
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation import paper_numbers as paper
-from rltf_jax.evaluation.results import PAPER_NOTE, fmt, label, lookup, method_rank
+from rltf_jax.reporting.results import PAPER_NOTE, fmt, label, lookup, method_rank
 
 
 def write_plots(results: dict, out: Path) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ Runs use the cohort name as their directory (no suffix), so a cohort already run
 `launch.py --config=configs/<cohort>.py` is reused, not redone.
 """
 
-from configs import base, simulator
+from rltf_jax.configs import base, simulator
 
 
 def get_config(arg=None):

@@ -3,7 +3,7 @@ reproduction's evidence (the README's Reproduction section).
 
   python -m rltf_jax.sweep --config=configs/sweeps/rare_cohorts.py            # laptop size, hours
   python -m rltf_jax.sweep --config=configs/sweeps/rare_cohorts.py:sft        # + SFT at seed 0
-  python -m rltf_jax.evaluation.reproduction --readme README.md               # the verdicts
+  python -m rltf_jax.reporting.reproduction --readme README.md               # the verdicts
 
 The base model pretrains on the population at the paper's prevalences (the default run's data
 and base model, reused); each cohort's pairs and evaluation come from the cohort-enriched sample
@@ -19,7 +19,7 @@ sweep held 91 to 142 positives for AMI, CVD, surgical complications and pleurisy
 skipped on a rerun.
 """
 
-from configs import base
+from rltf_jax.configs import base
 
 RARE = ("scd", "sep", "surg", "ami", "cvd", "pleu", "shock")
 

@@ -5,7 +5,7 @@ paper's epoch count; its N is 10,000 pairs at lr 1e-5 on a far larger model).
   python -m rltf_jax.sweep --config=configs/sweeps/rltf_budget.py [--workdir=DIR]
 """
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

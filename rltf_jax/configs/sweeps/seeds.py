@@ -9,7 +9,7 @@ Seed 0 is the cohort's own run (`launch.py --config=configs/<cohort>.py` output 
 table ends with the mean and standard deviation over seeds.
 """
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def _parse(arg):

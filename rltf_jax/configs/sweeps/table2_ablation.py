@@ -19,7 +19,7 @@ sweep's size. The sweep table marks (*) any row whose data still could not give
 its N and P, and names two rows that trained on the same pairs.
 """
 
-from configs import base
+from rltf_jax.configs import base
 
 
 def get_config(arg=None):

@@ -1,0 +1,1 @@
+"""Shims: the sweep configs are rltf_jax/configs/sweeps/ (shipped with the package)."""
