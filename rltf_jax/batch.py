@@ -48,6 +48,7 @@ from absl import logging as absl_logging
 
 from rltf_jax.configs import base as base_config
 from rltf_jax import host_memory, pipeline, runs, sweep
+from rltf_jax.reporting import experiment
 from rltf_jax.errors import ConfigError, cli_main
 from rltf_jax.runs import RunDir
 from rltf_jax.training import pretrain
@@ -69,11 +70,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 
 def add_process_flags(parser: argparse.ArgumentParser) -> None:
-  """--coordinator_address, --num_processes, --process_id: a multi-process job without a scheduler
-  that fills them in (any of them implies --distributed)."""
-  parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-  parser.add_argument("--num_processes", type=int, default=None)
-  parser.add_argument("--process_id", type=int, default=None)
+  """--coordinator-address, --num-processes, --process-id (underscores also accepted): a
+  multi-process job without a scheduler that fills them in (any of them implies --distributed)."""
+  parser.add_argument("--coordinator-address", "--coordinator_address", default=None,
+                      help="host:port of process 0")
+  parser.add_argument("--num-processes", "--num_processes", type=int, default=None)
+  parser.add_argument("--process-id", "--process_id", type=int, default=None)
 
 
 def _primary() -> bool:
@@ -111,7 +113,7 @@ def run_distributed(cfg, workdir: str | None) -> int:
   others, then stops (the later stages run on one device: rerun without --distributed)."""
   root = pipeline.workdir_of(cfg, workdir)
   if jax.process_count() == 1:
-    return pipeline.run(cfg, str(root))
+    return experiment.run(cfg, str(root))
   with _lock(root):
     base = build_base(cfg, root)
   if _primary():
@@ -185,7 +187,7 @@ def run_task(spec: str, index: int, workdir: str | None = None, seeds: str | Non
   label = run["name"] + (f" seed {run['seed']}" if run["seed"] else "")
   print(f"=== [{name} task {index}/{len(tasks)}] {label}: cohort {cfg.cohort}, methods "
         f"{', '.join(cfg.methods)}, outputs in {mine}", flush=True)
-  return pipeline.run(cfg, str(own))
+  return experiment.run(cfg, str(own))
 
 
 def main(argv=None) -> None:

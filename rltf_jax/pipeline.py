@@ -32,6 +32,7 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import ml_collections
@@ -48,7 +49,6 @@ from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
 from rltf_jax.evaluation import dataset_privacy, evaluate, forecast
-from rltf_jax.reporting import report
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
 
@@ -147,9 +147,13 @@ def use_compilation_cache(root: str | Path) -> None:
     jax.config.update("jax_compilation_cache_dir", str(Path(root).absolute() / "jax_cache"))
 
 
-def run(cfg, workdir: str | None = None, compilation_cache: bool = False) -> int:
-  """Runs every stage of `cfg` for its cohort; prints the report's path as the last line.
+def run(cfg, workdir: str | None = None, compilation_cache: bool = False,
+        report: Callable[[Path, dict], Path] | None = None) -> int:
+  """Runs every stage of `cfg` for its cohort; prints the report's path (or, without `report`,
+  the cohort directory's) as the last line.
 
+  `report(cohort_dir, finished evaluations' keys) -> report path` is the last stage; the
+  reporting layer supplies it (`rltf_jax.reporting.experiment.run`), so nothing here imports it.
   The work directory is locked for the run (`runs.workdir_lock`): a second run on it stops at once
   with a one-line message instead of corrupting the first one's checkpoints and metrics.
   `compilation_cache`: `use_compilation_cache(work directory)` first (launch.py sets it)."""
@@ -159,10 +163,10 @@ def run(cfg, workdir: str | None = None, compilation_cache: bool = False) -> int
   if compilation_cache:
     use_compilation_cache(root)
   with runs.workdir_lock(root):
-    return _run(cfg, root)
+    return _run(cfg, root, report)
 
 
-def _run(cfg, root: Path) -> int:
+def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
   if is_definition(cfg.cohort):
@@ -242,12 +246,7 @@ def _run(cfg, root: Path) -> int:
     io.atomic_write_json(config_path, config)
   evals = {p.name: runs.finished_key(p) for p in sorted((cohort_dir / "eval").iterdir()) if runs.is_done(p)}
   evals["privacy"] = runs.finished_key(privacy_run.path)
-  report_run = RunDir(cohort_dir / "report", "report", dict(version=report.REPORT_VERSION), evals)
-  path = cohort_dir / "report" / "report.md"
-  if report_run.regenerate():
-    report_run.start()
-    path = report.write_report(cohort_dir, cohort_dir / "report")
-    report_run.finish()
+  path = report(cohort_dir, evals) if report is not None else cohort_dir
   print(path.resolve(), flush=True)
   return 0
 
@@ -272,9 +271,22 @@ def cohort_dir_of(cfg, root: Path) -> Path:
   return root / (cohort_name(cfg.cohort) + (f"-{cfg.run_name}" if cfg.run_name else ""))
 
 
-def open_context(cfg, root: Path) -> Context:
-  """The `Context` of `cfg`'s cohort in work directory `root`, once its data stage is finished
-  (the pipeline's, and `rltf_jax.synthesize`'s for a finished run)."""
+def open_run(run_dir: str | Path) -> Context:
+  """The `Context` of a finished cohort directory (its `config.json` says how it was made), for
+  readers (synthesize, the privacy command, reports): reads, writes nothing."""
+  run_dir = Path(run_dir)
+  path = run_dir / "config.json"
+  if not path.exists():
+    raise ConfigError(f"{run_dir}: no config.json; pass a finished cohort directory of launch.py "
+                      "(e.g. runs/simulator-default/scd)")
+  cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+  return open_context(cfg, run_dir.parent, write=False)
+
+
+def open_context(cfg, root: Path, write: bool = True) -> Context:
+  """The `Context` of `cfg`'s cohort in work directory `root`, once its data stage is finished.
+  `write`: save the resolved user cohort (`cohort.json`) and a real dataset's cohort labels
+  beside the run (the pipeline does; `open_run` does not)."""
   path = data_dir(cfg, root)
   if not runs.is_done(path):
     raise ConfigError(f"{path}: the data stage of this config is not finished; run launch.py first")
@@ -286,7 +298,6 @@ def open_context(cfg, root: Path) -> Context:
     definition = read_definition(cfg.cohort)
     cohort, via_gem = resolve_with_mapping(definition, dataset.codes, cfg.cohort)
     resolved = cohort_dir_of(cfg, root) / "cohort.json"
-    resolved.parent.mkdir(parents=True, exist_ok=True)
     record = dict(definition=str(cfg.cohort), cohort=dataclasses.asdict(cohort), acute=cohort.acute)
     if definition["map_icd9"]:
       # Who the mapping adds: patients with a mapped ICD-9-CM code and none of the other codes.
@@ -297,11 +308,13 @@ def open_context(cfg, root: Path) -> Context:
       print(f"[cohort] {cohort.name}: {int(dataset.patients_with_any(cohort.codes).sum()):,} patients; "
             f"{int(only.sum()):,} only through the {len(via_gem)} ICD-9-CM codes the GEM mapping "
             "added", flush=True)
-    if not resolved.exists() or json.loads(resolved.read_text()) != json.loads(json.dumps(record)):
+    if write and (not resolved.exists()
+                  or json.loads(resolved.read_text()) != json.loads(json.dumps(record))):
+      resolved.parent.mkdir(parents=True, exist_ok=True)
       io.atomic_write_json(resolved, record)
   else:
     cohort = get_cohort(cfg.cohort)
-  if cfg.data.source != "simulator":
+  if write and cfg.data.source != "simulator":
     # The cohort on the real dataset's own subjects, in the MEDS label schema (whole-record labels).
     meds.write_labels(meds.cohort_labels(dataset, cohort.codes),
                       cohort_dir_of(cfg, root) / "labels" / f"{cohort.name}.parquet")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rltf_jax import configs, host_memory, io, pipeline
+from rltf_jax.reporting import experiment
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation import paper_numbers as paper
 from rltf_jax.errors import ConfigError, RLTFError, cli_main
@@ -132,7 +133,7 @@ def run_sweep(spec: str, workdir: str | None = None, seeds: str | None = None,
           f"methods {', '.join(cfg.methods)}", flush=True)
     t0 = time.time()
     try:
-      pipeline.run(cfg, str(root))
+      experiment.run(cfg, str(root))
     except RLTFError as e:
       failures.append((label, str(e)))
       print(f"=== {label} failed: {e}", flush=True)

@@ -1,6 +1,6 @@
 """A synthetic MEDS dataset from a trained generator, with its provenance and a data card.
 
-  python -m rltf_jax.synthesize --run runs/simulator-default/scd --method rltf --patients 10000 \\
+  rltf synthesize --run runs/simulator-default/scd --method rltf --patients 10000 \\
       --mode patients|continue|enriched [--share 0.5] [--seed 0] --out DIR [--overwrite]
 
 `--run` is a finished cohort directory of `launch.py` (its `config.json` says how it was made).
@@ -26,14 +26,12 @@ checkpoint's run key, config, mode, seed, code version), `README.md` the data ca
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
 import rltf_jax
@@ -42,18 +40,9 @@ from rltf_jax.data import enrich, meds
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.errors import ConfigError, DataError, cli_main
 from rltf_jax.evaluation import conditional
-from rltf_jax.reporting.results import fmt, lookup
+from rltf_jax.formatting import fmt, lookup
 
 MODES = ("patients", "continue", "enriched")
-
-
-def _context(run_dir: Path):
-  path = run_dir / "config.json"
-  if not path.exists():
-    raise ConfigError(f"{run_dir}: no config.json; pass a finished cohort directory of launch.py "
-                      "(e.g. runs/simulator-default/scd)")
-  cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-  return pipeline.open_context(cfg, run_dir.parent)
 
 
 def _checkpoint(ctx, method: str) -> Path:
@@ -95,7 +84,7 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
     raise ConfigError(f"--share must be in (0, 1], got {share}")
   if out.exists() and not overwrite:
     raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
-  ctx = _context(run_dir)
+  ctx = pipeline.open_run(run_dir)
   methods.get(method)  # unknown names fail with the list of known ones
   ckpt = _checkpoint(ctx, method)
   generator = methods.get(method).generator(ctx, ckpt)
@@ -198,22 +187,6 @@ def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict) ->
   return "\n".join(lines) + "\n", facts
 
 
-def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--run", required=True, type=Path, help="a finished cohort directory of launch.py")
-  p.add_argument("--method", default="rltf")
-  p.add_argument("--patients", type=int, default=1000)
-  p.add_argument("--mode", default="continue", choices=MODES)
-  p.add_argument("--share", type=float, default=0.5, help="enriched mode: share of cohort prompts")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--shard", type=int, default=1000)
-  p.add_argument("--out", required=True, type=Path)
-  p.add_argument("--overwrite", action="store_true")
-  args = p.parse_args(argv)
-  synthesize(args.run, args.method, args.patients, args.mode, args.out, share=args.share,
-             seed=args.seed, shard=args.shard, overwrite=args.overwrite)
-  return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # deprecated: `rltf synthesize`
+  from rltf_jax.commands.synthesize import main
   cli_main(main)

@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import checkpoints, io, runs
 from rltf_jax import pipeline  # noqa: E402
+from rltf_jax.reporting import experiment  # noqa: E402
 from rltf_jax.errors import ConfigError  # noqa: E402
 
 
@@ -37,14 +38,14 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
 
   monkeypatch.setattr(dpo, "finetune_dpo", killed)
   with pytest.raises(Interrupted):
-    pipeline.run(cfg, str(tmp_path))
+    experiment.run(cfg, str(tmp_path))
   first = _markers(tmp_path)
   # data, base model and preference pairs done
   assert len(first) == 3 and not (tmp_path / "scd" / "report").exists()
 
   monkeypatch.setattr(dpo, "finetune_dpo", real_finetune)
   capsys.readouterr()
-  assert pipeline.run(cfg, str(tmp_path)) == 0
+  assert experiment.run(cfg, str(tmp_path)) == 0
   out = capsys.readouterr().out.strip().splitlines()
   assert "[data] done already" in "\n".join(out) and "[base model] done already" in "\n".join(out)
   assert {k: v for k, v in _markers(tmp_path).items() if k in first} == first  # not redone
@@ -59,7 +60,7 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
 
   # A finished run started again does no work, and changed settings do not overwrite it.
   before = (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns
-  assert pipeline.run(cfg, str(tmp_path)) == 0
+  assert experiment.run(cfg, str(tmp_path)) == 0
   assert (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns == before
   # ... not even on storage that refuses every write: it reads back and prints its report's path.
   def refuse(*args, **kwargs):
@@ -68,20 +69,20 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
     m.setattr(io, "atomic_write_bytes", refuse)
     m.setattr(checkpoints, "_save", refuse)
     capsys.readouterr()
-    assert pipeline.run(cfg, str(tmp_path)) == 0
+    assert experiment.run(cfg, str(tmp_path)) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(report.resolve())
 
   cfg.rltf.beta = 0.5
   with pytest.raises(ConfigError):
-    pipeline.run(cfg, str(tmp_path))
+    experiment.run(cfg, str(tmp_path))
 
   # Following the message (delete the fine-tune, rerun) retrains RLTF; its old evaluation is then
   # refused, never reused, and recomputed once deleted.
   shutil.rmtree(tmp_path / "scd" / "rltf")
   with pytest.raises(ConfigError, match="eval/rltf"):
-    pipeline.run(cfg, str(tmp_path))
+    experiment.run(cfg, str(tmp_path))
   shutil.rmtree(tmp_path / "scd" / "eval" / "rltf")
-  assert pipeline.run(cfg, str(tmp_path)) == 0
+  assert experiment.run(cfg, str(tmp_path)) == 0
   assert (tmp_path / "scd" / "eval" / "rltf" / "metrics.json").stat().st_mtime_ns != before
 
   # Another pretraining config under the same work directory trains another base model; the base
@@ -89,7 +90,7 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
   cfg.methods = ("base",)
   cfg.pretrain.steps = 30
   with pytest.raises(ConfigError, match="eval/base"):
-    pipeline.run(cfg, str(tmp_path))
+    experiment.run(cfg, str(tmp_path))
   assert len(list(tmp_path.glob("base-*"))) == 2
 
 
@@ -102,7 +103,7 @@ def test_mimic_demo_runs_end_to_end(tmp_path, capsys):
   cfg.data.split_fractions = (0.6, 0.1, 0.3)  # 100 patients: keep cohort positives in both halves
   cfg.eval.num_train_patients = 20
   cfg.eval.num_membership_patients = 20
-  assert pipeline.run(cfg, str(tmp_path)) == 0
+  assert experiment.run(cfg, str(tmp_path)) == 0
   report = Path(capsys.readouterr().out.strip().splitlines()[-1])
   assert report.exists() and "Shock" in report.read_text()
   summary = json.loads(next(tmp_path.glob("data-*/summary.json")).read_text())

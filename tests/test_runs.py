@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 from rltf_jax.configs import base as base_config
 from rltf_jax import pipeline, runs
+from rltf_jax.reporting import experiment
 from rltf_jax.errors import BusyError, ConfigError, DataError, StorageError, TrainingError, cli_main
 from rltf_jax.training.loop import check_finite
 
@@ -34,7 +35,7 @@ def test_a_second_run_on_a_work_directory_is_refused_and_a_killed_one_leaves_no_
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(BusyError, match=f"pid {holder.pid}"):
-      pipeline.run(base_config.get_config("smoke"), str(tmp_path))
+      experiment.run(base_config.get_config("smoke"), str(tmp_path))
   finally:
     holder.kill()
     holder.wait()
@@ -55,7 +56,7 @@ def test_out_of_range_values_are_refused_before_any_work(tmp_path, field, value)
     node = node[part]
   node[name] = value
   with pytest.raises(ConfigError, match=f"{section}.{name}=.* is out of range"):
-    pipeline.run(cfg, str(tmp_path))
+    experiment.run(cfg, str(tmp_path))
   assert not list(tmp_path.iterdir())  # nothing written, not even the work directory
 
 
@@ -68,7 +69,7 @@ def test_a_truncation_longer_than_every_patient_fails_before_pretraining(tmp_pat
   cfg = base_config.get_config("smoke")
   cfg.eval.truncate_events = 100_000
   with pytest.raises(DataError, match="lower eval.truncate_events"):
-    pipeline.run(cfg, str(tmp_path))
+    experiment.run(cfg, str(tmp_path))
   assert not list(tmp_path.glob("base-*"))
 
 

@@ -12,6 +12,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO))
 from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import pipeline  # noqa: E402
+from rltf_jax.reporting import experiment  # noqa: E402
 from rltf_jax.data import cohorts  # noqa: E402
 from rltf_jax.errors import ConfigError  # noqa: E402
 
@@ -125,7 +126,7 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   cfg.data.split_fractions = (0.6, 0.1, 0.3)  # 100 patients: keep cohort positives in both halves
   cfg.eval.num_train_patients = cfg.eval.num_membership_patients = 20
   work = tmp_path / "work"
-  assert pipeline.run(cfg, str(work)) == 0
+  assert experiment.run(cfg, str(work)) == 0
   saved = json.loads((work / "sepsis_icd9_10" / "cohort.json").read_text())
   resolved = saved["cohort"]["codes"]
   assert any(c.startswith("ICD9CM/038") for c in resolved) and "ICD10CM/A419" in resolved

@@ -1,7 +1,7 @@
 """Privacy (and, from `dataset_fidelity`, fidelity) of a released synthetic dataset, measured from
 the data alone (no model access), overall and on the rare cohort's patients on their own.
 
-  python -m rltf_jax.evaluation.dataset_privacy --synthetic DIR --run RUN_DIR [--patients 10000]
+  rltf privacy --synthetic DIR --run RUN_DIR [--patients 10000]
       [--sensitive NAME=CODE,CODE ...]
 
 Representation and distance. A patient is the set of distinct codes in their record (a binary
@@ -37,7 +37,6 @@ drawn independently at its training prevalence) through the same metrics.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import scipy.sparse as sp
 
 from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
-from rltf_jax.errors import DataError, cli_main
+from rltf_jax.errors import cli_main
 from rltf_jax.evaluation import dataset_fidelity, metrics
 
 _BLOCK = 512  # rows of the query set per sparse product
@@ -328,47 +327,6 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   return record
 
 
-def main(argv: list[str] | None = None) -> int:
-  from rltf_jax.data import meds
-  from rltf_jax.synthesize import _context  # the run's data, as synthesize reads it
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--synthetic", required=True, type=Path, help="a synthetic MEDS dataset (synthesize)")
-  p.add_argument("--run", required=True, type=Path, help="the cohort run directory it came from")
-  p.add_argument("--patients", type=int, default=10_000, help="real patients per side (at most)")
-  p.add_argument("--bootstrap", type=int, default=200)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--sensitive", action="append", default=[], metavar="NAME=CODE,CODE",
-                 help="a further sensitive code set for attribute inference (repeatable), e.g. "
-                      "depression=ICD10CM/F329,ICD10CM/F339")
-  args = p.parse_args(argv)
-  sensitive = {}
-  for spec in args.sensitive:
-    name, _, codes = spec.partition("=")
-    if not name or not codes:
-      raise DataError(f"--sensitive {spec!r}: expected NAME=CODE[,CODE...]")
-    sensitive[name] = [c.strip() for c in codes.split(",") if c.strip()]
-  synthetic, _ = meds.read_meds(args.synthetic)
-  ctx = _context(args.run)
-  rng = np.random.default_rng(args.seed)
-  pick = lambda ds: ds.select(_equal_sample(ds.num_patients, args.patients, rng))
-  train, holdout = pick(ctx.dataset.subset("train")), pick(ctx.dataset.subset("test"))
-  if min(train.num_patients, holdout.num_patients) == 0:
-    raise DataError(f"{args.run}: the data has no training or no test patients to compare with")
-  result = evaluate_dataset(synthetic, train, holdout, ctx.cohort.codes, num_samples=args.bootstrap,
-                            seed=args.seed, sensitive_codes=sensitive)
-  path = io.atomic_write_json(args.synthetic / "privacy.json", dict(
-      kind="rltf_jax.dataset_privacy", cohort=ctx.cohort.name, train_source="train split",
-      holdout_source="test split", representation="code sets, Jaccard distance", **result))
-  table = privacy_table(result)
-  card = args.synthetic / "README.md"
-  if card.exists():  # the data card gains (or replaces) its privacy section
-    text = card.read_text().split(_CARD_HEADING)[0].rstrip() + "\n\n"
-    io.atomic_write_text(card, text + _CARD_HEADING + "\n\n" + table + "\n")
-  print(table)
-  print(path)
-  return 0
-
-
 _CARD_HEADING = "## Privacy from the released data alone (`privacy.json`)"
 
 
@@ -428,5 +386,6 @@ def privacy_table(result: dict) -> str:
   return "\n".join(rows)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # deprecated: `rltf privacy`
+  from rltf_jax.commands.privacy import main
   cli_main(main)

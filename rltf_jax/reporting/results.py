@@ -6,13 +6,13 @@ Shared by the report's text (`report.py`) and its figures (`plots.py`).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from rltf_jax import methods
 from rltf_jax.data.cohorts import COHORTS, Cohort, register
 from rltf_jax.errors import DataError
 from rltf_jax.evaluation.evaluate import METRICS_KIND
+from rltf_jax.formatting import fmt, lookup  # noqa: F401  (the report's and plots' helpers)
 
 PAPER_NOTE = "paper, on its private data"
 
@@ -57,17 +57,3 @@ def _cohort_rank(cohort: str) -> tuple[int, str]:
 def label(method: str) -> str:
   """The method's name in tables and legends."""
   return "Real" if method == "real" else methods.label(method)
-
-
-def lookup(d: dict, *keys):
-  """`d[k1][k2]...`, or None where a key is missing."""
-  for k in keys:
-    if not isinstance(d, dict) or k not in d:
-      return None
-    d = d[k]
-  return d
-
-
-def fmt(x, digits: int = 3) -> str:
-  """`x` with `digits` decimals; 'n/a' for None and NaN."""
-  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

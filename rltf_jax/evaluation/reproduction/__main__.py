@@ -1,0 +1,6 @@
+"""Deprecated entry point; see `__init__.py`."""
+
+from rltf_jax.errors import cli_main
+from rltf_jax.reporting.reproduction import main
+
+cli_main(main)
