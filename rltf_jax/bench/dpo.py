@@ -71,7 +71,7 @@ def synthetic_pairs(num_pairs: int, vocab_size: int, prompt_len: int, cont_len: 
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(prog="python -m rltf_jax.bench dpo", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="rltf bench dpo", description=__doc__.split("\n")[0])
   p.add_argument("--V", type=int, default=8000, help="vocabulary size")
   p.add_argument("--D", type=int, default=256, help="model width")
   p.add_argument("--L", type=int, default=4, help="layers")

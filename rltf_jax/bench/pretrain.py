@@ -33,7 +33,7 @@ from rltf_jax.training import pretrain as pt
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m rltf_jax.bench pretrain")
+  ap = argparse.ArgumentParser(prog="rltf bench pretrain")
   ap.add_argument("--vocab", type=int, default=8000)
   ap.add_argument("--width", type=int, default=256)
   ap.add_argument("--layers", type=int, default=4)

@@ -34,7 +34,7 @@ from rltf_jax.sampling import sampler
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m rltf_jax.bench sample")
+  ap = argparse.ArgumentParser(prog="rltf bench sample")
   ap.add_argument("--vocab", type=int, default=8000)
   ap.add_argument("--width", type=int, default=256)
   ap.add_argument("--layers", type=int, default=4)

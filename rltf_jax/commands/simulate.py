@@ -26,7 +26,7 @@ from rltf_jax.errors import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m rltf_jax.data.simulate",
+      prog="rltf simulate",
       description="Draw synthetic claims; write them as MEDS (--out) and/or print their properties "
                   "(--report).")
   parser.add_argument("--patients", type=int, default=20_000)
