@@ -20,7 +20,7 @@ At position t the model therefore predicts the NEXT event in two stages:
      projection: log p(c) = log p_head(c) for c < K, log p_head(tail) + log p_tail(c) otherwise.
      It is a normalised distribution over the same vocabulary at about a third of the head's FLOPs
      (the head was two thirds of a step), which buys the base model the steps it needs to converge
-     in the same time (configs/base.py says what it cost in loss).
+     in the same time (docs/config.md says what it cost in loss).
 In training the attributes are teacher-forced from the data (the next token's own); in sampling
 they are drawn first and then the code (see `rltf_jax.sampling.sampler`). Within a visit the next
 event keeps the place of service and gap 0, so the pos and gap heads are trained on new visits

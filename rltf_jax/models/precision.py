@@ -7,7 +7,7 @@ activations between matmuls, norms, softmaxes and losses all stay float32; only 
 each product are rounded to bfloat16 (8 bits of mantissa), and every sum is accumulated in float32.
 float32 (the default, `model.compute_dtype`): the same products without rounding. bf16 is not the
 default because bf16-pretrained base models, at equal validation loss, served RLTF worse in our
-seed study (see the README).
+seed study (docs/config.md, compute_dtype).
 
 Why a custom gradient: YNNPACK takes a dot only when its left operand contracts its last axis.
 JAX's own gradient of `x @ w` with respect to `w` contracts `x` over its leading (row) axis, which
