@@ -6,7 +6,7 @@ chunks, and per-thread arenas that shrink), so the next step faults the same pag
 2 cores the default pretraining step took ~45,000 minor page faults and spent more time in the
 kernel than in XLA's kernels. One arena, no mmap'd chunks and no trimming keep that memory mapped
 and reused: `python -m rltf_jax.bench pretrain --vocab 7900 --width 128 --layers 2 --batch 16
---seq 128 --heads 4 --mlp gelu` runs ~1.7-2x faster with it (README, "Benchmarks"). What it costs:
+--seq 128 --heads 4 --mlp gelu` runs ~1.7-2x faster with it (docs/benchmarks.md). What it costs:
 memory the process frees is kept for its next allocation instead of being returned, so the
 resident size stays at its peak. Results are unchanged (where a buffer lives does not change what
 XLA computes in it).

@@ -37,11 +37,11 @@ def test_enriched_sweep_is_weighted_and_gives_a_reproduction_section(enriched_sw
   assert np.all(pp["test_weight"] >= 1.0) and pp["test_weight"].max() > 1.0
   assert "utility_scores_synthetic" in pp
 
-  readme = tmp_path / "README.md"
+  readme = tmp_path / "RESULTS.md"
   readme.write_text(f"intro\n\n{reproduction.START}\nOLD-TEXT\n{reproduction.END}\n\n"
                     f"{reproduction.TABLE2_START}\nOLD-TABLE-2\n{reproduction.TABLE2_END}\n\nafter\n")
-  # --table2 '': the rare cohorts are regenerated, the README's Table 2 block is left as it was.
-  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--readme", str(readme),
+  # --table2 '': the rare cohorts are regenerated, the results file's Table 2 block is left as it was.
+  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--results", str(readme),
                             "--table2", ""]) == 0
   text = readme.read_text()
   assert text.startswith("intro") and text.rstrip().endswith("after") and "OLD-TEXT" not in text
@@ -49,7 +49,7 @@ def test_enriched_sweep_is_weighted_and_gives_a_reproduction_section(enriched_sw
   assert "OLD-TABLE-2" in text and "4 attention heads" not in text  # smoke size: 1 head
   assert "1 layers of width 32, 1 attention heads, 40 pretraining steps" in text
   # The default names the Table 2 sweep, whose runs are not in this work directory: its block says so.
-  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--readme", str(readme)]) == 0
+  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--results", str(readme)]) == 0
   text = readme.read_text()
   assert "OLD-TABLE-2" not in text and "### Table 2" in text and "Not run yet." in text
   assert text.index(reproduction.END) < text.index(reproduction.TABLE2_START)
@@ -57,6 +57,16 @@ def test_enriched_sweep_is_weighted_and_gives_a_reproduction_section(enriched_sw
   d = data["evidence"]["shock"]["rltf-base"]
   assert set(d) >= {"all", "new_onset", "repeat"} and "auroc_synthetic" in d["all"]
   assert data["evidence"]["shock"]["counts"]["weighted"]
+
+  # A results file that does not exist yet is created: the header, then both blocks (the
+  # deprecated --readme spelling still names it).
+  fresh = tmp_path / "fresh" / "RESULTS.md"
+  fresh.parent.mkdir()
+  assert reproduction.main(["--sweep", str(spec), "--workdir", str(work), "--readme", str(fresh),
+                            "--table2", ""]) == 0
+  text = fresh.read_text()
+  assert text.startswith("# Results") and "| Shock |" in text
+  assert text.index(reproduction.END) < text.index(reproduction.TABLE2_START) < text.index(reproduction.TABLE2_END)
 
   bare = tmp_path / "BARE.md"
   bare.write_text("no markers\n")
@@ -124,11 +134,11 @@ def test_table2_block_judges_each_claim_on_paired_rows(tmp_path):
   # The no-model anchor, by hand: the fake prompts hold the target for no patient, so it finds none.
   assert data["prompt_rule"] == dict(precision=0.0, recall=0.0, f1=0.0, true_positive=0,
                                      actual_positive=int(truth.sum()))
-  # --sweep '': Table 2 alone is regenerated; the README's rare-cohort block is left as it was.
-  readme = tmp_path / "README.md"
+  # --sweep '': Table 2 alone is regenerated; the results file's rare-cohort block is left as it was.
+  readme = tmp_path / "RESULTS.md"
   readme.write_text(f"{reproduction.START}\nOLD-TEXT\n{reproduction.END}\n"
                     f"{reproduction.TABLE2_START}\nOLD-TABLE-2\n{reproduction.TABLE2_END}\n")
-  assert reproduction.main(["--sweep", "", "--workdir", str(tmp_path), "--readme", str(readme)]) == 0
+  assert reproduction.main(["--sweep", "", "--workdir", str(tmp_path), "--results", str(readme)]) == 0
   after = readme.read_text()
   assert "OLD-TEXT" in after and "OLD-TABLE-2" not in after and "| rl-n10000-p0.5 | 10000 |" in after
   table2_dir = tmp_path / "sweeps" / "table2_ablation"

@@ -1,7 +1,7 @@
 """Every Table-4 cohort with every method: the paper's Tables 5, 6 and 7.
 
-  python -m rltf_jax.sweep --config=configs/sweeps/all_cohorts.py        # laptop size (hours)
-  python -m rltf_jax.sweep --config=configs/sweeps/all_cohorts.py:paper  # batch job
+  rltf sweep --config=configs/sweeps/all_cohorts.py        # laptop size (hours)
+  rltf sweep --config=configs/sweeps/all_cohorts.py:paper  # batch job
 
 Runs use the cohort name as their directory (no suffix), so a cohort already run with
 `launch.py --config=configs/<cohort>.py` is reused, not redone.

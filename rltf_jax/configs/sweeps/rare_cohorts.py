@@ -1,9 +1,9 @@
 """The paper's seven rare cohorts at their true prevalence, over three training seeds: the
-reproduction's evidence (the README's Reproduction section).
+reproduction's evidence (RESULTS.md's Reproduction section).
 
-  python -m rltf_jax.sweep --config=configs/sweeps/rare_cohorts.py            # laptop size, hours
-  python -m rltf_jax.sweep --config=configs/sweeps/rare_cohorts.py:sft        # + SFT at seed 0
-  python -m rltf_jax.reporting.reproduction --readme README.md               # the verdicts
+  rltf sweep --config=configs/sweeps/rare_cohorts.py            # laptop size, hours
+  rltf sweep --config=configs/sweeps/rare_cohorts.py:sft        # + SFT at seed 0
+  rltf reproduce --results RESULTS.md                                         # the verdicts
 
 The base model pretrains on the population at the paper's prevalences (the default run's data
 and base model, reused); each cohort's pairs and evaluation come from the cohort-enriched sample

@@ -2,7 +2,7 @@
 the ~840 achievable pairs at lr 5e-5) against a 5x learning rate and 5x lr with 6 epochs (the
 paper's epoch count; its N is 10,000 pairs at lr 1e-5 on a far larger model).
 
-  python -m rltf_jax.sweep --config=configs/sweeps/rltf_budget.py [--workdir=DIR]
+  rltf sweep --config=configs/sweeps/rltf_budget.py [--workdir=DIR]
 """
 
 from rltf_jax.configs import base

@@ -1,9 +1,9 @@
 """One cohort over six training seeds: how much of a single run is the base model's seed?
 
-  python -m rltf_jax.sweep --config=configs/sweeps/seeds.py            # SCD, laptop size (~30 min)
-  python -m rltf_jax.sweep --config=configs/sweeps/seeds.py:ami        # another cohort
-  python -m rltf_jax.sweep --config=configs/sweeps/seeds.py:scd,smoke  # cohort, size
-  python -m rltf_jax.sweep --config=configs/sweeps/seeds.py --seeds=0,1,2
+  rltf sweep --config=configs/sweeps/seeds.py            # SCD, laptop size (~30 min)
+  rltf sweep --config=configs/sweeps/seeds.py:ami        # another cohort
+  rltf sweep --config=configs/sweeps/seeds.py:scd,smoke  # cohort, size
+  rltf sweep --config=configs/sweeps/seeds.py --seeds=0,1,2
 
 Seed 0 is the cohort's own run (`launch.py --config=configs/<cohort>.py` output is reused); the
 table ends with the mean and standard deviation over seeds.

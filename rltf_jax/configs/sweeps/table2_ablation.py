@@ -1,9 +1,9 @@
 """The paper's Table 2 on sickle-cell disease: N in {100, 1000, 10000} x P in {0.5, 1.0} with
 DPO-Positive, plus SFT at N = 10000, P = 0.5, and the base model once for reference.
 
-  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py        # laptop size (~50 min)
-  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py:smoke  # plumbing check
-  python -m rltf_jax.sweep --config=configs/sweeps/table2_ablation.py:paper  # batch job
+  rltf sweep --config=configs/sweeps/table2_ablation.py        # laptop size (~50 min)
+  rltf sweep --config=configs/sweeps/table2_ablation.py:smoke  # plumbing check
+  rltf sweep --config=configs/sweeps/table2_ablation.py:paper  # batch job
 
 Every row must train on the N and P it names, at SCD's true rarity. N = 10000 at P = 1.0 needs
 10,000 SCD patients in the pairs part of the enriched sample: the population stays the default
