@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base as base_config
+from rltf_jax.configs import base as base_config
 from rltf_jax.data.sequences import TokenBatch
 from rltf_jax.data.vocab import BOS, EOS, PAD, UNK
 from rltf_jax.evaluation import forecast, metrics

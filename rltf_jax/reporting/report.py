@@ -23,7 +23,8 @@ import numpy as np
 from rltf_jax import io
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
-from rltf_jax.evaluation import forecast_report, metrics, paper_numbers as paper
+from rltf_jax.evaluation import metrics, paper_numbers as paper
+from rltf_jax.reporting import forecast_report
 from rltf_jax.reporting.plots import write_plots, write_privacy_plot
 from rltf_jax.reporting.results import PAPER_NOTE, collect, fmt, label, lookup
 

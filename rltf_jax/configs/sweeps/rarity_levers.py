@@ -1,12 +1,12 @@
 """What each pair lever buys toward faithful rarity, on SCD (chronic) and AMI (acute): the paper's
 pair rule first, then repeat pairs, several pairs per patient and a longer fine-tune (issue 29).
 
-  python -m rltf_jax.sweep --config=configs/sweeps/rarity_levers.py [--workdir=DIR]
+  rltf sweep --config=configs/sweeps/rarity_levers.py [--workdir=DIR]
 
 Every row shares the default run's data and base model; each writes `<cohort>-<row>/`.
 """
 
-from configs import base
+from rltf_jax.configs import base
 
 COHORTS = ("scd", "ami")
 ROWS = (

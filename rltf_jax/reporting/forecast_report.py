@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation.forecast import ANCHORS, STRATA
-from rltf_jax.evaluation.results import fmt, label, lookup
+from rltf_jax.reporting.results import fmt, label, lookup
 
 ANCHOR_LABELS = dict(ceiling="ceiling (CatBoost on the prompt, recalibrated)",
                      prompt_rule="prompt rule (target iff in the prompt)",
