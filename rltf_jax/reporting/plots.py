@@ -3,7 +3,8 @@ numbers marked beside ours where it reports the same cell.
 
   recall_f1.png          target recall and F1 per cohort and method, 95% intervals
   auroc.png              AUROC trained on synthetic only and on real + synthetic
-  prevalence_<cohort>.png  per-code prevalence, generated against true continuations
+  prevalence_<cohort>.png  per-code prevalence, generated against true continuations: every code,
+                           and the rare tail on log axes with the target codes marked
 
 `report.write_report` calls `write_plots` and links the files from report.md.
 """
@@ -99,13 +100,16 @@ def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
   files["utility"].append("auroc.png")
 
   for cohort, ms in results.items():
-    fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3.4), squeeze=False)
-    for ax, (method, m) in zip(axes[0], ms.items()):
+    # Top row: every code on linear axes; bottom row: the rare tail on log axes, where the rare
+    # codes this project is about are not all at (0, 0).
+    fig, axes = plt.subplots(2, len(ms), figsize=(3.2 * len(ms), 6.6), squeeze=False)
+    target_codes = get_cohort(cohort).codes
+    for ax, tail, (method, m) in zip(axes[0], axes[1], ms.items()):
       path = Path(m["_dir"]) / "prevalence.npz"
       if path.exists():
         z = io.load_npz(path)
         real, syn = z["continuations_real"], z["continuations_synthetic"]
-        target = np.isin(z["continuations_codes"], get_cohort(cohort).codes)
+        target = np.isin(z["continuations_codes"], target_codes)
         ax.scatter(real[~target], syn[~target], s=6, alpha=0.6, label="other codes")
         ax.scatter(real[target], syn[target], s=18, color="red", label="target codes")
         ax.legend(fontsize=6, loc="upper left")
@@ -113,6 +117,7 @@ def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
         ax.plot([0, top], [0, top], color="grey", lw=0.8)
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
+        rare_tail(tail, real, syn, z["continuations_codes"], target)
       r = lookup(m, "prevalence", "continuations", "pearson_r", "value")
       ax.set_title(f"{label(method)}\nr = {fmt(r, 2)}", fontsize=9)
       ax.set_xlabel("real prevalence (true continuations)", fontsize=8)
@@ -124,6 +129,37 @@ def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
     plt.close(fig)
     files["prevalence"].append(name)
   return files
+
+
+TAIL = 0.01  # the rare tail: codes with a real prevalence at or below 1% (and every target code)
+
+
+def rare_tail(ax, real: np.ndarray, syn: np.ndarray, codes: np.ndarray, target: np.ndarray) -> None:
+  """The codes of real prevalence <= TAIL and the target codes on log-log axes, the target codes
+  marked and named. A prevalence of 0 cannot sit on a log axis: it is drawn at the floor line
+  (half the smallest nonzero prevalence), labelled 0."""
+  keep = ((real > 0) & (real <= TAIL)) | ((real == 0) & (syn > 0) & (syn <= TAIL)) | target
+  nonzero = np.concatenate([real[real > 0], syn[syn > 0]])
+  floor = 0.5 * float(nonzero.min()) if nonzero.size else 1e-6
+  x, y = np.where(real > 0, real, floor), np.where(syn > 0, syn, floor)
+  other = keep & ~target
+  ax.scatter(x[other], y[other], s=6, alpha=0.5, label=f"codes, real prevalence <= {TAIL:.0%}")
+  ax.scatter(x[target], y[target], s=30, color="red", marker="D", label="target codes")
+  for i in np.flatnonzero(target):
+    ax.annotate(str(codes[i]).split("/")[-1], (x[i], y[i]), fontsize=6, color="red",
+                xytext=(3, 3), textcoords="offset points")
+  top = max(TAIL, float(max(x[keep].max(initial=floor), y[keep].max(initial=floor)))) * 1.5
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.plot([floor, top], [floor, top], color="grey", lw=0.8)
+  ax.axhline(floor, color="grey", lw=0.5, ls=":")
+  ax.axvline(floor, color="grey", lw=0.5, ls=":")
+  ax.set_xlim(floor * 0.7, top)
+  ax.set_ylim(floor * 0.7, top)
+  ax.set_title("rare tail, log scale (dotted lines: 0)", fontsize=8)
+  ax.set_xlabel("real prevalence", fontsize=8)
+  ax.set_ylabel("synthetic prevalence", fontsize=8)
+  ax.legend(fontsize=6, loc="upper left")
 
 
 def _legend_below(fig, ax) -> None:

@@ -28,19 +28,27 @@ from rltf_jax.reporting import forecast_report
 from rltf_jax.reporting.plots import write_plots, write_privacy_plot
 from rltf_jax.reporting.results import PAPER_NOTE, collect, fmt, label, lookup
 
-REPORT_VERSION = 6  # 6: the forecast section leads; 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
+REPORT_VERSION = 7  # 7: named prevalences, small numbers, undefined precision differences, the rare-tail plot; 6: the forecast section leads; 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
 
 
 # ---------------------------------------------------------------- formatting
+def _num(x, digits: int = 3) -> str:
+  """`fmt`, except that a nonzero number too small for `digits` decimals keeps two significant
+  digits (0.004, not 0.00: a weighted precision of 0.004 is not the no-prediction convention's 0)."""
+  if isinstance(x, (int, float)) and not isinstance(x, bool) and 1e-9 < abs(x) < 0.5 * 10 ** -digits:
+    return f"{x:.2g}"
+  return fmt(x, digits)
+
+
 def _ci(cell: dict | None, digits: int = 3) -> str:
   """'0.412 [0.371, 0.455]' from {"value", "ci95"}."""
   if not cell or cell.get("value") is None:
     return "n/a"
   lo, hi = cell.get("ci95") or [None, None]
   if lo is None or hi is None:
-    return fmt(cell["value"], digits)
-  return f"{fmt(cell['value'], digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+    return _num(cell["value"], digits)
+  return f"{_num(cell['value'], digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -75,10 +83,34 @@ def _design_sentence(first: dict) -> str:
   lo, hi = d.get("validation_weight_range") or [None, None]
   return (where + ". Each patient is weighted by 1 / its inclusion probability (weights "
           f"{fmt(lo, 0)} to {fmt(hi, 0)}), so precision, F1, prevalences, calibration, ROUGE-1, AUROC "
-          "and AUPRC estimate their values in the population, where the cohort is at its true "
-          f"prevalence (estimated {fmt(100 * (lookup(first, 'patients', 'population_member_estimate') or 0), 3)}% "
-          "of the evaluated population); recall and the counts are shown unweighted too "
+          "and AUPRC estimate their values in the population, where the cohort is rare: "
+          f"{_prevalences(first)}. Recall and the counts are shown unweighted too "
           f"(effective validation sample {fmt(d.get('validation_effective_patients'), 0)} patients).")
+
+
+def _prevalences(first: dict) -> str:
+  """The cohort's prevalence in each population a reader may mean, each named (they differ)."""
+  s = first.get("settings") or {}
+  parts = []
+  paper_percent = lookup(first, "cohort_definition", "paper_frequency_percent")
+  if paper_percent:
+    parts.append(f"{paper_percent:g}% of the paper's population (its Table 4)")
+  member = lookup(first, "patients", "population_member_estimate")
+  if member is not None:
+    parts.append(f"an estimated {_num(100 * member, 3)}% of the patients long enough to evaluate "
+                 f"(at least T + {s.get('min_prompt_events')} events)")
+  target = lookup(first, "fidelity", "target", "true_prevalence", "value")
+  if target is not None:
+    parts.append(f"the target is in the last T events of an estimated {_num(100 * target, 3)}% of "
+                 "them (validation patients)")
+  return "; ".join(parts) or "its prevalence was not recorded"
+
+
+def _source(first: dict) -> str:
+  """Which split the evaluated patients come from, in words."""
+  if (lookup(first, "design", "split") or "test") == "eval":
+    return "from the cohort-enriched evaluation sample, a split no training stage reads"
+  return "from the held-out test split"
 
 
 def _stratum_text(t: dict | None) -> str:
@@ -86,7 +118,7 @@ def _stratum_text(t: dict | None) -> str:
     return "n/a"
   c = t.get("counts", {})
   return (f"recall {fmt(lookup(t, 'recall', 'value'), 2)} ({c.get('true_positive')}/{c.get('actual_positive')}), "
-          f"precision {fmt(lookup(t, 'precision', 'value'), 2)}, F1 {fmt(lookup(t, 'f1', 'value'), 2)}")
+          f"precision {_num(lookup(t, 'precision', 'value'), 2)}, F1 {_num(lookup(t, 'f1', 'value'), 2)}")
 
 
 def _summary(results: dict, comparisons: dict) -> list[str]:
@@ -105,7 +137,9 @@ def _summary(results: dict, comparisons: dict) -> list[str]:
                f"events of each were regenerated; fidelity is scored on the {n_valid} validation "
                "patients, which no method trained on, with each generation cut to the true "
                f"continuation's length. {counts.get('actual_positive')} of their true continuations "
-               f"contain the target: {new} new onset (no target in the prompt), {rep} repeat.")
+               f"contain the target: {new} new onset (no target in the prompt"
+               + ("" if c.acute else "; for a chronic or congenital condition that is the first "
+                  "*coding* in a short record, not incident disease") + f"), {rep} repeat.")
     strata = (("target_new_onset", "new onset"), ("target", "all"), ("target_repeat", "repeat")) if c.acute \
         else (("target", "all"), ("target_new_onset", "new onset"), ("target_repeat", "repeat"))
     for method, m in ms.items():
@@ -228,6 +262,7 @@ def _utility_section(results: dict) -> list[str]:
       _table(["Cohort", "Trained on", "AUROC synthetic", f"Table 6 ({PAPER_NOTE})",
               "AUROC augmented", f"Table 7 ({PAPER_NOTE})", "AUPRC synthetic",
               "Synthetic positives/rows"], rows), "",
+      *_real_auroc_notes(results),
       "Labels of the modelling patients, real record against synthetic record (counts; *in prompt*: "
       "real positives whose prompt already holds the target):", "",
       _table(["Cohort", "Method", "real +, synthetic +", "real +, synthetic -", "real -, synthetic +",
@@ -238,6 +273,25 @@ def _utility_section(results: dict) -> list[str]:
                   ("real_negative", "synthetic_positive"), ("real_negative", "synthetic_negative"))],
                str(lookup(m, "utility", "label_table", "target_in_prompt"))]
               for c, ms in results.items() for meth, m in ms.items()]), ""]
+
+
+def _real_auroc_notes(results: dict) -> list[str]:
+  """Why a cohort's real-record AUROC sits far above the paper's, where it does."""
+  notes = []
+  for cohort, ms in results.items():
+    real = lookup(next(iter(ms.values())), "utility", "real", "auroc", "value")
+    theirs = paper.auroc(paper.TABLE6, cohort, "real")
+    if real is None or theirs is None or real - theirs <= 0.1:
+      continue
+    why = (" On the simulator this is by design for SCD: most SCD patients carry the sickle-cell "
+           "care pattern (crises, hydroxyurea, emergency visits), which a classifier cannot miss; "
+           "the calibration of the other cohorts to Table 6 leaves SCD out "
+           "(`rltf_jax/configs/simulator.py`)." if cohort == "scd" else "")
+    notes += [f"*{get_cohort(cohort).abbrev}*: the real-record AUROC ({fmt(real, 2)}) is far above "
+              f"the paper's ({fmt(theirs, 2)}): the cohort's members are much easier to tell from "
+              "their history here than in the paper's claims data, so a synthetic-data AUROC near "
+              f"the real one says less than in the paper.{why}", ""]
+  return notes
 
 
 def _memorization_section(results: dict) -> list[str]:
@@ -409,6 +463,10 @@ def paired_strata(a, b, num_samples: int, seed: int, extra: list | None = None) 
         [x["test_rouge1_prf"][v][m][:, 2] for x, _ in pairs],
         [y["test_rouge1_prf"][v][m][:, 2] for _, y in pairs], num_samples, seed,
         None if w is None else w[m])
+    # Patients each side predicted positive (the fewest over seeds): 0 leaves precision undefined.
+    out[name]["predicted_positive"] = [
+        min(int(x["test_target_in_generated"][v][m].sum()) for x, _ in pairs),
+        min(int(y["test_target_in_generated"][v][m].sum()) for _, y in pairs)]
   if all("utility_scores_synthetic" in x and "utility_scores_synthetic" in y for x, y in pairs):
     labels = (b["test_target_in_prompt"] | b["test_target_in_true"])[v]
     out["all"]["auroc_synthetic"] = metrics.paired_auroc_difference(
@@ -425,7 +483,7 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
       for stratum, d in strata.items():
         rows.append([get_cohort(cohort).abbrev, f"{label(method)} - base", stratum.replace("_", " "),
                      f"{d['actual_positive']}/{d['patients']}", _ci(d["recall"], 2), _ci(d["f1"], 2),
-                     _ci(d["precision"], 2), _ci(d["rouge1"]),
+                     _precision_difference(d, label(method)), _ci(d["rouge1"]),
                      _ci(d.get("auroc_synthetic")) if "auroc_synthetic" in d else "-"])
   cal = []
   for cohort, ms in results.items():
@@ -448,7 +506,8 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
           "target among the stratum's patients. *AUROC synthetic*: the difference of the synthetic-data "
           "classifiers' AUROC on the same real validation patients. Weighted by the design weights "
           "where the evaluation has them. An interval that contains 0 is no evidence of a "
-          "difference.", "",
+          "difference. A precision difference is undefined where either side predicted no "
+          "positive.", "",
           _table(["Cohort", "Difference", "Stratum", "Positives/patients", "Recall", "F1", "Precision",
                   "ROUGE-1", "AUROC synthetic"], rows), "",
           "*Calibration*: target prevalence in the generated continuations over that in the true ones "
@@ -457,6 +516,16 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
           "far). ROUGE-1 per stratum beside it (overall: section 1).", "",
           _table(["Cohort", "Method", "Calibration all", "New onset", "Repeat", "ROUGE-1 new onset",
                   "ROUGE-1 repeat"], cal), ""]
+
+
+def _precision_difference(d: dict, method: str) -> str:
+  """A precision difference, or why there is none: precision is undefined for a side that
+  predicted no positive (its 0 is a convention), so the difference is too."""
+  predicted = d.get("predicted_positive")
+  if predicted and min(predicted) == 0:
+    who = [name for name, n in zip((method, "base"), predicted) if n == 0]
+    return f"undefined ({' and '.join(who)} predicted no positive)"
+  return _ci(d["precision"], 2)
 
 
 def stratum_rouge(m: dict) -> dict:
@@ -540,7 +609,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "# RLTF evaluation report", "",
       f"Run directory: `{run_dir}`. Cohorts: {', '.join(get_cohort(c).abbrev for c in results)}. "
       f"Methods: {', '.join(sorted({label(m) for ms in results.values() for m in ms}))}.", "",
-      "How the numbers were made: each held-out (test-split) patient with at least "
+      f"How the numbers were made: each evaluated patient ({_source(first)}) with at least "
       f"T + {s.get('min_prompt_events')} events (T = {s.get('truncate_events')}) loses its last T events; "
       "the method continues the remaining prompt (at most "
       f"{s.get('max_new_events')} new events, temperature {s.get('temperature')}, top-k "
@@ -567,9 +636,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       "Each evaluation folder holds `metrics.json` (every number above), the prompts and the true and "
       "generated continuations (`*_prompts.npz`, `*_true.npz`, `*_generated.npz`, loadable with "
       "`PatientEvents.load`), `per_patient.npz` (target flags and ROUGE-1 per patient), "
-      "`utility.npz` (count matrices, labels, subject ids; `python -m rltf_jax.evaluation.utility "
-      "utility.npz` reruns the classifiers) and `prevalence.npz`. This report is regenerated by "
-      f"`python -m rltf_jax.reporting.report {run_dir}`.", "",
+      "`utility.npz` (count matrices, labels, subject ids; `rltf utility utility.npz` reruns the "
+      "classifiers) and `prevalence.npz`. This report is regenerated by "
+      f"`rltf report {run_dir}`.", "",
       "Evaluations read: " + ", ".join(f"`{m['_dir']}`" for ms in results.values() for m in ms.values()),
       ""]
   combined = dict(kind="rltf_jax.report", comparisons=comparisons, cohorts={
