@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from rltf_jax import io
 from rltf_jax.data.cohorts import get_cohort
+from rltf_jax.evaluation import forecast
 from rltf_jax.evaluation.forecast import ANCHORS, STRATA
 from rltf_jax.reporting.results import fmt, label, lookup
 
@@ -41,9 +45,51 @@ def forecast_rows(cohort_results: dict) -> list[tuple[str, dict]]:
   return rows
 
 
+def forecast_comparisons(results: dict) -> dict:
+  """{cohort: {"<method>-base" | "<method>-logit_bias": {stratum: {calibration, auroc}}}}: paired
+  differences on the same validation patients (`forecast.paired_differences`), from the
+  evaluations' per_patient.npz; the logit-bias anchor's p is the base evaluation's."""
+  out = {}
+  for cohort, ms in results.items():
+    if "base" not in ms:
+      continue
+    base = io.load_npz(Path(ms["base"]["_dir"]) / "per_patient.npz")
+    if "test_target_prob" not in base:
+      continue
+    s = ms["base"]["settings"]
+    v = base["test_validation"].astype(bool)
+    refs = {"base": base["test_target_prob"]}
+    if "anchor_logit_bias_prob" in base:
+      refs["logit_bias"] = base["anchor_logit_bias_prob"]
+    for method in [m for m in ms if m != "base"]:
+      other = io.load_npz(Path(ms[method]["_dir"]) / "per_patient.npz")
+      if "test_target_prob" not in other or not np.array_equal(base["test_subject_id"],
+                                                               other["test_subject_id"]):
+        continue
+      for ref, p_ref in refs.items():
+        out.setdefault(cohort, {})[f"{method}-{ref}"] = forecast.paired_differences(
+            other["test_target_prob"][v], p_ref[v], base["test_target_in_true"][v],
+            base["test_target_in_prompt"][v], base["test_weight"][v], int(s["bootstrap_samples"]),
+            int(s["seed"]))
+  return out
+
+
+def _comparison_lines(cohort: str, comparisons: dict) -> list[str]:
+  lead = lead_stratum(cohort)
+  lines = []
+  for pair, strata in comparisons.get(cohort, {}).items():
+    method, ref = pair.split("-", 1)
+    d = strata.get(lead, {})
+    lines.append(f"- {label(method)} minus {'the base model' if ref == 'base' else 'base + logit bias'} "
+                 f"({STRATUM_LABELS[lead]}, paired): calibration {_cell(d.get('calibration'), 2)}, "
+                 f"AUROC {_cell(d.get('auroc'), 3)}.")
+  return lines + ([""] if lines else [])
+
+
 def forecast_section(results: dict, plots: list[str]) -> list[str]:
   """Markdown: one table per cohort (calibration and AUROC per stratum, positives / patients)."""
   out = ["## Calibration and discrimination (K draws per patient)", ""]
+  comparisons = forecast_comparisons(results)
   first_any = None
   for cohort, ms in results.items():
     first = next((r for r in ms.values() if r.get("forecast")), None)
@@ -68,7 +114,7 @@ def forecast_section(results: dict, plots: list[str]) -> list[str]:
             f"{f['horizon']} events per patient; p estimated by {f['probability']}"
             + (f"; the logit-bias anchor adds {bias:.2f} to the target codes' logits." if bias is not None
                else "; no base model was evaluated, so there is no logit-bias anchor.") , "",
-            *table, ""]
+            *table, "", *_comparison_lines(cohort, comparisons)]
   if first_any is None:
     return []
   out += [
