@@ -48,7 +48,7 @@ from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
-from rltf_jax.evaluation import dataset_privacy, evaluate, forecast
+from rltf_jax.evaluation import calibration, dataset_privacy, evaluate, forecast
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
 
@@ -214,8 +214,11 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
     elif "base" in cfg.methods:
       base_forecast = base_eval / "test_forecast.npz"
       inputs["base_eval"] = runs.finished_key(base_eval)
+    generator = build_generator(ctx, name, checkpoints[name])
+    if getattr(generator, "calibration", None) is not None:
+      inputs["calibration"] = runs.digest(generator.calibration)
     evaluate.evaluate_generator(
-        method.generator(ctx, checkpoints[name]), dataset, cohort, cfg.eval, out,
+        generator, dataset, cohort, cfg.eval, out,
         trained_on=method.trained_on(ctx), training=method.describe(ctx), design=design,
         inputs=inputs, base_forecast=base_forecast)
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
@@ -249,6 +252,26 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   path = report(cohort_dir, evals) if report is not None else cohort_dir
   print(path.resolve(), flush=True)
   return 0
+
+
+def build_generator(ctx: Context, name: str, checkpoint):
+  """Method `name`'s generator; with `cfg.<name>.calibrate = "stratum"`, calibrated first
+  (`rltf_jax.evaluation.calibration`: two target logit biases tuned on the evaluation's modelling
+  patients, saved beside the checkpoint and reused while the checkpoint and settings are the same)."""
+  generator = methods.get(name).generator(ctx, checkpoint)
+  section = ctx.cfg.get(name)
+  mode = section.get("calibrate", "none") if section is not None else "none"
+  if mode not in calibration.MODES:
+    raise ConfigError(f"{name}.calibrate must be one of {calibration.MODES}, got {mode!r}")
+  if mode == "stratum":
+    generator.calibration = calibration.calibrate(
+        generator, ctx.dataset, ctx.plan, ctx.cohort.codes, ctx.cfg.eval,
+        ctx.cohort_dir / name / "calibration",
+        dict(model=runs.finished_key(checkpoint), patients=runs.digest(ctx.plan.model_subject_id.tolist()),
+             cohort=list(ctx.cohort.codes)))
+    print(f"[{name}] calibrated: target logit bias {generator.calibration['new_onset']:+.2f} "
+          f"(new onset), {generator.calibration['repeat']:+.2f} (repeat)", flush=True)
+  return generator
 
 
 def data_dir(cfg, root: Path) -> Path:

@@ -141,3 +141,31 @@ def test_reliability_bins_count_every_patient():
   rel = forecast.reliability(p, y, np.ones(5))
   assert sum(b["patients"] for b in rel["bins"]) == 5
   assert rel["bins"][-1]["observed"] == 1.0 and rel["bins"][-1]["mean_p"] == 0.9
+
+
+def test_stratum_biases_calibrate_each_stratum():
+  from rltf_jax.evaluation import calibration
+  rng = np.random.default_rng(2)
+  n = 3000
+  in_prompt = rng.random(n) < 0.3
+  mass = np.where(in_prompt[:, None, None], rng.beta(0.2, 40, (n, 4, 5)), rng.beta(0.5, 20, (n, 4, 5)))
+  y = np.where(in_prompt, rng.random(n) < 0.8, rng.random(n) < 0.01)
+  w = np.where(in_prompt, 2.0, 50.0)
+  b = calibration.stratum_biases(mass, y, in_prompt, w)
+  assert b["repeat"] > 0 > b["new_onset"]  # under-written where the prompt holds it, over elsewhere
+  for name, m in (("new_onset", ~in_prompt), ("repeat", in_prompt)):
+    p = forecast.target_probability(mass[m], b[name])
+    assert w[m] @ p == pytest.approx(w[m] @ y[m], rel=1e-6)
+
+
+def test_per_row_bias_moves_only_its_rows(model):
+  graphdef, params = model
+  p, plen = prompts(8)
+  bias = np.array([0, 3, 0, 3, 0, 3, 0, 3], np.float32)
+  run = lambda b: sampler.sample(graphdef, params, p, plen, max_new=3, seed=4, target_mask=TARGET,
+                                 target_bias=b, mask_target=True)
+  plain, mixed = run(0.0), run(bias)
+  np.testing.assert_array_equal(plain["tokens"], mixed["tokens"])
+  np.testing.assert_allclose(forecast.biased_mass(plain["target_mass"][1::2], 3.0),
+                             mixed["target_mass"][1::2], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(plain["target_mass"][::2], mixed["target_mass"][::2], rtol=1e-6)

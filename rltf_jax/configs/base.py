@@ -98,6 +98,7 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
   f("insert_seed", 1)         # negatives' insertion index and inserted code
   f("positive_split", "first")  # positives split before the "first" target (paper) | "any"
   f("pairs_per_patient", 1, "int>=1")  # pairs one patient may give (paper: 1)
+  f("calibrate", "none")  # "stratum": a target logit bias per stratum, tuned on modelling patients
   f("max_prompt_events", 15 if smoke else (255 if paper else 63), "int>=1")  # most recent kept
   f("max_continuation_events", 15 if smoke else (255 if paper else 63), "int>=1")  # first kept
   f("beta", 0.1, ">0")
@@ -118,6 +119,7 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
                 "b2", "clip_norm", "ckpt_every", "log_every", "seed"):
     f(field, _follows(cfg.rltf, field), ranges["rltf"].get(field))
   f("aux_weight", 1.0, ">=0")  # weight of the attribute NLL, as pretrain.aux_weight
+  f("calibrate", "none")  # as rltf.calibrate
 
   # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
   f = _Section(cfg, "eval", ranges)

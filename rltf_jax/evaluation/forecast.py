@@ -34,7 +34,8 @@ equal weight). Anchors, on the same patients through the same code:
                discrimination a calibrated generator can hope for from the prompt
   logit_bias   the base model with one scalar b added to the target codes' logits, b tuned on the
                modelling patients so that their calibration is 1: what calibration costs with no
-               training. Adding b leaves the masked draws unchanged (the non-target codes'
+               training; stratum_bias the same with one b per stratum (as
+               `rltf_jax.evaluation.calibration` calibrates a fine-tune). Adding b leaves the masked draws unchanged (the non-target codes'
                distribution does not depend on it) and turns each q_t into
                q e^b / (q e^b + 1 - q), so p(b) is exact from the base model's draws.
 """
@@ -53,7 +54,7 @@ from rltf_jax.evaluation import conditional, metrics, utility
 
 STRATA = ("all", "new_onset", "repeat")
 SELF = "self"  # `base_draws` of the base model's own evaluation: its own draws tune the bias
-ANCHORS = ("ceiling", "prompt_rule", "logit_bias", "truth", "never")
+ANCHORS = ("ceiling", "prompt_rule", "logit_bias", "stratum_bias", "truth", "never")
 RELIABILITY_BINS = (0.0, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -308,6 +309,12 @@ def forecast_target(generator, prompts: PatientEvents, truth: np.ndarray, in_pro
     mass = base_draws["target_mass"]
     bias = tune_bias(mass[fit_rows], truth[fit_rows], weights[fit_rows])
     anchors["logit_bias"] = target_probability(mass, bias)
+    # One bias per stratum (new onset, repeat), as `calibration.stratum_biases` tunes a fine-tune's.
+    anchors["stratum_bias"] = np.zeros(len(truth))
+    for m in (~in_prompt, in_prompt):
+      fit = fit_rows[m[fit_rows]]
+      b = tune_bias(mass[fit], truth[fit], weights[fit]) if len(fit) else 0.0
+      anchors["stratum_bias"][m] = target_probability(mass[m], b)
   v = valid
   result = dict(samples=K, horizon=T, probability=source, population="validation",
                 strata=by_stratum(p[v], truth[v], in_prompt[v], weights[v], B, seed),

@@ -16,6 +16,7 @@ from rltf_jax.reporting.results import fmt, label, lookup
 ANCHOR_LABELS = dict(ceiling="ceiling (CatBoost on the prompt, recalibrated)",
                      prompt_rule="prompt rule (target iff in the prompt)",
                      logit_bias="base + logit bias (calibrated, no training)",
+                     stratum_bias="base + a logit bias per stratum (no training)",
                      truth="truth (copy of the true continuation)", never="never (no target)")
 STRATUM_LABELS = dict(all="all", new_onset="new onset", repeat="repeat")
 
@@ -59,8 +60,9 @@ def forecast_comparisons(results: dict) -> dict:
     s = ms["base"]["settings"]
     v = base["test_validation"].astype(bool)
     refs = {"base": base["test_target_prob"]}
-    if "anchor_logit_bias_prob" in base:
-      refs["logit_bias"] = base["anchor_logit_bias_prob"]
+    for anchor in ("logit_bias", "stratum_bias"):
+      if f"anchor_{anchor}_prob" in base:
+        refs[anchor] = base[f"anchor_{anchor}_prob"]
     for method in [m for m in ms if m != "base"]:
       other = io.load_npz(Path(ms[method]["_dir"]) / "per_patient.npz")
       if "test_target_prob" not in other or not np.array_equal(base["test_subject_id"],
@@ -80,7 +82,9 @@ def _comparison_lines(cohort: str, comparisons: dict) -> list[str]:
   for pair, strata in comparisons.get(cohort, {}).items():
     method, ref = pair.split("-", 1)
     d = strata.get(lead, {})
-    lines.append(f"- {label(method)} minus {'the base model' if ref == 'base' else 'base + logit bias'} "
+    ref_label = dict(base="the base model", logit_bias="base + logit bias",
+                     stratum_bias="base + a logit bias per stratum")[ref]
+    lines.append(f"- {label(method)} minus {ref_label} "
                  f"({STRATUM_LABELS[lead]}, paired): calibration {_cell(d.get('calibration'), 2)}, "
                  f"AUROC {_cell(d.get('auroc'), 3)}.")
   return lines + ([""] if lines else [])

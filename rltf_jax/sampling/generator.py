@@ -25,6 +25,7 @@ from rltf_jax.checkpoints import load_decoder, load_start_prior
 from rltf_jax.data.events import DAYS_PER_YEAR, PatientEvents
 from rltf_jax.data.sequences import TokenBatch, encode_patients, lengths, pad_to, bucket_length
 from rltf_jax.data.vocab import BOS, NUM_SPECIAL, Vocabulary
+from rltf_jax.errors import DataError
 from rltf_jax.models import decoder as dec
 from rltf_jax.sampling import sampler
 
@@ -40,7 +41,7 @@ class TransformerGenerator:
   def __init__(self, graphdef, params, vocab: Vocabulary, *, name: str = "base",
                start_prior: dict[str, np.ndarray] | None = None, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, batch_size: int = 64, max_prompt_len: int = 128,
-               buckets=sampler.DEFAULT_BUCKETS):
+               buckets=sampler.DEFAULT_BUCKETS, calibration: dict | None = None):
     self.mesh = sampler.local_mesh()
     if self.mesh is not None:  # whole on every device, once, not per batch
       params = jax.device_put(params, NamedSharding(self.mesh, P()))
@@ -49,6 +50,9 @@ class TransformerGenerator:
     self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
     self.batch_size, self.buckets = int(batch_size), tuple(buckets)
     self.max_prompt_len = min(int(max_prompt_len), max(self.buckets))
+    # Stratum calibration (`rltf_jax.training.calibration`): {"codes", "new_onset", "repeat"}, the
+    # logit bias on the target codes for a prompt without and with one of them.
+    self.calibration = calibration
 
   @classmethod
   def from_checkpoint(cls, ckpt_dir: str | Path, *, which: str = "best", **kwargs) -> "TransformerGenerator":
@@ -73,10 +77,13 @@ class TransformerGenerator:
         b = TokenBatch(*(np.pad(a, ((0, short), (0, 0))) for a in b))
         b.tokens[-short:, 0] = BOS
         bl = np.concatenate([bl, np.ones(short, np.int32)])
+      row_target = dict(target)
+      if "target_bias" in target:  # per row: this batch's rows (padding rows get 0)
+        row_target["target_bias"] = np.pad(target["target_bias"][rows], (0, short))
       out = sampler.sample(self.graphdef, self.params, b, bl, max_new=max_new,
                            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                            seed=seed * 1_000_003 + i, buckets=self.buckets, mesh=self.mesh,
-                           **target)
+                           **row_target)
       outs.append({k: v[:self.batch_size - short] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -102,8 +109,22 @@ class TransformerGenerator:
                                            gap_days=np.zeros((0, 1), np.int32), visit=np.zeros((0, 1), np.int32),
                                            pos=np.zeros((0, 1), np.int32)), np.zeros(0, np.int64))
     batch, last_day = self._encode_prompts(prompts, seed)
-    out = self._sample_rows(batch, max_new_events, seed)
+    out = self._sample_rows(batch, max_new_events, seed, **self._calibrated(prompts))
     return self._to_events(prompts, out, last_day)
+
+  def _target_mask(self, codes) -> np.ndarray:
+    mask = np.zeros(len(self.vocab), bool)
+    mask[[self.vocab.id(c) for c in codes if c in self.vocab]] = True
+    return mask
+
+  def _calibrated(self, prompts: PatientEvents, bias: float = 0.0) -> dict:
+    """The sampler's target arguments of a calibrated generator (none without calibration)."""
+    if self.calibration is None:
+      return {} if bias == 0.0 else dict(target_bias=np.full(prompts.num_patients, bias, np.float32))
+    held = prompts.patients_with_any(self.calibration["codes"])
+    row_bias = np.where(held, self.calibration["repeat"], self.calibration["new_onset"]) + bias
+    return dict(target_mask=self._target_mask(self.calibration["codes"]),
+                target_bias=row_bias.astype(np.float32))
 
   def forecast(self, prompts: PatientEvents, target_codes, *, horizon: int, samples: int, seed: int,
                bias: float = 0.0, masked: bool = True) -> dict[str, np.ndarray]:
@@ -117,14 +138,16 @@ class TransformerGenerator:
     `bias` is added to the target codes' scaled logits. Draw k of a prompt is row k of its block
     of K rows, so a run is fixed by `seed`."""
     n, k = prompts.num_patients, int(samples)
-    target_mask = np.zeros(len(self.vocab), bool)
-    target_mask[[self.vocab.id(c) for c in target_codes if c in self.vocab]] = True
+    target_mask = self._target_mask(target_codes)
     if n == 0 or not target_mask.any():
       return dict(target_mass=np.zeros((n, k, horizon), np.float32), hits=np.zeros(n, np.int64))
+    if self.calibration is not None and set(self.calibration["codes"]) != set(target_codes):
+      raise DataError("a calibrated generator forecasts the codes it was calibrated for only")
+    row_bias = self._calibrated(prompts, bias).get("target_bias", np.full(n, bias, np.float32))
     batch, _ = self._encode_prompts(prompts, seed)
     batch = TokenBatch(*(np.repeat(a, k, axis=0) for a in batch))
-    out = self._sample_rows(batch, horizon, seed, target_mask=target_mask, target_bias=bias,
-                            mask_target=masked)
+    out = self._sample_rows(batch, horizon, seed, target_mask=target_mask,
+                            target_bias=np.repeat(row_bias, k), mask_target=masked)
     live = np.arange(horizon)[None, :] < out["num_new"][:, None]
     hit = (target_mask[out["tokens"]] & live).any(1)
     return dict(target_mass=out["target_mass"].reshape(n, k, horizon),

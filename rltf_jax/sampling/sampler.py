@@ -129,7 +129,7 @@ def _draw_code_tracked(logits, u, controls, target):
   logits; with `masked` the code is drawn from the rest (from everything where q = 1)."""
   temperature, top_k, top_p = controls
   target_V, bias, masked = target
-  x = logits / jnp.maximum(temperature, 1e-6) + jnp.where(target_V, bias, 0.0)
+  x = logits / jnp.maximum(temperature, 1e-6) + jnp.where(target_V[None, :], bias[:, None], 0.0)
   k_all = x.shape[-1]
   need = ((top_k > 0) & (top_k < k_all)) | (top_p < 1.0)
   x = jax.lax.cond(need, lambda x: _filtered(x, top_k, top_p), lambda x: x, x)
@@ -310,8 +310,8 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
   """Samples up to `max_new` events after each prompt.
 
   `target_mask` (bool [vocabulary size]: the target codes' tokens; optional): also return `target_mass` f32 [B, max_new], each step's
-  probability of a target code (0 after EOS), with `target_bias` added to the target codes'
-  scaled logits and, with `mask_target`, the codes drawn with the targets masked out (module doc).
+  probability of a target code (0 after EOS), with `target_bias` (a number, or one per row) added
+  to the target codes' scaled logits and, with `mask_target`, the codes drawn with the targets masked out (module doc).
   Bias and masking are traced: changing them never recompiles. Without `target_mask` the
   function is the one it was without them (same program, same draws).
 
@@ -337,6 +337,8 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
   prompt = pad_to(TokenBatch(*(np.asarray(a) for a in prompt)), width)
   b, rows, total, offset = len(prompt_len), None, None, 0
   arrays = (*prompt, prompt_len)
+  if target_mask is not None:  # the bias is per row: it travels (is padded, split) with the rows
+    arrays += (np.broadcast_to(np.asarray(target_bias, np.float32), (b,)).copy(),)
   processes = jax.process_count()
   if processes > 1:  # this process's share of the rows, padded so that every share is as long
     arrays = pad_rows(arrays, processes * jax.local_device_count())
@@ -347,12 +349,13 @@ def sample(graphdef, params, prompt: TokenBatch, prompt_len, *, max_new: int, te
   if mesh is not None and mesh.size > 1:
     arrays, params = shard_rows(mesh, arrays, params)
     rows, total = b, total or len(arrays[0])
-  *columns, prompt_len = arrays
   target = None
   if target_mask is not None:
     if temperature <= 0:
       raise DataError("target forecasts need temperature > 0 (greedy decoding has no probabilities)")
-    target = (jnp.asarray(target_mask, bool), jnp.float32(target_bias), jnp.bool_(mask_target))
+    *arrays, bias_B = arrays
+    target = (jnp.asarray(target_mask, bool), jnp.asarray(bias_B), jnp.bool_(mask_target))
+  *columns, prompt_len = arrays
   out = _sample_jit(graphdef, params, TokenBatch(*columns), prompt_len, jnp.float32(temperature),
                     jnp.int32(top_k), jnp.float32(top_p), jnp.int32(min_new), jax.random.key(seed),
                     jnp.int32(offset), target, max_new=int(max_new), rows=rows, total_rows=total)

@@ -25,5 +25,8 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
+  # The likeliest levers first (a sweep is resumable: a rerun skips finished rows).
+  order = ("paper", "repeat-x4", "repeat", "repeat-x4-lr")
+  rows = sorted(ROWS, key=lambda r: order.index(r[0]))
   return [dict(name=f"{cohort}-{row}", run_name=f"lever-{row}", overrides=dict(overrides, cohort=cohort))
-          for row, overrides in ROWS for cohort in COHORTS]
+          for row, overrides in rows for cohort in COHORTS]
