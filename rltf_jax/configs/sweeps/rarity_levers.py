@@ -1,5 +1,7 @@
-"""What each pair lever buys toward faithful rarity, on SCD (chronic) and AMI (acute): the paper's
-pair rule first, then repeat pairs, several pairs per patient and a longer fine-tune (issue 29).
+"""What each lever buys toward faithful rarity, on SCD (chronic) and AMI (acute): the paper's pair
+rule first, then repeat pairs with several pairs per patient, stratum calibration (a target logit
+bias per stratum, tuned on the modelling patients), and the rest (issue 29). Rows run in the
+order listed, the likeliest levers first; a rerun skips finished rows.
 
   rltf sweep --config=configs/sweeps/rarity_levers.py [--workdir=DIR]
 
@@ -11,8 +13,11 @@ from rltf_jax.configs import base
 COHORTS = ("scd", "ami")
 ROWS = (
     ("paper", {}),
-    ("repeat", {"rltf.positive_split": "any"}),
     ("repeat-x4", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4, "rltf.num_pairs": 4_000}),
+    ("repeat-x4-cal", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4,
+                       "rltf.num_pairs": 4_000, "rltf.calibrate": "stratum"}),
+    ("paper-cal", {"rltf.calibrate": "stratum"}),
+    ("repeat", {"rltf.positive_split": "any"}),
     ("repeat-x4-lr", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4,
                       "rltf.num_pairs": 4_000, "rltf.lr": 2.5e-4}),
 )
@@ -26,7 +31,5 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   # The likeliest levers first (a sweep is resumable: a rerun skips finished rows).
-  order = ("paper", "repeat-x4", "repeat", "repeat-x4-lr")
-  rows = sorted(ROWS, key=lambda r: order.index(r[0]))
   return [dict(name=f"{cohort}-{row}", run_name=f"lever-{row}", overrides=dict(overrides, cohort=cohort))
-          for row, overrides in rows for cohort in COHORTS]
+          for row, overrides in ROWS for cohort in COHORTS]
