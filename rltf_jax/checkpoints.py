@@ -49,7 +49,7 @@ START_PRIOR_FILE = "start_prior.npz"  # first-visit attributes that unconditiona
 BASELINE_MODEL_FILE = "model.json"     # model sizes and config section, to rebuild the model
 BASELINE_ATTRIBUTES_FILE = "attributes.npz"  # visit statistics that date and place generated visits
 # Model-config fields that checkpoints written before the field existed lack, with the value those
-# checkpoints were computed with (not defaults: `configs/base.py` holds those).
+# checkpoints were computed with (not defaults: `rltf_jax/configs/base.py` holds those).
 LEGACY_MODEL_FIELDS = dict(compute_dtype="float32")
 
 

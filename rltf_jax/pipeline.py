@@ -101,8 +101,8 @@ def require_fields(cfg, reference, where: str = "config") -> None:
   for an older version is checked here, before any work starts."""
   for name, ref in reference.items():
     if name not in cfg:
-      raise ConfigError(f"{where}.{name} is missing; configs/base.py defines it (start a config from "
-                        "base.get_config() so that every field has its default)")
+      raise ConfigError(f"{where}.{name} is missing; rltf_jax/configs/base.py defines it (start a "
+                        "config from base.get_config() so that every field has its default)")
     # The simulator's table is checked by the simulator itself, and only when it draws.
     if isinstance(ref, ml_collections.ConfigDict) and name != "simulator":
       require_fields(cfg[name], ref, f"{where}.{name}")
@@ -112,8 +112,8 @@ _RANGE = re.compile(r"^(int)?(?:(>=|>)(-?[\d.]+)|([\[(])(-?[\d.]+),(-?[\d.]+)([\
 
 
 def check_ranges(cfg, ranges: dict) -> None:
-  """A `ConfigError` naming the first numeric field outside its range (`configs/base.py:RANGES`),
-  before any work starts: a batch size of 0, a negative step count or a NaN learning rate would
+  """A `ConfigError` naming the first numeric field outside its range (the ranges declared beside
+  the fields in `rltf_jax/configs/base.py`, collected as `RANGES`), before any work starts: a batch size of 0, a negative step count or a NaN learning rate would
   otherwise fail deep inside a stage, or not at all."""
   for section, fields in ranges.items():
     for name, spec in fields.items():

@@ -59,3 +59,18 @@ def test_unknown_command_is_one_line_and_exit_2(capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(["trian"])
   assert e.value.code == 2 and "unknown command 'trian'" in capsys.readouterr().err
+
+
+# The `python -m` forms of the commands before `rltf`: deprecated, still working for this release.
+DEPRECATED = ("rltf_jax.sweep", "rltf_jax.batch", "rltf_jax.synthesize", "rltf_jax.data.simulate",
+              "rltf_jax.data.meds", "rltf_jax.bench", "rltf_jax.evaluation.report",
+              "rltf_jax.evaluation.reproduction", "rltf_jax.evaluation.dataset_privacy",
+              "rltf_jax.evaluation.utility")
+
+
+@pytest.mark.slow  # one process per form: about a minute on 2 cores
+@pytest.mark.parametrize("module", DEPRECATED)
+def test_deprecated_python_m_forms_still_answer_help(module):
+  proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-500:]

@@ -150,3 +150,12 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   ds, _ = meds.read_meds(out)
   assert ds.num_patients == 12 and "real histories" in (out / "README.md").read_text()
   assert json.loads((out / "metadata" / "dataset.json").read_text())["provenance"]["cohort"] == "sepsis_icd9_10"
+  # Readers open a finished run read-only (pipeline.open_run, as synthesize above and the privacy
+  # command do): the run's cohort.json and labels, once deleted, stay deleted.
+  import shutil
+  (work / "sepsis_icd9_10" / "cohort.json").unlink()
+  shutil.rmtree(work / "sepsis_icd9_10" / "labels")
+  ctx = pipeline.open_run(work / "sepsis_icd9_10")
+  assert ctx.cohort.name == "sepsis_icd9_10" and "ICD10CM/A419" in ctx.cohort.codes
+  assert not (work / "sepsis_icd9_10" / "cohort.json").exists()
+  assert not (work / "sepsis_icd9_10" / "labels").exists()

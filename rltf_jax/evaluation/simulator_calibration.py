@@ -5,7 +5,7 @@ appears, relative risks that show the history at work, and how well the non-targ
 predicts each cohort: a cheap proxy on the draw itself (cross-fitted CatBoost AUROC at true
 rarity, `cohort_aurocs`) and the evaluation's real-record AUROC measured the evaluation's way on a
 separate enriched draw (`calibration_aurocs`), the number the simulator is calibrated on against
-the paper's Table 6 "Real" column (configs/simulator.py, CALIBRATION).
+the paper's Table 6 "Real" column (rltf_jax/configs/simulator.py, CALIBRATION).
 """
 
 from __future__ import annotations
