@@ -35,11 +35,20 @@ def batch_rows(step: int, num_rows: int, batch_size: int, seed: int) -> np.ndarr
   return np.resize(perm, per_epoch * batch_size)[i * batch_size:(i + 1) * batch_size]
 
 
+# Fields of a method's section that act after training (on its generator), not on the fine-tune.
+AFTER_TRAINING = ("calibrate",)
+
+
+def training_section(section) -> dict:
+  """The part of a method's config section that a fine-tune's parameters depend on."""
+  return {k: v for k, v in runs.plain(section).items() if k not in AFTER_TRAINING}
+
+
 def prepare(cfg, method: str, section, base_ckpt_dir: Path, pairs: PreferenceData, workdir: Path):
   """The run directory of a fine-tune (`rltf_jax.runs`): its identity is the method's config
   section and the fingerprints of the base run and the pairs. A new directory gets the files
   `load_decoder` needs (copied from the base run) and the full config."""
-  run = RunDir(workdir, method, section,
+  run = RunDir(workdir, method, training_section(section),
                dict(base=runs.finished_key(base_ckpt_dir), pairs=pairs.fingerprint))
   if not run.file.exists():  # the files first: run.json marks a prepared directory
     run.path.mkdir(parents=True, exist_ok=True)
@@ -56,7 +65,7 @@ def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_
   check_batch_divisible(section.batch_size, mesh, f"{method}.batch_size")
   optimizer = make_optimizer(section, total_steps)
   init = lambda params: loop.initial_state(params, optimizer)
-  key = (method, graphdef, runs.digest(section), total_steps)
+  key = (method, graphdef, runs.digest(training_section(section)), total_steps)
   step = loop.compile_step(key, lambda: loop.make_step(make_loss_fn(), optimizer), init,
                            jax.eval_shape(init, base_params), mesh)
   result = loop.train(run_dir.path, step, (base_params,), batches, name=method, total_steps=total_steps,
