@@ -169,3 +169,19 @@ def test_per_row_bias_moves_only_its_rows(model):
   np.testing.assert_allclose(forecast.biased_mass(plain["target_mass"][1::2], 3.0),
                              mixed["target_mass"][1::2], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(plain["target_mass"][::2], mixed["target_mass"][::2], rtol=1e-6)
+
+
+def test_ceiling_is_calibrated_where_fitted_and_discriminates_held_out_patients():
+  from test_preference import COHORT, random_dataset
+  ds = random_dataset(num_patients=800, seed=5, target_rate=0.3)
+  rng = np.random.default_rng(0)
+  truth = ds.patients_with_any(COHORT.codes) & (rng.random(800) < 0.9)  # the prompt says a lot
+  weights = np.where(truth, 1.0, 4.0)
+  fit_rows = np.arange(0, 800, 2)
+  p = forecast.ceiling_probability(ds, truth, weights, fit_rows, iterations=30, threads=1, depth=3,
+                                   seed=0)
+  # The logistic map's intercept makes the fitted rows' weighted calibration exact.
+  assert weights[fit_rows] @ p[fit_rows] == pytest.approx(weights[fit_rows] @ truth[fit_rows], rel=1e-3)
+  held = np.arange(1, 800, 2)
+  assert metrics.auroc(p[held], truth[held])[0] > 0.85
+  assert 0.7 < (weights[held] @ p[held]) / (weights[held] @ truth[held]) < 1.4

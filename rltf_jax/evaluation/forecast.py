@@ -243,27 +243,29 @@ def ceiling_probability(prompts: PatientEvents, truth: np.ndarray, weights: np.n
                         seed: int) -> np.ndarray:
   """float64 [N]: P(the true continuation holds the target | prompt) for every patient, from
   CatBoost fitted on `fit_rows` only. Two folds of `fit_rows` score each other (cross-fitted
-  scores) and the rest of the patients by their mean; a design-weighted logistic fit of the truth on
-  the cross-fitted scores' logits maps every score to a population probability."""
+  scores) and every other patient; a design-weighted logistic fit of the truth on the cross-fitted
+  scores' logits maps a score to a population probability, and another patient's probability is
+  the mean of its two mapped scores."""
   from sklearn.linear_model import LogisticRegression
   X, y = prompt_features(prompts, fit_rows), np.asarray(truth, bool)
-  rng = np.random.default_rng(seed)
+  if y[fit_rows].all() or not y[fit_rows].any():
+    return np.full(len(y), float(y[fit_rows].mean()) if len(fit_rows) else 0.0)
   fold = np.zeros(len(y), np.int64)
-  fold[fit_rows] = rng.permutation(len(fit_rows)) % 2
+  fold[fit_rows] = np.random.default_rng(seed).permutation(len(fit_rows)) % 2
   others = np.setdiff1d(np.arange(len(y)), fit_rows)
-  score = np.zeros(len(y))
+  held_score, other_score = np.zeros(len(y)), np.zeros((2, len(others)))
   for f in (0, 1):
     train, held = fit_rows[fold[fit_rows] == f], fit_rows[fold[fit_rows] != f]
     s, _ = utility.fit_and_score(X[train], y[train], X[np.concatenate([held, others])],
                                  iterations=iterations, threads=threads, seed=seed, depth=depth)
-    score[held] = s[:len(held)]
-    score[others] += s[len(held):] / 2
+    held_score[held], other_score[f] = s[:len(held)], s[len(held):]
   logit = lambda s: np.log(np.clip(s, 1e-6, 1 - 1e-6) / np.clip(1 - s, 1e-6, 1))[:, None]
-  if y[fit_rows].all() or not y[fit_rows].any():
-    return np.full(len(y), float(y[fit_rows].mean()) if len(fit_rows) else 0.0)
-  platt = LogisticRegression(C=1e6).fit(logit(score[fit_rows]), y[fit_rows],
+  platt = LogisticRegression(C=1e6).fit(logit(held_score[fit_rows]), y[fit_rows],
                                         sample_weight=np.asarray(weights, np.float64)[fit_rows])
-  return platt.predict_proba(logit(score))[:, 1]
+  out = np.zeros(len(y))
+  out[fit_rows] = platt.predict_proba(logit(held_score[fit_rows]))[:, 1]
+  out[others] = np.mean([platt.predict_proba(logit(s))[:, 1] for s in other_score], axis=0)
+  return out
 
 
 # ---------------------------------------------------------------- the evaluator
