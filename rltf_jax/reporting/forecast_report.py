@@ -39,9 +39,10 @@ def forecast_rows(cohort_results: dict) -> list[tuple[str, dict]]:
   that has them: every method's evaluation scores the same anchors on the same patients)."""
   rows = [(label(m), lookup(r, "forecast", "strata")) for m, r in cohort_results.items()
           if lookup(r, "forecast", "strata")]
-  anchors = next((lookup(r, "forecast", "anchors") for r in cohort_results.values()
-                  if lookup(r, "forecast", "anchors", "logit_bias")), None) or next(
-      (lookup(r, "forecast", "anchors") for r in cohort_results.values() if lookup(r, "forecast", "anchors")), {})
+  anchors = {}
+  for r in cohort_results.values():  # the same anchors on the same patients: the first of each
+    for name, strata in (lookup(r, "forecast", "anchors") or {}).items():
+      anchors.setdefault(name, strata)
   rows += [(ANCHOR_LABELS[a], anchors[a]) for a in ANCHORS if a in anchors]
   return rows
 
