@@ -18,6 +18,7 @@ COMMANDS = {
     "reproduce": ("rltf_jax.reporting.reproduction", "the reproduction verdicts and Table 2 from "
                   "finished sweeps -> RESULTS.md"),
     "report": ("rltf_jax.reporting.report", "report.md, metrics.json and plots for a finished run"),
+    "rarity": ("rltf_jax.reporting.rarity", "is rarity faithful? the goal's criteria per run directory"),
     "synthesize": ("rltf_jax.commands.synthesize", "a synthetic MEDS dataset with a data card from a "
                    "finished run"),
     "privacy": ("rltf_jax.commands.privacy", "privacy and fidelity of a released synthetic dataset"),

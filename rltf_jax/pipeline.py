@@ -217,9 +217,12 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
     generator = build_generator(ctx, name, checkpoints[name])
     if getattr(generator, "calibration", None) is not None:
       inputs["calibration"] = runs.digest(generator.calibration)
+    training = method.describe(ctx)
+    if getattr(generator, "calibration", None) is not None:
+      training = dict(training, calibration=generator.calibration)
     evaluate.evaluate_generator(
         generator, dataset, cohort, cfg.eval, out,
-        trained_on=method.trained_on(ctx), training=method.describe(ctx), design=design,
+        trained_on=method.trained_on(ctx), training=training, design=design,
         inputs=inputs, base_forecast=base_forecast)
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
