@@ -38,7 +38,7 @@ from rltf_jax import io, runs
 from rltf_jax.data.cohorts import Cohort, get_cohort
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.errors import ConfigError
-from rltf_jax.evaluation import fidelity, forecast, memorization, prevalence, utility
+from rltf_jax.evaluation import fidelity, forecast, memorization, prevalence, trajectories, utility
 from rltf_jax.evaluation.plan import (EvalPatients, EvalPlan, build_plan, select_patients,  # noqa: F401
                                       select_trained_on, _subject_ids)
 from rltf_jax.runs import RunDir
@@ -50,7 +50,7 @@ METRICS_VERSION = 4  # 4: forecast (K draws); 3: stratified draw, design weights
 
 # The evaluators, found by name (`cfg.eval.evaluators`); each module's `evaluate(plan, results)`.
 EVALUATORS = dict(fidelity=fidelity, forecast=forecast, utility=utility, memorization=memorization,
-                  prevalence=prevalence)
+                  prevalence=prevalence, trajectories=trajectories)  # trajectories: opt in (K x N draws)
 
 
 def evaluator(name: str):
