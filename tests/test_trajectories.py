@@ -246,3 +246,11 @@ def test_the_evaluator_writes_the_evaluated_patients_trajectories(tmp_path):
   future = truth.join(sample.select("subject_id", "prediction_time").unique(), on="subject_id") \
       .filter(pl.col("time") > pl.col("prediction_time"))
   assert future.select("subject_id", "time", "code").equals(sample.select("subject_id", "time", "code"))
+
+
+def test_a_continuation_before_its_prompt_is_refused(tmp_path):
+  early = events(IDS, [[(104, T)], [], []])  # patient 30's prompt ends on day 105
+  with pytest.raises(DataError, match="before its prompt's last day"):
+    trajectories.write_trajectories(Scripted({0: early}), PROMPTS, samples=1, horizon=2, seed=0,
+                                    out_dir=tmp_path / "t")
+  assert not (tmp_path / "t").exists()

@@ -56,7 +56,7 @@ def _rank_within_day(patient: np.ndarray, day: np.ndarray) -> np.ndarray:
   return np.arange(n) - start
 
 
-def _last_event_times(prompts: PatientEvents) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _last_event_times(prompts: PatientEvents) -> tuple[np.ndarray, ...]:
   """(time_us [E] of every prompt event, prediction_time_us [N], last day [N], events that day [N])."""
   if (prompts.lengths == 0).any():
     raise DataError("trajectories: every prompt needs an event (its last event's time is the "
@@ -72,6 +72,8 @@ def continuation_times(prompts: PatientEvents, continuation: PatientEvents) -> t
   """(time_us [E] of the continuation's events, prediction_time_us [N]) on the module's clock."""
   _, prediction, last_day, on_last_day = _last_event_times(prompts)
   patient = continuation.event_patient()
+  if (continuation.day < last_day[patient]).any():
+    raise DataError("trajectories: a continuation has an event before its prompt's last day")
   rank = _rank_within_day(patient, continuation.day)
   # A continuation's events on the prompt's last day keep counting after the prompt's.
   rank = rank + np.where(continuation.day == last_day[patient], on_last_day[patient], 0)
