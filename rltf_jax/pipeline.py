@@ -41,14 +41,16 @@ from absl import logging as absl_logging
 
 from rltf_jax.configs import base as base_config
 from rltf_jax import io, methods, runs
-from rltf_jax.data.cohorts import (COHORTS, Cohort, get_cohort, is_definition, read_definition,
-                                   require_positives, resolve_with_mapping)
+from rltf_jax.data.cohorts import (COHORTS, Cohort, aces_members, get_cohort, is_definition,
+                                   read_definition, require_positives, resolve)
 from rltf_jax.data import enrich, meds
+from rltf_jax.data.source_codes import SourceCodes, scan_meds
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
 from rltf_jax.evaluation import calibration, dataset_privacy, evaluate, forecast
+from rltf_jax.names import check_name
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
 
@@ -65,6 +67,7 @@ class Context:
   vocab: Vocabulary
   base_dir: Path
   design: enrich.Design  # where pairs and evaluation draw from, and the inclusion probabilities
+  source: SourceCodes | None = None  # how the source spelled its codes (None: canonically)
 
   @functools.cached_property
   def pairs(self) -> preference.PreferenceData:
@@ -169,11 +172,8 @@ def run(cfg, workdir: str | None = None, compilation_cache: bool = False,
 def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
-  if is_definition(cfg.cohort):
-    read_definition(cfg.cohort)  # a malformed definition fails before any work
-  else:
-    get_cohort(cfg.cohort)  # an unknown cohort fails before any work
-  chosen = [methods.get(name) for name in cfg.methods]  # unknown names fail before any work
+  check_names(cfg)  # a malformed definition, an unknown cohort or an unsafe name fails before any work
+  chosen = [methods.get(name) for name in cfg.methods]
   cohort_dir = cohort_dir_of(cfg, root)
 
   # ---------------------------------------------------------------- data
@@ -288,6 +288,16 @@ def base_digest(cfg) -> str:
   return runs.digest(population, cfg.model, cfg.pretrain)
 
 
+def check_names(cfg) -> None:
+  """Every name that becomes a path (the cohort's, the run's, each method's) is safe
+  (`names.check_name`), and the cohort exists and parses: checked before any work."""
+  cohort_name(cfg.cohort)
+  if cfg.run_name:
+    check_name(cfg.run_name, "run_name")
+  for name in cfg.methods:
+    methods.get(name)
+
+
 def cohort_name(spec: str) -> str:
   """A built-in cohort's key, or a user definition's name (`rltf_jax.data.cohorts`)."""
   return read_definition(spec)["name"] if is_definition(spec) else get_cohort(spec).name
@@ -318,37 +328,70 @@ def open_context(cfg, root: Path, write: bool = True) -> Context:
     raise ConfigError(f"{path}: the data stage of this config is not finished; run launch.py first")
   dataset = PatientEvents.load(path / "dataset.npz")
   vocab = Vocabulary.load(path / "vocab.json")
+  source = source_codes_of(cfg, path)
+  labels = None
   if is_definition(cfg.cohort):
-    # Resolved against the data's code table (membership is by the data's codes); saved beside
-    # the run, so the report and a later reader see the exact code set.
-    definition = read_definition(cfg.cohort)
-    cohort, via_gem = resolve_with_mapping(definition, dataset.codes, cfg.cohort)
-    resolved = cohort_dir_of(cfg, root) / "cohort.json"
-    record = dict(definition=str(cfg.cohort), cohort=dataclasses.asdict(cohort), acute=cohort.acute)
-    if definition["map_icd9"]:
-      # Who the mapping adds: patients with a mapped ICD-9-CM code and none of the other codes.
-      direct = set(cohort.codes) - set(via_gem)
-      only = dataset.patients_with_any(via_gem) & ~dataset.patients_with_any(direct)
-      record["icd9_gem"] = dict(table=definition["map_icd9"], codes=len(via_gem), mapped=via_gem,
-                                patients_only_via_mapping=int(only.sum()))
-      print(f"[cohort] {cohort.name}: {int(dataset.patients_with_any(cohort.codes).sum()):,} patients; "
-            f"{int(only.sum()):,} only through the {len(via_gem)} ICD-9-CM codes the GEM mapping "
-            "added", flush=True)
-    if write and (not resolved.exists()
-                  or json.loads(resolved.read_text()) != json.loads(json.dumps(record))):
-      resolved.parent.mkdir(parents=True, exist_ok=True)
-      io.atomic_write_json(resolved, record)
+    cohort, labels = _user_cohort(cfg, root, dataset, source, write)
   else:
     cohort = get_cohort(cfg.cohort)
   if write and cfg.data.source != "simulator":
-    # The cohort on the real dataset's own subjects, in the MEDS label schema (whole-record labels).
-    meds.write_labels(meds.cohort_labels(dataset, cohort.codes),
+    # The cohort on the real dataset's own subjects, in the MEDS label schema (whole-record labels;
+    # an ACES cohort's labels are es-aces's).
+    meds.write_labels(meds.cohort_labels(dataset, cohort.codes, member=labels),
                       cohort_dir_of(cfg, root) / "labels" / f"{cohort.name}.parquet")
   design = enrich.load_design(path, dataset, cohort)
   require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
   require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
   base_dir = root / f"base-{base_digest(cfg)[:10]}"
-  return Context(cfg, cohort, cohort_dir_of(cfg, root), dataset, vocab, base_dir, design)
+  return Context(cfg, cohort, cohort_dir_of(cfg, root), dataset, vocab, base_dir, design, source)
+
+
+def source_codes_of(cfg, data_path: Path) -> SourceCodes | None:
+  """The source's code spellings saved by the data stage (None for sources that spell codes
+  canonically); a data stage finished before they were saved gets them from the source again."""
+  if cfg.data.source != "meds":
+    return None
+  saved = data_path / "source_codes.json"
+  if saved.exists():
+    return SourceCodes.load(saved)
+  return scan_meds(cfg.data.path, cfg.data.bare_code_system or None)
+
+
+def _user_cohort(cfg, root: Path, dataset: PatientEvents, source, write: bool = True
+                 ) -> tuple[Cohort, np.ndarray | None]:
+  """A user definition resolved against the data (saved beside the run as `cohort.json` when
+  `write`, so the report and a later reader see the exact code set), and for an ACES definition on
+  MEDS data the members es-aces finds (None otherwise)."""
+  definition = read_definition(cfg.cohort)
+  cohort, via_gem = resolve(definition, dataset.codes, source, cfg.cohort)
+  record = dict(definition=str(cfg.cohort), cohort=dataclasses.asdict(cohort), acute=cohort.acute)
+  by_codes = dataset.patients_with_any(cohort.codes)
+  labels = None
+  if definition["kind"] == "aces":
+    record["aces"] = dict(predicate=definition["predicate"], predicates=definition["predicates"])
+    if cfg.data.source == "meds":
+      labels = aces_members(definition, cfg.data.path, dataset.subject_id)
+      differ = int((labels != by_codes).sum())
+      record["aces"].update(members=int(labels.sum()), members_by_code_set=int(by_codes.sum()),
+                            disagree=differ)
+      print(f"[cohort] {cohort.name}: es-aces finds {int(labels.sum()):,} of {dataset.num_patients:,} "
+            f"patients; the code set ({len(cohort.codes)} codes) {int(by_codes.sum()):,}"
+            + (f" ({differ:,} differ: value bounds, and(...) or codes outside data.include narrow "
+               "the labels; training and evaluation use the code set)" if differ else ""), flush=True)
+  if definition["map_icd9"]:
+    # Who the mapping adds: patients with a mapped ICD-9-CM code and none of the other codes.
+    direct = set(cohort.codes) - set(via_gem)
+    only = dataset.patients_with_any(via_gem) & ~dataset.patients_with_any(direct)
+    record["icd9_gem"] = dict(table=definition["map_icd9"], codes=len(via_gem), mapped=via_gem,
+                              patients_only_via_mapping=int(only.sum()))
+    print(f"[cohort] {cohort.name}: {int(by_codes.sum()):,} patients; {int(only.sum()):,} only "
+          f"through the {len(via_gem)} ICD-9-CM codes the GEM mapping added", flush=True)
+  resolved = cohort_dir_of(cfg, root) / "cohort.json"
+  if write and (not resolved.exists()
+                or json.loads(resolved.read_text()) != json.loads(json.dumps(record, default=str))):
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_json(resolved, record)
+  return cohort, labels
 
 
 def _build_data(cfg, data_run: RunDir) -> None:
@@ -356,8 +399,12 @@ def _build_data(cfg, data_run: RunDir) -> None:
   dataset, loaded = load_with_report(cfg.data)
   dropped = ", ".join(f"{f} {n:,}" for f, n in loaded["dropped_events"].items())
   print(f"[data] events dropped by data.include ({', '.join(cfg.data.include)}): {dropped}", flush=True)
+  # The vocabulary is the population's (training split), before the enriched sample joins. The
+  # paper's cohort codes are kept from pruning on the simulator, whose story they are; a user's
+  # data gets no code it does not hold (a Table-4 code it holds is kept like the simulator's).
   targets = [c for cohort in COHORTS.values() for c in cohort.codes]
-  # The vocabulary is the population's (training split), before the enriched sample joins.
+  if cfg.data.source != "simulator":
+    targets = sorted(set(targets) & set(dataset.codes[np.unique(dataset.code)].tolist()))
   vocab = Vocabulary.build(dataset, min_count=cfg.data.vocab_min_count, always_include=targets,
                            max_size=cfg.data.vocab_max_size or None)
   inclusion, enriched = np.ones(dataset.num_patients), ()
@@ -371,6 +418,8 @@ def _build_data(cfg, data_run: RunDir) -> None:
   enrich.save_design(data_run.path, dataset.subject_id, inclusion, enriched)
   dataset.save(data_run.path / "dataset.npz")
   vocab.save(data_run.path / "vocab.json")
+  if cfg.data.source == "meds":  # the source's spellings, for cohorts and synthetic data
+    scan_meds(cfg.data.path, cfg.data.bare_code_system or None).save(data_run.path / "source_codes.json")
   summary = dict(dataset.summary(), vocab_size=len(vocab))
   print("  " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
   if "value_tokens" in loaded:

@@ -126,7 +126,8 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
                              request, generator=methods.get(method).LABEL,
                              config=runs.plain(ctx.cfg), code_version=rltf_jax.__version__, **facts)),
                          files={"README.md": card},
-                         labels={ctx.cohort.name: meds.cohort_labels(ds, ctx.cohort.codes)})
+                         labels={ctx.cohort.name: meds.cohort_labels(ds, ctx.cohort.codes)},
+                         source=ctx.source)
   shutil.rmtree(partial)
   print(path.resolve(), flush=True)
   return path

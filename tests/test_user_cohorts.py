@@ -33,19 +33,24 @@ def test_exact_prefix_and_regex_entries_resolve_against_the_data(tmp_path):
                                                chronic=True))
   c = cohorts.resolve_definition(cohorts.read_definition(path), TABLE, path)
   assert c.codes == ("ICD10CM/D5700", "ICD10CM/D573", "ICD9CM/2826")
-  assert cohorts.get_cohort("sickle_any") is c and cohorts.get_cohort(path) is c and not c.acute
+  assert c.chronic and not c.acute
+  # No process-wide registry: a user cohort is the value its caller holds, never found by name.
+  with pytest.raises(ConfigError, match="unknown cohort 'sickle_any'"):
+    cohorts.get_cohort("sickle_any")
 
 
-def test_aces_predicates_are_a_code_set_and_the_rest_is_refused(tmp_path):
-  yaml_text = ("predicates:\n  htn:\n    code: DIAGNOSIS//ICD//10//I10\n"
-               "  kidney:\n    code: {any: [ICD10CM/N179, {regex: '^ICD10CM/J18'}]}\n")
+def test_aces_predicates_are_read_by_es_aces_and_a_task_config_is_refused(tmp_path):
+  yaml_text = ("predicates:\n  htn:\n    code: ICD10CM/I10\n"
+               "  kidney:\n    code: {any: [ICD10CM/N179, ICD10CM/J189]}\n"
+               "  either:\n    expr: or(htn, kidney)\n")
   c = cohorts.resolve_definition(cohorts.read_definition(_write(tmp_path, "task.yaml", yaml_text)), TABLE)
   assert c.codes == ("ICD10CM/I10", "ICD10CM/J189", "ICD10CM/N179") and c.name == "task"
-  with pytest.raises(ConfigError, match="windows define a task"):
+  with pytest.raises(ConfigError, match="windows make an ACES task config"):
     cohorts.read_definition(_write(tmp_path, "t2.yaml", yaml_text + "windows: {}\n"))
-  bad = "predicates:\n  x:\n    code: I10\n    value_min: 3\n"
-  with pytest.raises(ConfigError, match="value_min are not honoured"):
-    cohorts.read_definition(_write(tmp_path, "t3.yaml", bad))
+  with pytest.raises(ConfigError, match="es-aces refuses the predicates"):  # the library's own check
+    cohorts.read_definition(_write(tmp_path, "t3.yaml", "predicates:\n  x:\n    expr: or(y, z)\n"))
+  with pytest.raises(ConfigError, match="2 predicates could be the cohort"):
+    cohorts.read_definition(_write(tmp_path, "t4.yaml", "predicates:\n  a: {code: X}\n  b: {code: Y}\n"))
 
 
 @pytest.mark.parametrize("codes, message", [
@@ -69,11 +74,11 @@ def test_map_icd9_adds_the_icd9_codes_the_packaged_gem_maps_to_the_cohort(tmp_pa
                     "ICD9CM/4019", "ICD10CM/I10", "ICD10CM/E119", "ICD9CM/25000", "ATC/B01AC06",
                     "ICD10CM/J189"])
   path = _write(tmp_path, "scd9.json", dict(name="scd_9_10", codes=["D57.3", "D57.1"], map_icd9=True))
-  c, mapped = cohorts.resolve_with_mapping(cohorts.read_definition(path), table, path)
+  c, mapped = cohorts.resolve(cohorts.read_definition(path), table, path=path)
   assert mapped == ("ICD9CM/2825", "ICD9CM/28260")  # 28261 maps too but is not in the data
   assert c.codes == ("ICD10CM/D571", "ICD10CM/D573", "ICD9CM/2825", "ICD9CM/28260")
   plain = _write(tmp_path, "scd10.json", dict(name="scd_10", codes=["D57.3", "D57.1"]))
-  assert cohorts.resolve_with_mapping(cohorts.read_definition(plain), table)[1] == ()
+  assert cohorts.resolve(cohorts.read_definition(plain), table)[1] == ()
   only9 = _write(tmp_path, "x.json", dict(name="htn9", codes=["ICD9CM/4019"], map_icd9=True))
   with pytest.raises(ConfigError, match="resolves to none"):
     cohorts.resolve_definition(cohorts.read_definition(only9), table)
@@ -91,7 +96,7 @@ def test_map_icd9_reads_an_official_cms_gem_file(tmp_path):
                     "ICD9CM/25000"])
   path = _write(tmp_path, "sepsis.json", dict(name="sepsis_gem", codes=["A41.9"],
                                               map_icd9="gems/tiny_I9gem.txt"))
-  c, mapped = cohorts.resolve_with_mapping(cohorts.read_definition(path), table, path)
+  c, mapped = cohorts.resolve(cohorts.read_definition(path), table, path=path)
   assert mapped == ("ICD9CM/0389", "ICD9CM/99591") and "ICD9CM/4019" not in c.codes
   (tmp_path / "gems" / "bad.txt").write_text("0389 A419\n")
   bad = _write(tmp_path, "bad.json", dict(name="sepsis_bad", codes=["A41.9"], map_icd9="gems/bad.txt"))

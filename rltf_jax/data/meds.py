@@ -394,7 +394,8 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
                descriptions: Mapping[str, str] | None = None, splits: bool = True,
                subjects_per_shard: int = 100_000, dataset_name: str | None = None,
                metadata: Mapping | None = None, files: Mapping[str, str] | None = None,
-               labels: Mapping[str, pa.Table] | None = None) -> Path:
+               labels: Mapping[str, pa.Table] | None = None,
+               source: "SourceCodes | None" = None) -> Path:
   """Writes `ds` as a MEDS directory, atomically; returns its path.
 
   Each patient gets a `MEDS_BIRTH` row (time = birth day), a `GENDER//F` or `GENDER//M` row when
@@ -406,7 +407,8 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
   config. An existing `out_dir` is refused unless `overwrite`. `metadata` is merged into
   `metadata/dataset.json` (provenance), `files` (name -> text) are written at the top level (a data
   card), and `labels` (name -> a `cohort_labels` table) as `labels/<name>.parquet`, inside the same
-  atomic rename.
+  atomic rename. `source` (`source_codes.SourceCodes`) writes each code in the source's spelling
+  and only the extension columns the source has (what it lacks is not invented).
   """
   out = Path(out_dir)
   if out.exists() and not overwrite:
@@ -421,10 +423,10 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
     (tmp / "metadata").mkdir()
     for shard, start in enumerate(range(0, max(ds.num_patients, 1), subjects_per_shard)):
       part = ds.select(np.arange(start, min(start + subjects_per_shard, ds.num_patients)))
-      rows = _rows(part)
+      rows = _in_source_words(_rows(part), source)
       _official("data shard", f"data/{shard}.parquet", meds_schema.DataSchema, rows)
       pq.write_table(rows, tmp / "data" / f"{shard}.parquet")
-    codes = _codes_table(ds, descriptions or {})
+    codes = _codes_table(ds, descriptions or {}, source)
     _official("code metadata", "metadata/codes.parquet", meds_schema.CodeMetadataSchema, codes)
     pq.write_table(codes, tmp / "metadata" / "codes.parquet")
     if splits:
@@ -437,10 +439,11 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
     meta = dict(dataset_name=dataset_name or out.name, dataset_version="1",
                 etl_name="rltf_jax", etl_version=rltf_jax.__version__, meds_version=MEDS_VERSION,
                 created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                other_extension_columns=["visit", "place_of_service"],
-                extra_columns=dict(visit="0-based visit index within the subject",
-                                   place_of_service="CMS place-of-service code of the visit "
-                                                    "(0 unknown)"))
+                other_extension_columns=list(_extension_columns(source)),
+                extra_columns={k: v for k, v in dict(
+                    visit="0-based visit index within the subject",
+                    place_of_service="CMS place-of-service code of the visit (0 unknown)").items()
+                    if k in _extension_columns(source)})
     _official("dataset metadata", "metadata/dataset.json", meds_schema.DatasetMetadataSchema, meta)
     meta.update(metadata or {})
     (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -454,11 +457,11 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
   return out
 
 
-def cohort_labels(ds: PatientEvents, codes) -> pa.Table:
+def cohort_labels(ds: PatientEvents, codes, member: np.ndarray | None = None) -> pa.Table:
   """MEDS label rows (the `meds.LabelSchema`): one per patient, `boolean_value` = a code of `codes`
-  occurs in the record, `prediction_time` = the end of the record's last day (the label uses the
-  whole record)."""
-  member = ds.patients_with_any(codes)
+  occurs in the record (or `member`, when given: an ACES cohort's labels), `prediction_time` = the
+  end of the record's last day (the label uses the whole record)."""
+  member = ds.patients_with_any(codes) if member is None else np.asarray(member, bool)
   ends = ds.offsets[1:]
   last = np.where(ds.lengths > 0, ds.day[np.maximum(ends - 1, 0)] if ds.num_events else 0,
                   ds.birth_day).astype(np.int64)
@@ -512,8 +515,28 @@ def _rows(ds: PatientEvents) -> pa.Table:
   })
 
 
-def _codes_table(ds: PatientEvents, descriptions: Mapping[str, str]) -> pa.Table:
+def _extension_columns(source) -> tuple[str, ...]:
+  cols = ("visit", "place_of_service")
+  return cols if source is None else tuple(c for c in cols if source.columns.get(c))
+
+
+def _in_source_words(rows: pa.Table, source) -> pa.Table:
+  """`_rows`' table with each code in the source's spelling and without the extension columns the
+  source lacks (`source_codes.SourceCodes`; None: as it is)."""
+  if source is None:
+    return rows
+  encoded = rows.column("code").combine_chunks().dictionary_encode()
+  words = pa.array([source.spelling(c) for c in encoded.dictionary.to_pylist()], pa.string())
+  rows = rows.set_column(rows.schema.get_field_index("code"), "code",
+                         pa.DictionaryArray.from_arrays(encoded.indices, words).cast(pa.string()))
+  return rows.select([n for n in rows.column_names
+                      if n not in ("visit", "place_of_service") or n in _extension_columns(source)])
+
+
+def _codes_table(ds: PatientEvents, descriptions: Mapping[str, str], source=None) -> pa.Table:
   codes = [BIRTH_CODE, SEX_CODES[SEX_FEMALE], SEX_CODES[SEX_MALE], *ds.codes.tolist()]
+  if source is not None:
+    codes = list(dict.fromkeys(source.spelling(c) for c in codes))  # two bins: one source code
   return pa.table({
       "code": pa.array(codes, pa.string()),
       "description": pa.array([descriptions.get(c) for c in codes], pa.string()),

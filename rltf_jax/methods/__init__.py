@@ -20,12 +20,14 @@ import importlib
 from types import ModuleType
 
 from rltf_jax.errors import ConfigError
+from rltf_jax.names import check_name
 
 ORDER = ("base", "rltf", "sft", "lstm", "halo")
 
 
 def get(name: str) -> ModuleType:
   """The module of method `name`; a `ConfigError` names the known ones when there is none."""
+  check_name(name, "method")  # a method's name is a directory name (and a module's)
   try:
     return importlib.import_module(f"{__name__}.{name}")
   except ModuleNotFoundError as e:

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from rltf_jax import io
-from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation import forecast
 from rltf_jax.evaluation.forecast import ANCHORS, STRATA
-from rltf_jax.reporting.results import fmt, label, lookup
+from rltf_jax.reporting.results import cohort_of, fmt, label, lookup
 
 ANCHOR_LABELS = dict(ceiling="ceiling (CatBoost on the prompt, recalibrated)",
                      prompt_rule="prompt rule (target iff in the prompt)",
@@ -29,9 +28,10 @@ def _cell(m: dict | None, digits: int) -> str:
   return f"{fmt(m['value'], digits)}{inner}"
 
 
-def lead_stratum(cohort: str) -> str:
-  """Where a cohort's goal is judged: new onset for acute cohorts, all patients for chronic ones."""
-  return "new_onset" if get_cohort(cohort).acute else "all"
+def lead_stratum(cohort) -> str:
+  """Where a cohort's goal (a `Cohort`) is judged: new onset for acute cohorts, all patients for
+  chronic ones."""
+  return "new_onset" if cohort.acute else "all"
 
 
 def forecast_rows(cohort_results: dict) -> list[tuple[str, dict]]:
@@ -77,8 +77,7 @@ def forecast_comparisons(results: dict) -> dict:
   return out
 
 
-def _comparison_lines(cohort: str, comparisons: dict) -> list[str]:
-  lead = lead_stratum(cohort)
+def _comparison_lines(cohort: str, comparisons: dict, lead: str) -> list[str]:
   lines = []
   for pair, strata in comparisons.get(cohort, {}).items():
     method, ref = pair.split("-", 1)
@@ -102,7 +101,7 @@ def forecast_section(results: dict, plots: list[str]) -> list[str]:
       continue
     first_any = first_any or first
     f = first["forecast"]
-    lead = lead_stratum(cohort)
+    lead = lead_stratum(cohort_of(cohort, results))
     header = ["Method / anchor"] + [f"{STRATUM_LABELS[s]}: {m}" for s in STRATA
                                     for m in ("calibration", "AUROC")]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -114,12 +113,12 @@ def forecast_section(results: dict, plots: list[str]) -> list[str]:
                        f"{lookup(f, 'strata', s, 'patients')}" for s in STRATA)
     bias = next((lookup(r, "forecast", "logit_bias") for r in ms.values()
                  if lookup(r, "forecast", "logit_bias") is not None), None)
-    out += [f"**{get_cohort(cohort).abbrev}**: positives / validation patients: {counts}. "
+    out += [f"**{cohort_of(cohort, results).abbrev}**: positives / validation patients: {counts}. "
             f"Lead stratum: {STRATUM_LABELS[lead]}. K = {f['samples']} draws of the next "
             f"{f['horizon']} events per patient; p estimated by {f['probability']}"
             + (f"; the logit-bias anchor adds {bias:.2f} to the target codes' logits." if bias is not None
                else "; no base model was evaluated, so there is no logit-bias anchor.") , "",
-            *table, "", *_comparison_lines(cohort, comparisons)]
+            *table, "", *_comparison_lines(cohort, comparisons, lead)]
   if first_any is None:
     return []
   out += [
@@ -140,7 +139,7 @@ def write_reliability_plot(results: dict, out_dir: Path) -> list[str]:
   import matplotlib.pyplot as plt
   names = []
   for cohort, ms in results.items():
-    lead = lead_stratum(cohort)
+    lead = lead_stratum(cohort_of(cohort, results))
     curves = [(label(m), lookup(r, "forecast", "strata", lead, "reliability", "bins"))
               for m, r in ms.items()]
     curves = [(n, b) for n, b in curves if b]
@@ -153,7 +152,7 @@ def write_reliability_plot(results: dict, out_dir: Path) -> list[str]:
       ax.plot(x, y, marker="o", label=name)
     ax.plot([1e-5, 1], [1e-5, 1], color="grey", lw=0.8, ls="--", label="calibrated")
     ax.set(xscale="log", yscale="log", xlabel="predicted p (bin mean)", ylabel="observed rate",
-           title=f"{get_cohort(cohort).abbrev}: reliability ({STRATUM_LABELS[lead]})")
+           title=f"{cohort_of(cohort, results).abbrev}: reliability ({STRATUM_LABELS[lead]})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     name = f"reliability_{cohort}.png"

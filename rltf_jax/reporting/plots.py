@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from rltf_jax import io
-from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.evaluation import paper_numbers as paper
-from rltf_jax.reporting.results import PAPER_NOTE, fmt, label, lookup, method_rank
+from rltf_jax.reporting.results import PAPER_NOTE, cohort_of, fmt, label, lookup, method_rank
 
 
 def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
@@ -53,7 +52,7 @@ def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
         labelled = PAPER_NOTE in ax.get_legend_handles_labels()[1]
         ax.scatter(pos, ref, marker="x", color="black", zorder=3,
                    label=None if labelled else PAPER_NOTE)
-    ax.set_xticks(x, [get_cohort(c).abbrev for c in cohorts])
+    ax.set_xticks(x, [cohort_of(c, results).abbrev for c in cohorts])
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
 
@@ -103,7 +102,7 @@ def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
     # Top row: every code on linear axes; bottom row: the rare tail on log axes, where the rare
     # codes this project is about are not all at (0, 0).
     fig, axes = plt.subplots(2, len(ms), figsize=(3.2 * len(ms), 6.6), squeeze=False)
-    target_codes = get_cohort(cohort).codes
+    target_codes = cohort_of(cohort, results).codes
     for ax, tail, (method, m) in zip(axes[0], axes[1], ms.items()):
       path = Path(m["_dir"]) / "prevalence.npz"
       if path.exists():
@@ -122,7 +121,7 @@ def write_plots(results: dict, out: Path) -> dict[str, list[str]]:
       ax.set_title(f"{label(method)}\nr = {fmt(r, 2)}", fontsize=9)
       ax.set_xlabel("real prevalence (true continuations)", fontsize=8)
       ax.set_ylabel("synthetic prevalence (generated)", fontsize=8)
-    fig.suptitle(f"{get_cohort(cohort).abbrev}: per-code prevalence, one dot per code", fontsize=10)
+    fig.suptitle(f"{cohort_of(cohort, results).abbrev}: per-code prevalence, one dot per code", fontsize=10)
     fig.tight_layout()
     name = f"prevalence_{cohort}.png"
     fig.savefig(out / name, dpi=120)
@@ -168,8 +167,8 @@ def _legend_below(fig, ax) -> None:
   fig.tight_layout(rect=(0, 0.1, 1, 1))
 
 
-def write_privacy_plot(privacy_dir: Path, cohort: str, out: Path) -> str | None:
-  """privacy_<cohort>.png: distance to the closest reference record (empirical CDFs; all patients
+def write_privacy_plot(privacy_dir: Path, cohort, out: Path) -> str | None:
+  """privacy_<cohort>.png (`cohort` a `Cohort`): distance to the closest reference record (empirical CDFs; all patients
   and cohort members) for each method, the anchors and the holdout, and record lengths released
   against holdout. Returns the file name, or None when the run has no distances."""
   from rltf_jax.evaluation import dataset_privacy  # pylint: disable=g-import-not-at-top
@@ -208,10 +207,10 @@ def write_privacy_plot(privacy_dir: Path, cohort: str, out: Path) -> str | None:
   ax.set_xlabel("events per record", fontsize=8)
   ax.set_title("record length", fontsize=9)
   ax.legend(fontsize=6, loc="lower right")
-  fig.suptitle(f"{get_cohort(cohort).abbrev}: released records against the reference and holdout "
+  fig.suptitle(f"{cohort.abbrev}: released records against the reference and holdout "
                "patients", fontsize=10)
   fig.tight_layout()
-  name = f"privacy_{cohort}.png"
+  name = f"privacy_{cohort.name}.png"
   fig.savefig(out / name, dpi=120)
   plt.close(fig)
   return name

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from rltf_jax import io
-from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.reporting import forecast_report
 from rltf_jax.reporting.plots import write_plots, write_privacy_plot
-from rltf_jax.reporting.results import PAPER_NOTE, collect, fmt, label, lookup
+from rltf_jax.reporting.results import PAPER_NOTE, cohort_of, collect, fmt, label, lookup
 
 REPORT_VERSION = 7  # 7: named prevalences, small numbers, undefined precision differences, the rare-tail plot; 6: the forecast section leads; 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
 FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution in the summary
@@ -126,7 +125,7 @@ def _summary(results: dict, comparisons: dict) -> list[str]:
   the new-onset stratum (the target is not in the prompt: the model must write it unprompted)."""
   out = []
   for cohort, ms in results.items():
-    c = get_cohort(cohort)
+    c = cohort_of(cohort, results)
     first = next(iter(ms.values()))
     n_valid = lookup(first, "patients", "validation")
     counts = lookup(first, "fidelity", "target", "counts") or {}
@@ -177,7 +176,7 @@ def _fidelity_section(results: dict) -> list[str]:
     for method, m in ms.items():
       t = lookup(m, "fidelity", "target") or {}
       counts = t.get("counts", {})
-      rows.append([get_cohort(cohort).abbrev, label(method), _ci(t.get("precision"), 2),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(t.get("precision"), 2),
                    _ci(t.get("recall"), 2), _ci(t.get("f1"), 2),
                    f"{counts.get('true_positive', 0)}/{counts.get('predicted_positive', 0)}/"
                    f"{counts.get('actual_positive', 0)}",
@@ -205,7 +204,7 @@ def _fidelity_section(results: dict) -> list[str]:
       "the true continuations' T events:", "",
       _table(["Cohort", "Method", "Precision", "Recall", "F1", "TP/pred/true", "ROUGE-1",
               "Mean generated events"],
-             [[get_cohort(c).abbrev, label(meth),
+             [[cohort_of(c, results).abbrev, label(meth),
                _ci(lookup(m, "fidelity_uncut", "target", "precision"), 2),
                _ci(lookup(m, "fidelity_uncut", "target", "recall"), 2),
                _ci(lookup(m, "fidelity_uncut", "target", "f1"), 2),
@@ -216,7 +215,7 @@ def _fidelity_section(results: dict) -> list[str]:
               for c, ms in results.items() for meth, m in ms.items()]), "",
       "Patients whose prompt does not already contain the target (new onset only):", "",
       _table(["Cohort", "Method", "Precision", "Recall", "F1", "TP/pred/true"],
-             [[get_cohort(c).abbrev, label(meth),
+             [[cohort_of(c, results).abbrev, label(meth),
                _ci(lookup(m, "fidelity", "target_new_onset", "precision"), 2),
                _ci(lookup(m, "fidelity", "target_new_onset", "recall"), 2),
                _ci(lookup(m, "fidelity", "target_new_onset", "f1"), 2),
@@ -230,17 +229,17 @@ def _utility_section(results: dict) -> list[str]:
   for cohort, ms in results.items():
     first = next(iter(ms.values()))
     real = lookup(first, "utility", "real")
-    rows.append([get_cohort(cohort).abbrev, "Real", _ci(lookup(real, "auroc")),
+    rows.append([cohort_of(cohort, results).abbrev, "Real", _ci(lookup(real, "auroc")),
                  _paper_auroc(paper.TABLE6, cohort, "real"), "-", "-", _ci(lookup(real, "auprc")), "-"])
     prompt = lookup(first, "utility", "prompt_only")
     if prompt:
-      rows.append([get_cohort(cohort).abbrev, "Prompts only (control)", _ci(lookup(prompt, "auroc")),
+      rows.append([cohort_of(cohort, results).abbrev, "Prompts only (control)", _ci(lookup(prompt, "auroc")),
                    "-", "-", "-", _ci(lookup(prompt, "auprc")),
                    f"{lookup(prompt, 'train_positives')}/{lookup(prompt, 'train_patients')}"])
     for method, m in ms.items():
       syn, aug = lookup(m, "utility", "synthetic"), lookup(m, "utility", "augmentation")
       note = " (one class: constant)" if lookup(syn, "constant_scorer") else ""
-      rows.append([get_cohort(cohort).abbrev, label(method), _ci(lookup(syn, "auroc")) + note,
+      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(lookup(syn, "auroc")) + note,
                    _paper_auroc(paper.TABLE6, cohort, method), _ci(lookup(aug, "auroc")),
                    _paper_auroc(paper.TABLE7, cohort, method), _ci(lookup(syn, "auprc")),
                    f"{lookup(syn, 'train_positives')}/{lookup(syn, 'train_patients')}"])
@@ -267,7 +266,7 @@ def _utility_section(results: dict) -> list[str]:
       "real positives whose prompt already holds the target):", "",
       _table(["Cohort", "Method", "real +, synthetic +", "real +, synthetic -", "real -, synthetic +",
               "real -, synthetic -", "real + in prompt"],
-             [[get_cohort(c).abbrev, label(meth),
+             [[cohort_of(c, results).abbrev, label(meth),
                *[str(lookup(m, "utility", "label_table", r, k)) for r, k in
                  (("real_positive", "synthetic_positive"), ("real_positive", "synthetic_negative"),
                   ("real_negative", "synthetic_positive"), ("real_negative", "synthetic_negative"))],
@@ -287,7 +286,7 @@ def _real_auroc_notes(results: dict) -> list[str]:
            "care pattern (crises, hydroxyurea, emergency visits), which a classifier cannot miss; "
            "the calibration of the other cohorts to Table 6 leaves SCD out "
            "(`rltf_jax/configs/simulator.py`)." if cohort == "scd" else "")
-    notes += [f"*{get_cohort(cohort).abbrev}*: the real-record AUROC ({fmt(real, 2)}) is far above "
+    notes += [f"*{cohort_of(cohort, results).abbrev}*: the real-record AUROC ({fmt(real, 2)}) is far above "
               f"the paper's ({fmt(theirs, 2)}): the cohort's members are much easier to tell from "
               "their history here than in the paper's claims data, so a synthetic-data AUROC near "
               f"the real one says less than in the paper.{why}", ""]
@@ -301,7 +300,7 @@ def _memorization_section(results: dict) -> list[str]:
       mem = m.get("memorization", {})
       col = paper.paper_column(method)
       p3 = paper.TABLE3.get(col) if col else None
-      rows.append([get_cohort(cohort).abbrev, label(method), _ci(mem.get("rouge1_train")),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(mem.get("rouge1_train")),
                    _ci(mem.get("rouge1_test")),
                    f"{p3['train']:.3f} / {p3['test']:.3f}" if p3 else "-",
                    _ci(mem.get("exact_copy_of_train_continuation")),
@@ -341,7 +340,7 @@ def _definition_lines(run_dir: Path) -> list[str]:
   return lines
 
 
-def _released_privacy_section(run_dir: Path, out: Path) -> tuple[list[str], dict]:
+def _released_privacy_section(run_dir: Path, out: Path, results: dict) -> tuple[list[str], dict]:
   """The privacy and fidelity suite on each method's released records (`privacy/privacy.json`,
   written by the pipeline's privacy stage), with the copy and marginals anchors."""
   from rltf_jax.evaluation import dataset_privacy
@@ -350,7 +349,7 @@ def _released_privacy_section(run_dir: Path, out: Path) -> tuple[list[str], dict
   for path in sorted(run_dir.rglob(f"privacy/{dataset_privacy.RUN_FILE}")):
     rec = json.loads(path.read_text())
     found[rec["cohort"]] = rec
-    plots[rec["cohort"]] = write_privacy_plot(path.parent, rec["cohort"], out)
+    plots[rec["cohort"]] = write_privacy_plot(path.parent, cohort_of(rec["cohort"], results), out)
   if not found:
     return [], {}
   lines = ["### Privacy and fidelity of the released records", "",
@@ -369,7 +368,7 @@ def _released_privacy_section(run_dir: Path, out: Path) -> tuple[list[str], dict
            "no leak. *cohort* rows restrict every set to patients with a target code.", ""]
   for name, rec in found.items():
     n = rec["patients"]
-    lines += [f"{get_cohort(name).abbrev}: {n['released']} released records ({n['released_members']} in "
+    lines += [f"{cohort_of(name, results).abbrev}: {n['released']} released records ({n['released_members']} in "
               f"the cohort), {n['reference']} reference patients ({rec['reference_source']}; "
               f"{n['reference_members']} in the cohort), {n['holdout']} holdout patients "
               f"({n['holdout_members']} in the cohort).", "",
@@ -385,7 +384,7 @@ def _prevalence_section(results: dict, plots: list[str]) -> list[str]:
     for method, m in ms.items():
       p = m.get("prevalence", {})
       rec, cont = p.get("records", {}), p.get("continuations", {})
-      rows.append([get_cohort(cohort).abbrev, label(method), _ci(cont.get("pearson_r")),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(cont.get("pearson_r")),
                    _ci(cont.get("r2_identity")), _ci(rec.get("pearson_r")), _ci(rec.get("r2_identity")),
                    f"{_ci(cont.get('cohort_real'), 4)} / {_ci(cont.get('cohort_synthetic'), 4)}",
                    f"{_ci(rec.get('cohort_real'), 4)} / {_ci(rec.get('cohort_synthetic'), 4)}"])
@@ -481,7 +480,7 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
     for pair, strata in by_pair.items():
       method = pair.split("-")[0]
       for stratum, d in strata.items():
-        rows.append([get_cohort(cohort).abbrev, f"{label(method)} - base", stratum.replace("_", " "),
+        rows.append([cohort_of(cohort, results).abbrev, f"{label(method)} - base", stratum.replace("_", " "),
                      f"{d['actual_positive']}/{d['patients']}", _ci(d["recall"], 2), _ci(d["f1"], 2),
                      _precision_difference(d, label(method)), _ci(d["rouge1"]),
                      _ci(d.get("auroc_synthetic")) if "auroc_synthetic" in d else "-"])
@@ -492,7 +491,7 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
       if not c:
         continue  # an evaluation made before calibration was measured
       rouge = stratum_rouge(m)
-      cal.append([get_cohort(cohort).abbrev, label(method)] +
+      cal.append([cohort_of(cohort, results).abbrev, label(method)] +
                  [f"{_ci(c.get(k), 2)} ({lookup(c, k, 'generated')}/{lookup(c, k, 'true')})"
                   for k in ("all", "new_onset", "repeat")] +
                  [_ci(rouge.get(k)) for k in ("new_onset", "repeat")])
@@ -579,7 +578,7 @@ def _generation_section(results: dict) -> list[str]:
   for cohort, ms in results.items():
     for method, m in ms.items():
       g, t = m.get("generation", {}), m.get("timing", {})
-      rows.append([get_cohort(cohort).abbrev, label(method), fmt(g.get("mean_true_events"), 1),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), fmt(g.get("mean_true_events"), 1),
                    fmt(g.get("mean_generated_events"), 1), fmt(g.get("empty_generated_fraction"), 3),
                    fmt(g.get("max_new_events_reached_fraction"), 3),
                    fmt(t.get("generate_test_s"), 1), fmt(t.get("total_s"), 1)])
@@ -604,10 +603,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
   comparisons = paired_comparisons(results)
   first = next(iter(next(iter(results.values())).values()))
   s = first.get("settings", {})
-  released_privacy, privacy = _released_privacy_section(run_dir, out)
+  released_privacy, privacy = _released_privacy_section(run_dir, out, results)
   lines = [
       "# RLTF evaluation report", "",
-      f"Run directory: `{run_dir}`. Cohorts: {', '.join(get_cohort(c).abbrev for c in results)}. "
+      f"Run directory: `{run_dir}`. Cohorts: {', '.join(cohort_of(c, results).abbrev for c in results)}. "
       f"Methods: {', '.join(sorted({label(m) for ms in results.values() for m in ms}))}.", "",
       f"How the numbers were made: each evaluated patient ({_source(first)}) with at least "
       f"T + {s.get('min_prompt_events')} events (T = {s.get('truncate_events')}) loses its last T events; "

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from rltf_jax import methods
-from rltf_jax.data.cohorts import COHORTS, Cohort, register
+from rltf_jax.data.cohorts import COHORTS, Cohort, get_cohort
 from rltf_jax.errors import DataError
 from rltf_jax.evaluation.evaluate import METRICS_KIND
 from rltf_jax.formatting import fmt, lookup  # noqa: F401  (the report's and plots' helpers)
@@ -31,9 +31,6 @@ def collect(run_dir: str | Path, skip: Path | None = None) -> dict[str, dict[str
     if not isinstance(m, dict) or m.get("kind") != METRICS_KIND:
       continue
     cohort, method = m["cohort"], m["method"]
-    if cohort not in COHORTS and "cohort_definition" in m:  # a user cohort: known from its evaluation
-      d = dict(m["cohort_definition"], codes=tuple(m["cohort_definition"]["codes"]))
-      register(Cohort(**d), chronic=not m.get("cohort_acute", True))
     if method in found.get(cohort, {}):
       raise DataError(f"two evaluations of {method!r} on {cohort!r} under {run_dir}: "
                       f"{found[cohort][method]['_dir']} and {path.parent}; keep one")
@@ -43,6 +40,19 @@ def collect(run_dir: str | Path, skip: Path | None = None) -> dict[str, dict[str
     raise DataError(f"no evaluation metrics.json under {run_dir}; run the evaluation first")
   return {c: dict(sorted(ms.items(), key=lambda kv: method_rank(kv[0]))) for c, ms in
           sorted(found.items(), key=lambda kv: _cohort_rank(kv[0]))}
+
+
+def cohort_of(name: str, results: dict) -> Cohort:
+  """Cohort `name` of `collect`'s results: a built-in one, or a user's as its evaluations recorded
+  it (`cohort_definition`; there is no registry of user cohorts)."""
+  if name in COHORTS:
+    return COHORTS[name]
+  for m in results.get(name, {}).values():
+    if "cohort_definition" in m:
+      d = dict(m["cohort_definition"], codes=tuple(m["cohort_definition"]["codes"]))
+      d.setdefault("chronic", not m.get("cohort_acute", True))
+      return Cohort(**d)
+  return get_cohort(name)
 
 
 def method_rank(method: str) -> tuple[int, str]:
