@@ -162,6 +162,7 @@ def run(cfg, workdir: str | None = None, compilation_cache: bool = False,
   `compilation_cache`: `use_compilation_cache(work directory)` first (launch.py sets it)."""
   require_fields(cfg, base_config.get_config(cfg.size if "size" in cfg else None))
   check_ranges(cfg, base_config.RANGES)
+  check_names(cfg)  # a malformed definition, an unknown cohort or an unsafe name: before any write
   root = workdir_of(cfg, workdir)
   if compilation_cache:
     use_compilation_cache(root)
@@ -172,7 +173,6 @@ def run(cfg, workdir: str | None = None, compilation_cache: bool = False,
 def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
-  check_names(cfg)  # a malformed definition, an unknown cohort or an unsafe name fails before any work
   chosen = [methods.get(name) for name in cfg.methods]
   cohort_dir = cohort_dir_of(cfg, root)
 

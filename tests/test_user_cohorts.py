@@ -136,21 +136,24 @@ def test_mimic_demo_as_meds_with_a_user_sepsis_cohort_to_a_synthetic_dataset(tmp
   resolved = saved["cohort"]["codes"]
   assert any(c.startswith("ICD9CM/038") for c in resolved) and "ICD10CM/A419" in resolved
   assert saved["acute"] is True
-  # The demo: 15 patients in the cohort, 7 of them only through the 4 GEM-mapped ICD-9-CM codes.
+  # The demo: 17 patients in the cohort, 9 of them only through the 8 GEM-mapped ICD-9-CM codes.
+  # The mapping starts from every ICD-10-CM code A40*/A41* denote, not only the data's: 0380, 0383,
+  # 03843 and 03849 map to A409, A414, A4152 and A4159, which the data lacks (15 patients before).
   gem = saved["icd9_gem"]
-  assert gem["mapped"] == ["ICD9CM/03842", "ICD9CM/0388", "ICD9CM/0389", "ICD9CM/99591"]
-  assert gem["codes"] == 4 and gem["patients_only_via_mapping"] == 7
+  assert gem["mapped"] == ["ICD9CM/0380", "ICD9CM/0383", "ICD9CM/03842", "ICD9CM/03843",
+                           "ICD9CM/03849", "ICD9CM/0388", "ICD9CM/0389", "ICD9CM/99591"]
+  assert gem["codes"] == 8 and gem["patients_only_via_mapping"] == 9
   # The cohort's labels on the real subjects, in the MEDS label schema.
   import meds as meds_package
   import pyarrow.parquet as pq
   labels = pq.read_table(work / "sepsis_icd9_10" / "labels" / "sepsis_icd9_10.parquet")
   meds_package.LabelSchema.validate(labels)
-  assert labels.num_rows == 100 and sum(labels.column("boolean_value").to_pylist()) == 15
+  assert labels.num_rows == 100 and sum(labels.column("boolean_value").to_pylist()) == 17
   metrics = json.loads((work / "sepsis_icd9_10" / "eval" / "rltf" / "metrics.json").read_text())
   assert metrics["cohort"] == "sepsis_icd9_10" and metrics["cohort_definition"]["abbrev"] == "Sepsis"
   report = (work / "sepsis_icd9_10" / "report" / "report.md").read_text()
   assert "**Sepsis (Sepsis (ICD-10-CM A40-A41 and their" in report and "an acute cohort" in report
-  assert "added 4 of them; 7 patients match only through those" in report
+  assert "added 8 of them; 9 patients match only through those" in report
   out = synthesize.synthesize(work / "sepsis_icd9_10", "rltf", 12, "continue", tmp_path / "synthetic")
   ds, _ = meds.read_meds(out)
   assert ds.num_patients == 12 and "real histories" in (out / "README.md").read_text()

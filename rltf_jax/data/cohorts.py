@@ -302,6 +302,11 @@ def resolve(definition: dict, code_table, source=None, path: str = "") -> tuple[
     raise ConfigError(f"cohort definition {path}: {name!r} is a built-in cohort's name; choose another")
   matched: set[str] = set()
   for shown, literal, hits in _pattern_hits(definition, pairs, source):
+    if not hits and definition.get("map_icd9"):
+      # An ICD-10-CM pattern the data lacks still counts when its GEM sources are in the data.
+      one = [p for p in definition["patterns"] if p[2] == literal]
+      if _icd9_by_gem(definition, set(), table, one, required=False):
+        continue  # its codes join below, as mapped ones
     if not hits:
       raise ConfigError(f"cohort {name!r}: {shown} matches no code of the data ({len(table):,} "
                         f"codes){_nearest(literal, pairs)}")
@@ -373,13 +378,15 @@ def _nearest(literal: str, pairs: list[tuple[str, str]], n: int = 5) -> str:
   return f"; nearest codes: {', '.join(close)}" if close else ""
 
 
-def _icd9_by_gem(definition: dict, matched: set[str], table: np.ndarray) -> set[str]:
+def _icd9_by_gem(definition: dict, matched: set[str], table: np.ndarray, patterns=None,
+                 required: bool = True) -> set[str]:
   """The ICD-9-CM codes of the data whose GEM targets include an ICD-10-CM code the definition
-  denotes: the data's matched ICD-10-CM codes and every GEM target its entries match."""
+  (or only `patterns` of it) denotes: the data's matched ICD-10-CM codes and every GEM target its
+  entries match."""
   gem_path = definition["map_icd9"] if isinstance(definition["map_icd9"], str) else ""
   targets = {f"ICD10CM/{v}" for v in gem.forward_gem(gem_path)}
   denoted = {c for c in matched if c.startswith("ICD10CM/")}
-  for kind, value, _ in definition["patterns"]:
+  for kind, value, _ in definition["patterns"] if patterns is None else patterns:
     if kind == "exact":
       denoted |= {value} & targets
     elif kind == "prefix":
@@ -387,7 +394,7 @@ def _icd9_by_gem(definition: dict, matched: set[str], table: np.ndarray) -> set[
     else:
       rx = re.compile(value)
       denoted |= {t for t in targets if rx.search(t)}
-  if not denoted:
+  if not denoted and required:
     raise ConfigError(f"cohort {definition['name']!r}: map_icd9 maps ICD-10-CM codes, and the "
                       "definition resolves to none")
   icd10 = [c.split("/", 1)[1] for c in denoted]

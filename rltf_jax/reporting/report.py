@@ -336,6 +336,11 @@ def _definition_lines(run_dir: Path) -> list[str]:
     if gem:
       text += (f" The ICD-9-CM General Equivalence Mapping ({gem['table']}) added {gem['codes']} of "
                f"them; {gem['patients_only_via_mapping']} patients match only through those.")
+    aces = rec.get("aces")
+    if aces and "members" in aces:
+      text += (f" Its labels are es-aces's: {aces['members']} patients with predicate "
+               f"`{aces['predicate']}` true on a row of the source ({aces['members_by_code_set']} have "
+               f"a code of the code set, which training and evaluation use; {aces['disagree']} differ).")
     lines += [text, ""]
   return lines
 
