@@ -399,6 +399,9 @@ def _build_data(cfg, data_run: RunDir) -> None:
   dataset, loaded = load_with_report(cfg.data)
   dropped = ", ".join(f"{f} {n:,}" for f, n in loaded["dropped_events"].items())
   print(f"[data] events dropped by data.include ({', '.join(cfg.data.include)}): {dropped}", flush=True)
+  splits = loaded["splits"]
+  print(f"[data] splits from the {splits['source']}: train/tuning/held_out {splits['patients']} "
+        f"patients (fractions {splits['fractions']})", flush=True)
   # The vocabulary is the population's (training split), before the enriched sample joins. The
   # paper's cohort codes are kept from pruning on the simulator, whose story they are; a user's
   # data gets no code it does not hold (a Table-4 code it holds is kept like the simulator's).
@@ -419,7 +422,12 @@ def _build_data(cfg, data_run: RunDir) -> None:
   dataset.save(data_run.path / "dataset.npz")
   vocab.save(data_run.path / "vocab.json")
   if cfg.data.source == "meds":  # the source's spellings, for cohorts and synthetic data
-    scan_meds(cfg.data.path, cfg.data.bare_code_system or None).save(data_run.path / "source_codes.json")
+    source = scan_meds(cfg.data.path, cfg.data.bare_code_system or None)
+    source.save(data_run.path / "source_codes.json")
+    loaded["static_rows"] = dict(source.static_rows)
+    print(f"[data] static rows (no time): {source.static_rows['total']:,}; "
+          f"{source.static_rows['used_as_sex']:,} give the sex, {source.static_rows['dropped']:,} "
+          "are dropped (a static row is no event)", flush=True)
   summary = dict(dataset.summary(), vocab_size=len(vocab))
   print("  " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
   if "value_tokens" in loaded:

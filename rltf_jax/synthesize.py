@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -37,12 +38,15 @@ import numpy as np
 import rltf_jax
 from rltf_jax import io, methods, pipeline, runs
 from rltf_jax.data import enrich, meds
+from rltf_jax.data.cohorts import is_definition
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.errors import ConfigError, DataError, cli_main
 from rltf_jax.evaluation import conditional
 from rltf_jax.formatting import fmt, lookup
 
 MODES = ("patients", "continue", "enriched")
+FEW_PATIENTS = 100  # below this many evaluated or membership patients the card says the figures are noisy
+log = logging.getLogger(__name__)
 
 
 def _checkpoint(ctx, method: str) -> Path:
@@ -53,8 +57,9 @@ def _checkpoint(ctx, method: str) -> Path:
   return ckpt
 
 
-def _prompts(ctx, num: int, share: float | None, seed: int) -> PatientEvents:
-  """Held-out prompts: the design's evaluation split, long enough, members first at `share`."""
+def _prompts(ctx, num: int, share: float | None, seed: int) -> tuple[PatientEvents, dict]:
+  """Held-out prompts (the design's evaluation split, long enough, members first at `share`) and
+  what the draw achieved: how many prompts come from cohort members, against what was asked."""
   cfg = ctx.cfg.eval
   T, min_prompt = int(cfg.truncate_events), int(cfg.min_prompt_events)
   pool, _ = conditional.sample_patients(ctx.dataset, ctx.design.eval_split, 0, seed, T, min_prompt)
@@ -69,8 +74,22 @@ def _prompts(ctx, num: int, share: float | None, seed: int) -> PatientEvents:
   if len(pick) < num:
     raise DataError(f"only {len(pick)} held-out patients can be prompts ({ctx.design.eval_split} split, "
                     f"at least {T + min_prompt} events); ask for --patients {len(pick)} or fewer")
+  achieved = dict(prompts=int(len(pick)), prompts_from_cohort=int(member[pick].sum()),
+                  eligible=int(len(pool)), eligible_in_cohort=int(member.sum()))
+  if share is not None:
+    wanted = int(np.floor(share * num))
+    achieved.update(share_requested=float(share), share_achieved=float(member[pick].mean()))
+    if achieved["prompts_from_cohort"] < wanted or len(pick) == len(pool):
+      why = (f"the {ctx.design.eval_split} split has {int(member.sum())} cohort members among its "
+             f"{len(pool)} eligible patients" + (", and every eligible patient is taken, as in "
+                                                 "--mode continue" if len(pick) == len(pool) else ""))
+      achieved["warning"] = (f"--share {share}: {achieved['prompts_from_cohort']} of {num} prompts "
+                             f"({100 * achieved['share_achieved']:.0f}%) come from cohort members, "
+                             f"not {wanted}: {why}")
+      log.warning("%s", achieved["warning"])
+      print(f"[synthesize] warning: {achieved['warning']}", flush=True)
   prompts, _ = conditional.truncate(ctx.dataset.select(pool[pick]), T)
-  return prompts
+  return prompts, achieved
 
 
 def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str | Path, *,
@@ -92,15 +111,10 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
     raise ConfigError(f"method {method!r} cannot generate whole patients; use --mode continue")
   request = dict(run=str(run_dir.resolve()), method=method, model=runs.finished_key(ckpt), mode=mode,
                  patients=num, share=share if mode == "enriched" else None, seed=seed, shard=shard)
-  partial = out.with_name(out.name + ".partial")
-  partial.mkdir(parents=True, exist_ok=True)
-  req_path = partial / "request.json"
-  if req_path.exists() and json.loads(req_path.read_text()) != request:
-    raise ConfigError(f"{partial} holds shards of another request ({req_path}); delete it to start over")
-  io.atomic_write_json(req_path, request)
-
   max_new = int(ctx.cfg.eval.max_new_events)
-  prompts = None if mode == "patients" else _prompts(ctx, num, share if mode == "enriched" else None, seed)
+  prompts, achieved = (None, {}) if mode == "patients" else \
+      _prompts(ctx, num, share if mode == "enriched" else None, seed)  # a request the data cannot meet fails here
+  partial = _partial_for(out, request, overwrite)
   shards, t0 = [], time.time()
   starts = list(range(0, num, shard))
   for k, start in enumerate(starts):
@@ -120,17 +134,85 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
     shards.append(PatientEvents.load(path))
   shards = [_renumber(s, start) for s, start in zip(shards, starts)]
   ds = concat(shards) if len(shards) > 1 else shards[0]
-  card, facts = data_card(ctx, method, ckpt, ds, request)
+  if prompts is not None:
+    achieved["generated_events"] = _generated_counts(ds, prompts)
+  card, facts = data_card(ctx, method, ckpt, ds, request, achieved)
   path = meds.write_meds(ds, out, overwrite=overwrite, splits=False, dataset_name=out.name,
                          metadata=dict(synthetic=True, provenance=dict(
                              request, generator=methods.get(method).LABEL,
-                             config=runs.plain(ctx.cfg), code_version=rltf_jax.__version__, **facts)),
+                             config=_provenance_config(ctx.cfg), code_version=code_version(),
+                             **_source_facts(ctx.cfg), **facts)),
                          files={"README.md": card},
                          labels={ctx.cohort.name: meds.cohort_labels(ds, ctx.cohort.codes)},
                          source=ctx.source)
   shutil.rmtree(partial)
   print(path.resolve(), flush=True)
   return path
+
+
+def _partial_for(out: Path, request: dict, overwrite: bool) -> Path:
+  """`out`.partial, holding this request's finished shards. Another request's folder is replaced
+  when it holds no shard (nothing to lose) or with `overwrite`; else it is refused."""
+  partial = out.with_name(out.name + ".partial")
+  req_path = partial / "request.json"
+  if req_path.exists() and json.loads(req_path.read_text()) != request:
+    if overwrite or not any(partial.glob("shard-*.npz")):
+      shutil.rmtree(partial)
+    else:
+      raise ConfigError(f"{partial} holds shards of another request ({req_path}); delete it or pass "
+                        "--overwrite to start over")
+  partial.mkdir(parents=True, exist_ok=True)
+  io.atomic_write_json(req_path, request)
+  return partial
+
+
+def _generated_counts(ds: PatientEvents, prompts: PatientEvents) -> dict:
+  """Events per record: the prompt's (real) and the generated ones appended to it."""
+  generated = ds.lengths - prompts.lengths
+  return dict(prompt_mean=float(prompts.lengths.mean()), generated_mean=float(generated.mean()),
+              generated_min=int(generated.min()), generated_max=int(generated.max()))
+
+
+def code_version() -> str:
+  """The package version and, in a git checkout, the commit (with `+dirty` for local changes)."""
+  import subprocess
+  root = Path(__file__).resolve().parent.parent
+  try:
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return rltf_jax.__version__
+  return f"{rltf_jax.__version__}+{commit[:12]}{'+dirty' if dirty else ''}"
+
+
+def _provenance_config(cfg) -> dict:
+  """The run's config as provenance: the simulator's parameters only when it was the source."""
+  config = runs.plain(cfg)
+  if cfg.data.source != "simulator":
+    config["data"] = {k: v for k, v in config["data"].items() if k != "simulator"}
+  return config
+
+
+def _source_facts(cfg) -> dict:
+  """The real data behind the run: its MEDS `dataset.json` name and version, the splits used, and
+  a user cohort's definition inline."""
+  facts = {}
+  if cfg.data.source == "meds":
+    meta_path = Path(cfg.data.path) / "metadata" / "dataset.json"
+    meta = {}
+    if meta_path.exists():
+      try:
+        meta = json.loads(meta_path.read_text())
+      except ValueError:
+        meta = {}
+    facts["source_dataset"] = dict(path=str(cfg.data.path), name=meta.get("dataset_name"),
+                                   version=meta.get("dataset_version"), etl=meta.get("etl_name"),
+                                   etl_version=meta.get("etl_version"))
+  if is_definition(cfg.cohort) and Path(cfg.cohort).is_file():
+    facts["cohort_definition"] = dict(path=str(cfg.cohort), text=Path(cfg.cohort).read_text())
+  return facts
 
 
 def _renumber(ds: PatientEvents, start: int) -> PatientEvents:
@@ -140,28 +222,69 @@ def _renumber(ds: PatientEvents, start: int) -> PatientEvents:
                              split=np.full(ds.num_patients, 2, np.int8))
 
 
-def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict) -> tuple[str, dict]:
-  """(README.md text, facts for dataset.json): what the dataset is, the synthetic cohort share
-  beside the real one, and the evaluation's privacy and fidelity figures for this generator."""
-  cohort = ctx.cohort
+def _cell(cell, digits: int = 3) -> str:
+  """'0.412 [0.371, 0.455]' from a metrics cell (value and 95% interval), or 'n/a'."""
+  if not isinstance(cell, dict) or cell.get("value") is None:
+    return "n/a"
+  lo, hi = cell.get("ci95") or [None, None]
+  return fmt(cell["value"], digits) + (f" [{fmt(lo, digits)}, {fmt(hi, digits)}]" if lo is not None else "")
+
+
+def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict,
+              achieved: dict | None = None) -> tuple[str, dict]:
+  """(README.md text, facts for dataset.json): what the dataset is and how it was made, the
+  synthetic cohort share beside the real one, what a request achieved against what it asked, and
+  the evaluation's privacy and fidelity figures for this generator (with their intervals and a
+  caution when they rest on few patients)."""
+  cohort, cfg = ctx.cohort, ctx.cfg
+  achieved = achieved or {}
   in_cohort = ds.patients_with_any(cohort.codes)
   population = ctx.dataset.subset("train").patients_with_any(cohort.codes)
   facts = dict(cohort=cohort.name, synthetic_in_cohort=int(in_cohort.sum()),
                synthetic_patients=int(ds.num_patients),
-               population_cohort_fraction=float(population.mean()) if len(population) else None)
+               population_cohort_fraction=float(population.mean()) if len(population) else None,
+               population_cohort_fraction_of="the real training split",
+               real_splits_used=[int((ctx.dataset.split == k).sum()) for k in range(3)], **achieved)
+  source = _source_facts(cfg).get("source_dataset")
   m_path = ctx.cohort_dir / "eval" / method / "metrics.json"
   lines = [f"# Synthetic dataset: {cohort.abbrev} ({cohort.disease})", "",
            f"Generated by `{methods.get(method).LABEL}` ({method}) from `{ckpt}` in mode "
-           f"`{request['mode']}` (seed {request['seed']}); provenance in `metadata/dataset.json`. "
-           "MEDS layout (`data/*.parquet`, `metadata/`); subject ids are synthetic (1..N).", "",
-           f"- Patients: {ds.num_patients:,}; events: {ds.num_events:,}.",
-           f"- In the cohort (a target code anywhere in the record): {int(in_cohort.sum()):,} "
-           f"({100 * in_cohort.mean():.2f}%); in the real population (training split): "
-           f"{fmt(None if facts['population_cohort_fraction'] is None else 100 * facts['population_cohort_fraction'], 3)}%."]
+           f"`{request['mode']}` (seed {request['seed']}; code {code_version()}); provenance in "
+           "`metadata/dataset.json`. MEDS layout (`data/*.parquet`, `metadata/`); subject ids are "
+           "synthetic (1..N).", ""]
+  if source:
+    lines += [f"- Source: MEDS dataset `{source['name']}` version {source['version']} "
+              f"(ETL {source['etl']} {source['etl_version']}; `{source['path']}`). Codes are written "
+              "in the source's own strings; attributes the source lacks (visits, places of service) "
+              "are not written."]
+  lines += [f"- Patients: {ds.num_patients:,}; events: {ds.num_events:,}.",
+            f"- In the cohort (a target code anywhere in the record): {int(in_cohort.sum()):,} "
+            f"({100 * in_cohort.mean():.2f}%); in the real population (its training split): "
+            f"{fmt(None if facts['population_cohort_fraction'] is None else 100 * facts['population_cohort_fraction'], 3)}%.",
+            "- Labels (`labels/`): one row per patient, `prediction_time` the end of the day of the "
+            "record's last event, `boolean_value` whether a target code occurs anywhere in the "
+            "record.",
+            f"- Real data's splits used by the run (train/tuning/held_out): "
+            f"{[int((ctx.dataset.split == k).sum()) for k in range(3)]} patients (the dataset's own "
+            "splits when it has them, else `data.split_fractions`; see the data stage's summary.json)."]
   if request["mode"] != "patients":
-    lines.append("- **The prompts are real histories** of held-out patients (the evaluation's; the "
-                 f"last {ctx.cfg.eval.truncate_events} events of each were replaced by generated "
-                 "ones): treat this dataset as carrying real patients' data.")
+    gen = achieved.get("generated_events", {})
+    lines.append(
+        "- **The prompts are real histories** of held-out patients (the evaluation's): each record "
+        f"is a real patient's history without its last {cfg.eval.truncate_events} events (mean "
+        f"{fmt(gen.get('prompt_mean'), 1)} real events kept), followed by the events the generator "
+        f"appended (up to {cfg.eval.max_new_events}; mean {fmt(gen.get('generated_mean'), 1)}, "
+        f"{gen.get('generated_min')} to {gen.get('generated_max')}). Treat this dataset as carrying "
+        "real patients' data.")
+  if request["mode"] == "enriched":
+    lines.append(f"- Prompts from cohort members: {achieved.get('prompts_from_cohort')} of "
+                 f"{achieved.get('prompts')} ({100 * achieved.get('share_achieved', 0):.0f}%; "
+                 f"--share {request['share']} asked).")
+    if achieved.get("warning"):
+      lines.append(f"- **Warning**: {achieved['warning']}.")
+  if is_definition(cfg.cohort) and Path(cfg.cohort).is_file():
+    lines += ["", f"The cohort's definition (`{cfg.cohort}`):", "", "```",
+              Path(cfg.cohort).read_text().rstrip(), "```"]
   if m_path.exists():
     m = json.loads(m_path.read_text())
     t, mem = m["fidelity"]["target"], m.get("memorization", {})
@@ -173,16 +296,25 @@ def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict) ->
         auroc_real=get(m, "utility", "real", "auroc", "value"),
         membership_auc=get(mem, "membership_inference", "value"),
         copies_of_training_continuations=get(mem, "exact_copy_of_train_continuation", "value"),
+        evaluated_patients=get(m, "patients", "validation"),
+        membership_patients_per_side=int(cfg.eval.num_membership_patients),
         source=str(m_path))
     e = facts["evaluation"]
     lines += ["", f"The evaluation of this generator (`{m_path}`; population-weighted where the "
-              "evaluation sample was enriched):",
-              f"- target recall {fmt(e['recall'])}, precision {fmt(e['precision'])}; ROUGE-1 {fmt(e['rouge1'], 3)};",
-              f"- CatBoost trained on its synthetic records: AUROC {fmt(e['auroc_synthetic'], 3)} "
-              f"(on real records: {fmt(e['auroc_real'], 3)});",
-              f"- membership-inference AUC {fmt(e['membership_auc'], 3)} (0.5: training patients "
-              f"cannot be told apart); generated continuations equal to a training one: "
+              f"evaluation sample was enriched; 95% intervals in brackets), on {e['evaluated_patients']} "
+              f"evaluated patients and {e['membership_patients_per_side']} membership patients per side:",
+              f"- target recall {_cell(get(t, 'recall'))}, precision {_cell(get(t, 'precision'))}; "
+              f"ROUGE-1 {_cell(get(m, 'fidelity', 'rouge1'))};",
+              f"- CatBoost trained on its synthetic records: AUROC {_cell(get(m, 'utility', 'synthetic', 'auroc'))} "
+              f"(on real records: {_cell(get(m, 'utility', 'real', 'auroc'))});",
+              f"- membership-inference AUC {_cell(get(mem, 'membership_inference'))} (0.5: training "
+              f"patients cannot be told apart); generated continuations equal to a training one: "
               f"{fmt(e['copies_of_training_continuations'], 4)}."]
+    small = min(e["evaluated_patients"] or 0, e["membership_patients_per_side"])
+    if small < FEW_PATIENTS:
+      lines.append(f"- **Caution**: these figures rest on {small} patients or fewer per group; read "
+                   "the intervals, not the point values (a membership AUC far from 0.5 on so few "
+                   "patients is mostly noise).")
   else:
     lines += ["", f"No evaluation of this generator was found at `{m_path}`."]
   return "\n".join(lines) + "\n", facts

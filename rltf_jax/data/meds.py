@@ -460,7 +460,9 @@ def write_meds(ds: PatientEvents, out_dir: str | Path, *, overwrite: bool = Fals
 def cohort_labels(ds: PatientEvents, codes, member: np.ndarray | None = None) -> pa.Table:
   """MEDS label rows (the `meds.LabelSchema`): one per patient, `boolean_value` = a code of `codes`
   occurs in the record (or `member`, when given: an ACES cohort's labels), `prediction_time` = the
-  end of the record's last day (the label uses the whole record)."""
+  end of the day of the record's last event (the label uses the whole record). The record is the
+  dataset's: on a source read with `data.include`, rows of the families it drops and the stay
+  bookkeeping the reader drops (transfers, discharges, deaths) may come later than that time."""
   member = ds.patients_with_any(codes) if member is None else np.asarray(member, bool)
   ends = ds.offsets[1:]
   last = np.where(ds.lengths > 0, ds.day[np.maximum(ends - 1, 0)] if ds.num_events else 0,

@@ -13,6 +13,7 @@ a `SourceCodes` beside the dataset (`source_codes.json`):
 - `other`: the source strings that are not events (birth, sex, stay bookkeeping), for messages.
 - `columns`: which extension columns the source has (`visit`, `place_of_service`); what a source
   lacks, a synthetic dataset made from it does not invent.
+- `static_rows`: rows without a time, and how many of them the reader uses (sex codes) or drops.
 
 `SourceCodes.identity(codes)` stands for sources whose spelling is the internal one (the simulator,
 the MIMIC-IV CSV reader).
@@ -42,6 +43,7 @@ class SourceCodes:
   other: tuple[str, ...] = ()
   columns: Mapping[str, bool] = dataclasses.field(
       default_factory=lambda: dict.fromkeys(EXTENSION_COLUMNS, True))
+  static_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def identity(cls, codes: Iterable[str]) -> "SourceCodes":
@@ -63,7 +65,8 @@ class SourceCodes:
 
   def save(self, path: str | Path) -> Path:
     return io.atomic_write_json(Path(path), dict(spellings={k: list(v) for k, v in self.spellings.items()},
-                                                 other=list(self.other), columns=dict(self.columns)))
+                                                 other=list(self.other), columns=dict(self.columns),
+                                                 static_rows=dict(self.static_rows)))
 
   @classmethod
   def load(cls, path: str | Path) -> "SourceCodes":
@@ -71,7 +74,7 @@ class SourceCodes:
     try:
       raw = json.loads(Path(path).read_text())
       return cls({k: tuple(v) for k, v in raw["spellings"].items()}, tuple(raw["other"]),
-                 dict(raw["columns"]))
+                 dict(raw["columns"]), dict(raw.get("static_rows", {})))
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise DataError(f"{path}: cannot read the source's code spellings ({e}); delete the data "
                       "stage's directory to rebuild it") from e
@@ -82,18 +85,21 @@ def scan_meds(path: str | Path, bare_code_system: str | None = "ICD10CM") -> Sou
   memory at a time), each distinct string classified as `meds.read_meds` classifies it."""
   from rltf_jax.data import meds  # meds reads; this module only names what it read
   counts: collections.Counter = collections.Counter()
+  static: collections.Counter = collections.Counter()  # code -> rows without a time
   columns = dict.fromkeys(EXTENSION_COLUMNS, True)
   shards = sorted(p for p in (Path(path) / "data").rglob("*.parquet") if p.is_file())
   for shard in shards:
     try:
       names = pq.ParquetFile(shard).schema_arrow.names
-      table = pq.read_table(shard, columns=["code"])
+      table = pq.read_table(shard, columns=["code", "time"])
     except (pa.ArrowInvalid, OSError, KeyError) as e:
       raise DataError(f"{shard}: cannot read its code column ({e})") from e
     for name in EXTENSION_COLUMNS:
       columns[name] = columns[name] and name in names
     vc = table.column("code").cast(pa.string()).value_counts()
     counts.update(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
+    untimed = table.filter(table.column("time").is_null()).column("code").cast(pa.string()).value_counts()
+    static.update(dict(zip(untimed.field("values").to_pylist(), untimed.field("counts").to_pylist())))
   counts.pop(None, None)
   if not shards:
     columns = dict.fromkeys(EXTENSION_COLUMNS, False)
@@ -106,4 +112,8 @@ def scan_meds(path: str | Path, bare_code_system: str | None = "ICD10CM") -> Sou
     elif raw.strip():
       other.append(raw)
   spellings = {c: tuple(raw for _, raw in sorted(v)) for c, v in sorted(by_code.items())}
-  return SourceCodes(spellings, tuple(sorted(other)), columns)
+  used = sum(n for raw, n in static.items()
+             if raw is not None and meds._classify(raw, bare_code_system)[0] in (meds._FEMALE, meds._MALE))
+  total = sum(static.values())
+  return SourceCodes(spellings, tuple(sorted(other)), columns,
+                     dict(total=total, used_as_sex=used, dropped=total - used))
