@@ -94,3 +94,10 @@ def test_foreign_mimic_demo_aces_sepsis_through_pipeline_and_synthesize(tmp_path
     back, _ = meds.read_meds(out)
     by_aces = cohorts.aces_members(definition, out, back.subject_id)
     assert np.array_equal(by_aces, own.column("boolean_value").to_numpy(zero_copy_only=False))
+    # The card and provenance name the source and carry the cohort's definition (issue 30, 7).
+    prov = json.loads((out / "metadata" / "dataset.json").read_text())["provenance"]
+    assert prov["source_dataset"]["name"] == "mimic_meds_etl" and prov["source_dataset"]["version"] == "1"
+    assert prov["cohort_definition"]["text"] == SEPSIS and "simulator" not in prov["config"]["data"]
+    assert sum(prov["real_splits_used"]) == 100
+    card = (out / "README.md").read_text()
+    assert "MEDS dataset `mimic_meds_etl` version 1" in card and "sepsis_icd9:" in card

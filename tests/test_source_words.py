@@ -168,3 +168,30 @@ def test_map_icd9_finds_patients_coded_only_in_icd9(tmp_path):
   path.write_text(json.dumps(dict(name="sep9", codes=["A40*", "A41*"], map_icd9=False)))
   with pytest.raises(ConfigError, match="prefix 'A40\\*' matches no code"):
     cohorts.resolve(cohorts.read_definition(str(path)), table)
+
+
+# ------------------------------------------------------------------ 5: no silent substitutions in the data stage
+def test_the_data_stage_says_which_splits_it_used_and_refuses_an_empty_include(tmp_path, foreign, caplog):
+  import shutil
+  from rltf_jax.data.load import load_with_report
+  from rltf_jax.errors import DataError
+  cfg = _cfg(foreign).data
+  cfg.split_fractions = (0.6, 0.1, 0.3)
+  with caplog.at_level("WARNING"):
+    ds, report = load_with_report(cfg)
+  assert report["splits"]["source"] == "dataset" and report["splits"]["patients"] == [21, 3, 6]
+  assert "data.split_fractions (0.6, 0.1, 0.3) is not used" in caplog.text
+  bare = tmp_path / "bare"
+  shutil.copytree(foreign / "data", bare / "data")  # no metadata/
+  cfg.path = str(bare)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    _, report = load_with_report(cfg)
+  assert report["splits"]["source"] == "data.split_fractions" and "no metadata/subject_splits" in caplog.text
+  cfg.include = ("procedures",)
+  with pytest.raises(DataError, match=r"keeps none of the source.s 366 events .it holds diagnoses 186, medications 60, labs 60, other 60.*data.include="):
+    load_with_report(cfg)
+
+
+def test_static_rows_are_counted(foreign):
+  assert scan_meds(foreign).static_rows == dict(total=30, used_as_sex=30, dropped=0)

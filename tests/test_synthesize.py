@@ -83,3 +83,50 @@ def test_an_interrupted_request_resumes_and_another_request_is_refused(run_dir, 
   assert meds.read_meds(out)[0].num_patients == 20
   with pytest.raises(ConfigError, match="no finished run"):
     synthesize.synthesize(run_dir, "sft", 5, "patients", tmp_path / "x")
+
+
+def test_a_failed_request_leaves_nothing_that_blocks_the_next(run_dir, tmp_path):
+  """Issue 30, 6: a request the data cannot meet fails before anything is recorded; a folder of
+  another request without shards no longer blocks a new request, and --overwrite replaces one
+  with shards."""
+  out = tmp_path / "syn"
+  with pytest.raises(DataError, match="held-out patients can be prompts"):
+    synthesize.synthesize(run_dir, "base", 100_000, "continue", out)
+  assert not (tmp_path / "syn.partial").exists()
+  stale = tmp_path / "syn.partial"
+  stale.mkdir()
+  (stale / "request.json").write_text(json.dumps(dict(patients=12)))  # a failed request's leftover
+  synthesize.synthesize(run_dir, "base", 6, "patients", out, shard=3)
+  assert meds.read_meds(out)[0].num_patients == 6
+  out2 = tmp_path / "syn2"
+  other = tmp_path / "syn2.partial"
+  other.mkdir()
+  (other / "request.json").write_text(json.dumps(dict(patients=12)))
+  np.savez(other / "shard-00000.npz", x=np.zeros(1))  # another request's finished shard
+  with pytest.raises(ConfigError, match="another request.*--overwrite"):
+    synthesize.synthesize(run_dir, "base", 6, "patients", out2, shard=3)
+  synthesize.synthesize(run_dir, "base", 6, "patients", out2, shard=3, overwrite=True)
+  assert meds.read_meds(out2)[0].num_patients == 6
+
+
+def test_an_unmet_enriched_share_is_warned_with_its_figures_and_the_card_says_what_was_made(
+    run_dir, tmp_path):
+  """Issue 30, 5 and 7: asking for more cohort prompts than the data has is delivered with a
+  warning and the achieved share in the card and provenance; continue mode is described as prompt
+  plus generated events, with counts; the code version names the commit."""
+  import re
+  with pytest.raises(DataError) as e:  # how many prompts there are: all of them, members too few
+    synthesize.synthesize(run_dir, "base", 100_000, "enriched", tmp_path / "x", share=1.0)
+  n = int(re.search(r"only (\d+) held-out", str(e.value)).group(1))
+  out = synthesize.synthesize(run_dir, "base", n, "enriched", tmp_path / "rich", share=1.0)
+  prov = json.loads((out / "metadata" / "dataset.json").read_text())["provenance"]
+  card = (out / "README.md").read_text()
+  assert prov["share_requested"] == 1.0 and prov["share_achieved"] < 1.0
+  assert prov["prompts_from_cohort"] < n and "**Warning**: --share 1.0" in card
+  assert f"{prov['prompts_from_cohort']} of {n}" in card and "every eligible patient is taken" in card
+  gen = prov["generated_events"]
+  assert gen["generated_max"] > 0 and "followed by the events the generator appended" in card
+  assert "last 5 events of each were replaced" not in card
+  assert "+" in prov["code_version"] and prov["code_version"] != "0.1.0"
+  assert "95% intervals" in card and "**Caution**" in card  # smoke evaluation: few patients
+  assert prov["population_cohort_fraction_of"] == "the real training split"
