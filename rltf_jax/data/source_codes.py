@@ -10,7 +10,8 @@ a `SourceCodes` beside the dataset (`source_codes.json`):
   spellings of one code, `ICD10CM/E11.9` and `E119`, are one internal code); `spelling(code)` is
   what a writer puts back. A value-bin token (`values.bin_token`: `<code>//Q3of5`) is written as its
   code's spelling (the bin is not a source value).
-- `other`: the source strings that are not events (birth, sex, stay bookkeeping), for messages.
+- `other`: the source strings that are not events (birth, sex, stay bookkeeping), for messages;
+  a sex row is written in the source's spelling of it (`SEX//F`), when the source has one.
 - `columns`: which extension columns the source has (`visit`, `place_of_service`); what a source
   lacks, a synthetic dataset made from it does not invent.
 - `static_rows`: rows without a time, and how many of them the reader uses (sex codes) or drops.
@@ -35,6 +36,13 @@ from rltf_jax.errors import DataError
 
 EXTENSION_COLUMNS = ("visit", "place_of_service")
 _VALUE_BIN = re.compile(r"^(.*)//Q\d+of\d+$")
+_SEX_WRITTEN = {"GENDER//F": "F", "GENDER//M": "M"}  # what meds.write_meds writes
+
+
+def _sex_of(raw: str) -> str | None:
+  from rltf_jax.data import meds
+  kind = meds._classify(raw, None)[0]
+  return "F" if kind == meds._FEMALE else "M" if kind == meds._MALE else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +62,10 @@ class SourceCodes:
     found = self.spellings.get(code)
     if found:
       return found[0]
+    if code in _SEX_WRITTEN:  # the writer's GENDER//F as the source spelled a female row
+      spelled = [raw for raw in self.other if _sex_of(raw) == _SEX_WRITTEN[code]]
+      if spelled:
+        return spelled[0]
     m = _VALUE_BIN.match(code)
     if m and m.group(1) in self.spellings:
       return self.spellings[m.group(1)][0]
