@@ -119,16 +119,17 @@ def test_table4_file_holds_exactly_the_cohorts_the_python_literals_held():
   """rltf_jax/data/table4_cohorts.json replaced the Python table: every field (names, abbreviations,
   diseases, codes in order, paper prevalences, rare flags) and every acute flag is as before; the
   digest was taken from the literals before they were removed. The evaluation keys runs by
-  `runs.digest(dataclasses.asdict(cohort))`, so finished runs stay valid."""
+  `runs.digest(cohorts.cohort_key(cohort))` (the dataclass's fields before `chronic` joined them),
+  so finished runs stay valid."""
   import dataclasses
   import hashlib
   import json
   from rltf_jax import runs
   from rltf_jax.data import cohorts
-  record = [dict(dataclasses.asdict(c), acute=c.acute) for c in COHORTS.values()]
+  record = [dict(cohorts.cohort_key(c), acute=c.acute) for c in COHORTS.values()]
   assert hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest() == (
       "ef89a6d1664c1d31dc2d98e61a09cd53cf3d0264b222012b2a369277807bbeef")
-  assert runs.digest([dataclasses.asdict(c) for c in COHORTS.values()]) == "67f1cdcdb9f0516d"
+  assert runs.digest([cohorts.cohort_key(c) for c in COHORTS.values()]) == "67f1cdcdb9f0516d"
   assert list(COHORTS) == ["sep", "surg", "scd", "dm", "lipid", "fluid", "ami", "cond", "dys", "cvd",
                            "pneu", "pleu", "resp", "gi_hem", "renal", "shock"]
   assert set(cohorts.CHRONIC_COHORTS) == {"scd", "dm", "lipid", "dys", "cond"}

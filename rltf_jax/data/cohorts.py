@@ -41,6 +41,13 @@ class Cohort:
     return not self.chronic
 
 
+def cohort_key(cohort: Cohort) -> dict:
+  """The fields that identify a cohort's evaluation (`runs.digest` of it keys finished runs): every
+  field but `chronic`, which was kept outside the dataclass before it became a field, so finished
+  runs stay valid."""
+  return {k: v for k, v in dataclasses.asdict(cohort).items() if k != "chronic"}
+
+
 TABLE4_PATH = Path(__file__).with_name("table4_cohorts.json")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from rltf_jax import io, runs
-from rltf_jax.data.cohorts import Cohort, get_cohort
+from rltf_jax.data.cohorts import Cohort, cohort_key, get_cohort
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.errors import ConfigError
 from rltf_jax.evaluation import fidelity, forecast, memorization, prevalence, trajectories, utility
@@ -64,7 +64,7 @@ def _run_dir(out: Path, cfg, method: str, dataset, cohort: Cohort, trained_on, m
   """The evaluation's identity: the whole cfg.eval section and its inputs' fingerprints."""
   trained_ids = _subject_ids(trained_on)
   return RunDir(out, "eval", dict(settings=runs.plain(cfg), method=method), dict(
-      inputs or {}, dataset=dataset.fingerprint(), cohort=runs.digest(dataclasses.asdict(cohort)),
+      inputs or {}, dataset=dataset.fingerprint(), cohort=runs.digest(cohort_key(cohort)),
       trained_on=runs.digest(None if trained_ids is None else trained_ids.tolist()),
       members=runs.digest(None if members is None else members.fingerprint()),
       **({} if design is None else dict(design=runs.digest(
