@@ -185,6 +185,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   ctx = open_context(cfg, root)
   dataset, base_dir, design, cohort = ctx.dataset, ctx.base_dir, ctx.design, ctx.cohort
   ctx.plan  # the evaluation's patients exist (eval.truncate_events fits them): fail before training
+  warn_if_not_rare(ctx)
   cohort_dir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------- base model
@@ -275,6 +276,23 @@ def build_generator(ctx: Context, name: str, checkpoint):
     print(f"[{name}] calibrated: target logit bias {generator.calibration['new_onset']:+.2f} "
           f"(new onset), {generator.calibration['repeat']:+.2f} (repeat)", flush=True)
   return generator
+
+
+def warn_if_not_rare(ctx: Context) -> float:
+  """The cohort's prevalence on the training split, in percent, with a warning when it is above
+  `rare_warn_percent` (a "rare" cohort at 72% runs, and says so)."""
+  limit = ctx.cfg.rare_warn_percent
+  if not isinstance(limit, (int, float)) or not 0 <= limit <= 100:
+    raise ConfigError(f"rare_warn_percent={limit!r} is out of range: it must be a number in [0, 100]")
+  train = ctx.dataset.subset("train")
+  percent = 100.0 * float(train.patients_with_any(ctx.cohort.codes).mean()) if train.num_patients else 0.0
+  if percent > limit:
+    log.warning("cohort %r is in %.1f%% of the training split's %d patients, above rare_warn_percent="
+                "%g: not a rare condition, which the method is for", ctx.cohort.name, percent,
+                train.num_patients, limit)
+    print(f"[cohort] warning: {ctx.cohort.name} is in {percent:.1f}% of the training split "
+          f"(rare_warn_percent={limit:g}): not rare", flush=True)
+  return percent
 
 
 def data_dir(cfg, root: Path) -> Path:

@@ -196,3 +196,21 @@ def test_the_data_stage_says_which_splits_it_used_and_refuses_an_empty_include(t
 
 def test_static_rows_are_counted(foreign):
   assert scan_meds(foreign).static_rows == dict(total=30, used_as_sex=30, dropped=0)
+
+
+def test_a_cohort_that_is_not_rare_is_warned_about(foreign, caplog):
+  import types
+  ds, _ = meds.read_meds(foreign)
+  cfg = _cfg(foreign)
+  common = cohorts.Cohort("htn", "HTN", "Hypertension", ("ICD10CM/I10",), 0.0, False)
+  ctx = types.SimpleNamespace(cfg=cfg, dataset=ds, cohort=common)
+  with caplog.at_level("WARNING"):
+    percent = pipeline.warn_if_not_rare(ctx)
+  train = ds.subset("train")
+  assert percent == pytest.approx(100 * train.patients_with_any(common.codes).mean()) and percent > 5
+  assert "not a rare condition" in caplog.text
+  caplog.clear()
+  cfg.rare_warn_percent = 100.0
+  with caplog.at_level("WARNING"):
+    pipeline.warn_if_not_rare(ctx)
+  assert "not a rare condition" not in caplog.text

@@ -36,6 +36,9 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
   cfg.workdir = ""   # empty: runs/<data source>-<size>, shared by all cohorts (--workdir overrides)
   cfg.run_name = ""  # suffix of this cohort's output directory; sweeps set one per run
   cfg.methods = ("base", "rltf", "sft")  # also "lstm", "halo"
+  # A cohort more prevalent than this (percent of the training split) is warned about: the method
+  # is for rare conditions (the paper's rare cohorts are below 1%). Keys no stage's outputs.
+  cfg.rare_warn_percent = 5.0
 
   # ---------------------------------------------------------------- data (rltf_jax/data)
   f = _Section(cfg, "data", ranges)
