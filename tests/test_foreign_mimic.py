@@ -74,6 +74,8 @@ def test_foreign_mimic_demo_aces_sepsis_through_pipeline_and_synthesize(tmp_path
   assert got == expected and len(expected) == 17 and labels.num_rows == 100
   saved = json.loads((work / "sepsis" / "cohort.json").read_text())
   assert saved["aces"]["members"] == 17 and saved["aces"]["disagree"] == 0
+  report = (work / "sepsis" / "report" / "report.md").read_text()
+  assert "Its labels are es-aces's: 17 patients with predicate `sepsis`" in report
 
   # No paper code in the vocabulary: every token is a code of the data.
   data_dir = pipeline.data_dir(cfg, work)
