@@ -17,7 +17,7 @@ from conftest import REPO, shared_path
 import foreign_meds
 
 sys.path.insert(0, str(REPO))
-from configs import base as base_config  # noqa: E402
+from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import pipeline, synthesize  # noqa: E402
 from rltf_jax.data import cohorts, meds, mimic  # noqa: E402
 from rltf_jax.data.events import assign_splits  # noqa: E402

@@ -13,7 +13,7 @@ from conftest import REPO
 import foreign_meds
 
 sys.path.insert(0, str(REPO))
-from configs import base as base_config  # noqa: E402
+from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import names, pipeline  # noqa: E402
 from rltf_jax.data import cohorts, meds  # noqa: E402
 from rltf_jax.data.source_codes import SourceCodes, scan_meds  # noqa: E402
