@@ -19,6 +19,7 @@ import foreign_meds
 sys.path.insert(0, str(REPO))
 from rltf_jax.configs import base as base_config  # noqa: E402
 from rltf_jax import pipeline, synthesize  # noqa: E402
+from rltf_jax.reporting import experiment  # noqa: E402
 from rltf_jax.data import cohorts, meds, mimic  # noqa: E402
 from rltf_jax.data.events import assign_splits  # noqa: E402
 from rltf_jax.data.source_codes import SourceCodes  # noqa: E402
@@ -62,7 +63,7 @@ def test_foreign_mimic_demo_aces_sepsis_through_pipeline_and_synthesize(tmp_path
   cfg.data.source, cfg.data.path = "meds", str(source)
   cfg.eval.num_train_patients = cfg.eval.num_membership_patients = 20
   work = tmp_path / "work"
-  assert pipeline.run(cfg, str(work)) == 0
+  assert experiment.run(cfg, str(work)) == 0
 
   # The labels equal a recount from the raw data.
   rx9 = re.compile(r"^DIAGNOSIS//ICD//9//(038.*|99591|99592|78552)$")
