@@ -41,8 +41,8 @@ from absl import logging as absl_logging
 
 from rltf_jax.configs import base as base_config
 from rltf_jax import io, methods, runs
-from rltf_jax.data.cohorts import (COHORTS, Cohort, aces_members, get_cohort, is_definition,
-                                   read_definition, require_positives, resolve)
+from rltf_jax.data.cohorts import (COHORTS, Cohort, aces_members, aces_task_labels, get_cohort,
+                                   is_definition, read_definition, require_positives, resolve)
 from rltf_jax.data import enrich, meds
 from rltf_jax.data.source_codes import SourceCodes, scan_meds
 from rltf_jax.data.events import PatientEvents, concat
@@ -355,8 +355,11 @@ def open_context(cfg, root: Path, write: bool = True) -> Context:
   if write and cfg.data.source != "simulator":
     # The cohort on the real dataset's own subjects, in the MEDS label schema (whole-record labels;
     # an ACES cohort's labels are es-aces's).
-    meds.write_labels(meds.cohort_labels(dataset, cohort.codes, member=labels),
-                      cohort_dir_of(cfg, root) / "labels" / f"{cohort.name}.parquet")
+    # An ACES task config's labels are the rows ACES extracts (one per trigger).
+    task = is_definition(cfg.cohort) and cfg.data.source == "meds" and read_definition(cfg.cohort).get("task")
+    table = (aces_task_labels(read_definition(cfg.cohort), cfg.data.path, dataset.subject_id) if task
+             else meds.cohort_labels(dataset, cohort.codes, member=labels))
+    meds.write_labels(table, cohort_dir_of(cfg, root) / "labels" / f"{cohort.name}.parquet")
   design = enrich.load_design(path, dataset, cohort)
   require_positives(dataset.subset(design.pairs_split), cohort, f"the {design.pairs_split} split")
   require_positives(dataset.subset(design.eval_split), cohort, f"the {design.eval_split} split")
@@ -386,7 +389,8 @@ def _user_cohort(cfg, root: Path, dataset: PatientEvents, source, write: bool = 
   by_codes = dataset.patients_with_any(cohort.codes)
   labels = None
   if definition["kind"] == "aces":
-    record["aces"] = dict(predicate=definition["predicate"], predicates=definition["predicates"])
+    record["aces"] = dict(predicate=definition["predicate"], predicates=definition["predicates"],
+                          task=definition["task"])
     if cfg.data.source == "meds":
       labels = aces_members(definition, cfg.data.path, dataset.subject_id)
       differ = int((labels != by_codes).sum())

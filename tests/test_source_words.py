@@ -214,3 +214,27 @@ def test_a_cohort_that_is_not_rare_is_warned_about(foreign, caplog):
   with caplog.at_level("WARNING"):
     pipeline.warn_if_not_rare(ctx)
   assert "not a rare condition" not in caplog.text
+
+
+def test_an_aces_task_config_gives_the_labels_aces_extracts(tmp_path, foreign):
+  """A full task config: one label per admission (trigger), true when a sepsis code falls within 3
+  days of it; es-aces extracts them; the code set is the label predicate's codes."""
+  text = foreign_meds.SEPSIS_ACES.replace("metadata:\n  predicate: sepsis\n", "") + (
+      "  admission:\n    code: {regex: '^HOSPITAL_ADMISSION//'}\n"
+      "trigger: admission\nwindows:\n  stay:\n    start: trigger\n    end: start + 3d\n"
+      "    start_inclusive: true\n    end_inclusive: true\n    label: sepsis\n    index_timestamp: start\n")
+  ds, _ = meds.read_meds(foreign)
+  definition = cohorts.read_definition(_aces_file(tmp_path, text, "task.yaml"))
+  assert definition["task"]["label"] == "sepsis"
+  cohort, _ = cohorts.resolve(definition, ds.codes, scan_meds(foreign))
+  assert cohort.codes == ("ICD10CM/A4151", "ICD10CM/A419", "ICD9CM/03849", "ICD9CM/0389",
+                          "ICD9CM/78552", "ICD9CM/99592")
+  labels = cohorts.aces_task_labels(definition, foreign, ds.subject_id)
+  import meds as meds_package
+  meds_package.LabelSchema.validate(labels)
+  assert labels.num_rows == 2 * foreign_meds.NUM_SUBJECTS  # two admissions each
+  positive = [s for s, b in zip(labels.column("subject_id").to_pylist(),
+                                labels.column("boolean_value").to_pylist()) if b]
+  assert sorted(positive) == sorted(foreign_meds.SEPSIS_SUBJECTS)  # the second stay's, once each
+  members = cohorts.aces_members(definition, foreign, ds.subject_id)
+  assert set(ds.subject_id[members].tolist()) == set(foreign_meds.SEPSIS_SUBJECTS)

@@ -39,13 +39,13 @@ def test_exact_prefix_and_regex_entries_resolve_against_the_data(tmp_path):
     cohorts.get_cohort("sickle_any")
 
 
-def test_aces_predicates_are_read_by_es_aces_and_a_task_config_is_refused(tmp_path):
+def test_aces_predicates_are_read_by_es_aces_and_a_half_task_config_is_refused(tmp_path):
   yaml_text = ("predicates:\n  htn:\n    code: ICD10CM/I10\n"
                "  kidney:\n    code: {any: [ICD10CM/N179, ICD10CM/J189]}\n"
                "  either:\n    expr: or(htn, kidney)\n")
   c = cohorts.resolve_definition(cohorts.read_definition(_write(tmp_path, "task.yaml", yaml_text)), TABLE)
   assert c.codes == ("ICD10CM/I10", "ICD10CM/J189", "ICD10CM/N179") and c.name == "task"
-  with pytest.raises(ConfigError, match="windows make an ACES task config"):
+  with pytest.raises(ConfigError, match="needs both `trigger` and `windows`"):
     cohorts.read_definition(_write(tmp_path, "t2.yaml", yaml_text + "windows: {}\n"))
   with pytest.raises(ConfigError, match="es-aces refuses the predicates"):  # the library's own check
     cohorts.read_definition(_write(tmp_path, "t3.yaml", "predicates:\n  x:\n    expr: or(y, z)\n"))

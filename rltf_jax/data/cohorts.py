@@ -129,8 +129,9 @@ def require_positives(dataset, cohort: Cohort, where: str) -> np.ndarray:
 #   and the evaluation counts is every event code of the data that a plain predicate under the
 #   cohort's predicate matches (value bounds and `and` narrow the labels, not the code set); the
 #   pipeline reports where the two disagree. `metadata` may also give `name`, `disease`, `abbrev`
-#   and `chronic`. A full task config (`trigger`, `windows`) is refused: it defines a prediction
-#   task, not a cohort.
+#   and `chronic`. A full task config (`trigger`, `windows`, one window with `label:`) is accepted
+#   too: its label predicate gives the code set, and its labels are those ACES extracts
+#   (`aces_task_labels`: one row per trigger; a patient is a member when any label is true).
 #
 # The definition is resolved against the dataset (`resolve`); the result is an ordinary `Cohort`
 # that its caller passes on (there is no registry of user cohorts).
@@ -199,12 +200,8 @@ def _pattern(entry, name: str, path) -> tuple[str, str, str]:
 
 
 def _from_aces(raw: dict, path: Path) -> dict:
-  task = sorted({"trigger", "windows"} & set(raw))
-  if task:
-    raise ConfigError(f"{path}: {', '.join(task)} make an ACES task config, which defines a "
-                      "prediction task, not a cohort; give the predicates file (predicates:, "
-                      "patient_demographics:) and name the cohort's predicate in metadata: {predicate: ...}")
-  unknown = sorted(set(raw) - _ACES_TOP_KEYS)
+  task = _aces_task(raw, path)
+  unknown = sorted(set(raw) - _ACES_TOP_KEYS - ({"trigger", "windows"} if task else set()))
   if unknown:
     raise ConfigError(f"{path}: {', '.join(unknown)} are not ACES predicates-file keys (put this "
                       "project's settings under metadata:, which ACES ignores)")
@@ -215,15 +212,31 @@ def _from_aces(raw: dict, path: Path) -> dict:
   if not isinstance(predicates, dict) or not predicates:
     raise ConfigError(f"{path}: `predicates` must be a non-empty mapping of ACES predicates")
   demographics = raw.get("patient_demographics") or {}
-  target = _cohort_predicate(meta, predicates, path)
+  target = task["label"] if task else _cohort_predicate(meta, predicates, path)
   definition = dict(kind="aces", name=check_name(meta.get("name") or path.stem, f"cohort name (in {path})"),
-                    predicate=target, predicates=predicates, demographics=demographics, path=str(path))
+                    predicate=target, predicates=predicates, demographics=demographics, path=str(path),
+                    task=task)
   name = definition["name"]
   definition.update(disease=str(meta.get("disease") or raw.get("description") or name),
                     abbrev=str(meta.get("abbrev", name)), chronic=bool(meta.get("chronic", False)),
                     map_icd9=False)
   aces_config(definition)  # the library's own checks (formats, references, cycles) before any work
   return definition
+
+
+def _aces_task(raw: dict, path: Path) -> dict | None:
+  """A task config's trigger, windows and label predicate (None for a predicates file). Its label
+  window's predicate is the cohort's code set; its labels are what ACES extracts."""
+  keys = {"trigger", "windows"} & set(raw)
+  if not keys:
+    return None
+  if keys != {"trigger", "windows"} or not isinstance(raw["windows"], dict):
+    raise ConfigError(f"{path}: an ACES task config needs both `trigger` and `windows` (a mapping)")
+  labels = [w["label"] for w in raw["windows"].values() if isinstance(w, dict) and w.get("label")]
+  if len(labels) != 1:
+    raise ConfigError(f"{path}: an ACES task config defines a cohort through its one label window "
+                      f"(`label: PREDICATE`); found {len(labels)}")
+  return dict(trigger=raw["trigger"], windows=raw["windows"], label=str(labels[0]))
 
 
 def _cohort_predicate(meta: dict, predicates: dict, path: Path) -> str:
@@ -247,12 +260,15 @@ def _cohort_predicate(meta: dict, predicates: dict, path: Path) -> str:
 
 
 def aces_config(definition: dict):
-  """The `aces.config.TaskExtractorConfig` of an ACES cohort definition: the library parses the
-  predicates file as it would its own (the cohort's predicate as trigger, no windows), so a
-  malformed predicate fails with ACES's own reason, as a `ConfigError`."""
+  """The `aces.config.TaskExtractorConfig` of an ACES cohort definition: the library parses it as
+  it would its own (a predicates file with the cohort's predicate as trigger and no windows; a
+  task config as written), so a malformed predicate or window fails with ACES's own reason, as a
+  `ConfigError`."""
   import tempfile
   from aces.config import TaskExtractorConfig  # heavy (polars, hydra): imported when used
-  doc = dict(predicates=definition["predicates"], trigger=definition["predicate"], windows={})
+  task = definition.get("task")
+  doc = dict(predicates=definition["predicates"], trigger=task["trigger"] if task else definition["predicate"],
+             windows=task["windows"] if task else {})
   if definition["demographics"]:
     doc["patient_demographics"] = definition["demographics"]
   with tempfile.TemporaryDirectory() as tmp:
@@ -414,9 +430,40 @@ def resolve_definition(definition: dict, code_table, path: str = "", source=None
   return resolve(definition, code_table, source, path)[0]
 
 
+def aces_task_labels(definition: dict, meds_path: str | Path, subject_ids):
+  """An ACES task config's labels, extracted by es-aces (`aces.query.query`) shard by shard over
+  the MEDS directory, for the subjects `subject_ids`: a MEDS label table (subject_id,
+  prediction_time = ACES's index timestamp, boolean_value = label > 0)."""
+  import polars as pl
+  import pyarrow as pa
+  from aces import query
+  from aces.predicates import get_predicates_df
+  from omegaconf import DictConfig
+  config = aces_config(definition)
+  parts = []
+  for shard in sorted(p for p in (Path(meds_path) / "data").rglob("*.parquet") if p.is_file()):
+    found = query.query(config, get_predicates_df(config, DictConfig(dict(standard="meds", path=str(shard)))))
+    if found is not None and len(found):
+      parts.append(found.select("subject_id", "index_timestamp", "label"))
+  ids = np.asarray(subject_ids, np.int64)
+  table = pl.concat(parts) if parts else pl.DataFrame(
+      {"subject_id": [], "index_timestamp": [], "label": []},
+      schema={"subject_id": pl.Int64, "index_timestamp": pl.Datetime("us"), "label": pl.Int64})
+  table = table.filter(pl.col("subject_id").is_in(ids.tolist())).sort("subject_id", "index_timestamp")
+  return pa.table({"subject_id": pa.array(table["subject_id"].to_list(), pa.int64()),
+                   "prediction_time": pa.array(table["index_timestamp"].to_list(), pa.timestamp("us")),
+                   "boolean_value": pa.array((table["label"] > 0).to_list(), pa.bool_())})
+
+
 def aces_members(definition: dict, meds_path: str | Path, subject_ids) -> np.ndarray:
   """bool [len(subject_ids)]: whether es-aces finds the ACES cohort's predicate true on any row of
-  each subject in the MEDS directory (one shard at a time)."""
+  each subject in the MEDS directory (one shard at a time); for a task config, whether any of the
+  subject's extracted labels is true."""
+  if definition.get("task"):
+    labels = aces_task_labels(definition, meds_path, subject_ids)
+    positive = np.asarray(labels.column("subject_id").to_numpy(zero_copy_only=False))[
+        np.asarray(labels.column("boolean_value").to_numpy(zero_copy_only=False), bool)]
+    return np.isin(np.asarray(subject_ids, np.int64), positive)
   import polars as pl
   from aces.predicates import get_predicates_df
   from omegaconf import DictConfig
