@@ -17,6 +17,7 @@ ROWS = (
     ("repeat-x4-cal", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4,
                        "rltf.num_pairs": 4_000, "rltf.calibrate": "stratum"}),
     ("paper-cal", {"rltf.calibrate": "stratum"}),
+    ("paper-cal-ep1", {"rltf.calibrate": "stratum", "rltf.epochs": 1}),
     ("repeat", {"rltf.positive_split": "any"}),
     ("repeat-x4-lr", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4,
                       "rltf.num_pairs": 4_000, "rltf.lr": 2.5e-4}),
