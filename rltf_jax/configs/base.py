@@ -101,7 +101,7 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
   f("insert_seed", 1)         # negatives' insertion index and inserted code
   f("positive_split", "first")  # positives split before the "first" target (paper) | "any"
   f("pairs_per_patient", 1, "int>=1")  # pairs one patient may give (paper: 1)
-  f("calibrate", "none")  # "stratum": a target logit bias per stratum, tuned on modelling patients
+  f("calibrate", "none" if paper else "stratum")  # target logit bias per stratum ("none": paper)
   f("max_prompt_events", 15 if smoke else (255 if paper else 63), "int>=1")  # most recent kept
   f("max_continuation_events", 15 if smoke else (255 if paper else 63), "int>=1")  # first kept
   f("beta", 0.1, ">0")

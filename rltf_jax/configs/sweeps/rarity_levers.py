@@ -12,15 +12,16 @@ from rltf_jax.configs import base
 
 COHORTS = ("scd", "ami")
 ROWS = (
-    ("paper", {}),
-    ("repeat-x4", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4, "rltf.num_pairs": 4_000}),
+    ("paper", {"rltf.calibrate": "none"}),
+    ("repeat-x4", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4, "rltf.num_pairs": 4_000,
+                   "rltf.calibrate": "none"}),
     ("repeat-x4-cal", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4,
                        "rltf.num_pairs": 4_000, "rltf.calibrate": "stratum"}),
     ("paper-cal", {"rltf.calibrate": "stratum"}),
     ("paper-cal-ep1", {"rltf.calibrate": "stratum", "rltf.epochs": 1}),
-    ("repeat", {"rltf.positive_split": "any"}),
+    ("repeat", {"rltf.positive_split": "any", "rltf.calibrate": "none"}),
     ("repeat-x4-lr", {"rltf.positive_split": "any", "rltf.pairs_per_patient": 4,
-                      "rltf.num_pairs": 4_000, "rltf.lr": 2.5e-4}),
+                      "rltf.num_pairs": 4_000, "rltf.lr": 2.5e-4, "rltf.calibrate": "none"}),
 )
 
 

@@ -24,6 +24,7 @@ from rltf_jax.configs import base
 
 def get_config(arg=None):
   cfg = base.get_config(arg, cohort="scd")
+  cfg.rltf.calibrate = "none"  # the paper's table: its fine-tunes as they are
   if cfg.size == "default":
     cfg.data.enrich.patients = 70_000_000
     cfg.data.enrich.members_per_cohort = 26_000
