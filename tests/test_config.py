@@ -36,7 +36,7 @@ def test_derived_fields_keep_their_default_values(size):
   assert cfg.pretrain.ckpt_every == cfg.pretrain.eval_every
   if size is None:
     assert (cfg.sft.lr, cfg.sft.epochs, cfg.eval.max_new_events, cfg.pretrain.ckpt_every) == \
-        (5e-5, 2, 40, 350)
+        (5e-5, 1, 40, 350)
 
 
 def test_command_line_overrides_reach_derived_fields():

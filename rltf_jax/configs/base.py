@@ -107,7 +107,7 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
   f("beta", 0.1, ">0")
   f("positive_lambda", 0.1, ">=0")
   f("penalty_placement", "outside")  # "outside" the sigmoid (paper text) | "inside" (Smaug)
-  _optimiser(f, batch_size=8, epochs=1 if smoke else (6 if paper else 2),
+  _optimiser(f, batch_size=8, epochs=1 if smoke else (6 if paper else 1),
              lr=1e-5 if paper else 5e-5, warmup_steps=0 if paper else 10, min_lr_ratio=0.1,
              weight_decay=0.0, b1=0.9, b2=0.999, clip_norm=1.0)
   f("reference_batch_size", 32, "int>=1")
