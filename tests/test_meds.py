@@ -368,3 +368,20 @@ def test_events_are_memory_mapped_and_the_scratch_files_are_gone(tmp_path):
   assert list(scratch.iterdir()) == []
   ds.code[0] = ds.code[1]  # copy-on-write: the arrays behave as ordinary writable ones
   assert np.isnan(value).all()
+
+
+def test_chunked_checks_find_the_first_unsorted_event_across_chunk_boundaries(monkeypatch):
+  from rltf_jax.data import events
+  monkeypatch.setattr(events, "_CHECK_CHUNK", 3)
+  ds = random_dataset(40, seed=6)
+  ds.validate()  # patient boundaries fall inside and at the edges of chunks: no false alarm
+  for p in (5, 17, 33):  # the second event of a patient moved before its first
+    s = ds.offsets[p]
+    if ds.lengths[p] < 2 or ds.day[s + 1] == ds.day[s]:
+      continue
+    day = ds.day.copy()
+    day[s + 1] = day[s] - 1
+    with pytest.raises(DataError, match=rf"events of subject {ds.subject_id[p]} are not sorted"):
+      PatientEvents.build(subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day,
+                          offsets=ds.offsets, code=ds.code, day=day, visit=ds.visit, pos=ds.pos,
+                          codes=ds.codes, split=ds.split)

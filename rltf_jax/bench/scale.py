@@ -67,10 +67,16 @@ def main(argv=None) -> int:
 
 
 def _run_stage(stage: str, args, meds_dir: Path) -> dict:
-  from configs import simulator as simulator_config
-  from rltf_jax.data import meds
-  from rltf_jax.data.simulate import cli
-  from rltf_jax.training import pretrain  # imports (jax) are not the stage's time
+  # Each stage imports what it needs before its clock starts (JAX only for pretraining, so the
+  # data stages' peak memory is not JAX's).
+  if stage == "write":
+    from configs import simulator as simulator_config
+    from rltf_jax.data.simulate import cli
+  else:
+    from rltf_jax.data import meds
+    _data_imports()
+  if stage == "pretrain":
+    from rltf_jax.training import pretrain
   t = time.perf_counter()
   if stage == "write":
     cli.write_in_chunks(simulator_config.get_config(), meds_dir, args.patients, args.seed,
@@ -94,6 +100,11 @@ def _run_stage(stage: str, args, meds_dir: Path) -> dict:
       extra["steps"] = args.steps
   return dict(stage=stage, seconds=round(time.perf_counter() - t, 1),
               peak_rss_mb=round(common.peak_rss_mb()), **extra)
+
+
+def _data_imports():
+  from configs import base  # noqa: F401
+  from rltf_jax.data import load, vocab, cohorts  # noqa: F401
 
 
 def _data_stage(meds_dir: Path):

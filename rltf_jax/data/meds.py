@@ -227,9 +227,10 @@ def _scan(shards: list[Path]) -> _Scan:
         rows += batch.num_rows
         sid, code = batch.column(0), batch.column(1)
         _check_not_null(path, sid, code)
-        ids.append(np.unique(sid.cast(pa.int64()).to_numpy()))
+        ids.append(_distinct(sid.cast(pa.int64()).to_numpy()))
         dictionary = code.dictionary.cast(pa.string()).to_pylist()
-        used = np.unique(code.indices.to_numpy(zero_copy_only=False))
+        used = np.flatnonzero(np.bincount(code.indices.to_numpy(zero_copy_only=False),
+                                          minlength=len(dictionary)))
         for i in used:
           raw = dictionary[i]
           if raw not in first_seen:
@@ -237,8 +238,15 @@ def _scan(shards: list[Path]) -> _Scan:
             first_seen[raw] = None
     except (pa.ArrowInvalid, OSError) as e:
       raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
-    subjects.append(np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64))
+    subjects.append(_distinct(np.concatenate(ids)) if ids else np.zeros(0, np.int64))
   return _Scan(list(first_seen), subjects, rows)
+
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+  """np.unique(x), in one pass when x is already sorted (as MEDS shards are, by subject)."""
+  if len(x) and np.all(x[1:] >= x[:-1]):
+    return x[np.concatenate([[True], x[1:] != x[:-1]])]
+  return np.unique(x)
 
 
 def _check_length(path: Path, raw: str, sid: pa.Array, indices: pa.Array, i: int) -> None:
@@ -297,7 +305,9 @@ def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bo
   time_col = table.column("time")
   has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
   time_us = time_col.fill_null(0).cast(pa.int64()).to_numpy()
-  value = table.column("numeric_value").fill_null(np.nan).to_numpy()
+  value = table.column("numeric_value")
+  value = (np.full(len(value), np.nan) if value.null_count == len(value)
+           else value.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))  # null -> NaN
   raw_index = _raw_index(table.column("code"), vocab.lookup)
   empty_rows = int(vocab.empty[raw_index].sum())
 
@@ -305,19 +315,27 @@ def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bo
   # visit column is a key too: two visits on one day, with their rows repeated (a duplicated
   # extract), would otherwise interleave and read as visit numbers that decrease. Exact duplicate
   # rows are kept: a code recorded twice in one visit counts twice, as our own writer writes it.
-  visit_key = (table.column("visit").fill_null(0).to_numpy() if use_visit
-               else np.zeros(len(subject), np.int64))
-  order = np.lexsort((visit_key, np.where(has_time, time_us, np.iinfo(np.int64).min), subject))
-  del visit_key
-  subject, time_us, has_time, value = subject[order], time_us[order], has_time[order], value[order]
-  raw_index = raw_index[order]
+  visit_key = table.column("visit").fill_null(0).to_numpy() if use_visit else None
+  time_key = np.where(has_time, time_us, np.iinfo(np.int64).min)
+  # Shards as MEDS ETLs (and `write_meds`) write them are sorted already: checked in one pass,
+  # and the sort (most of the reading time) is skipped.
+  order = None if _sorted_by(subject, time_key, visit_key) else np.lexsort(
+      (visit_key if use_visit else np.zeros(len(subject), np.int8), time_key, subject))
+  del visit_key, time_key
+  take = (lambda a: a) if order is None else (lambda a: a[order])
+  subject, time_us, has_time, value = take(subject), take(time_us), take(has_time), take(value)
+  raw_index = take(raw_index)
   row_kind, row_code = vocab.kinds[raw_index], vocab.canon_index[raw_index]
   del raw_index
   visit_col = _int_column(table, "visit", order) if use_visit else None
   pos_col = _int_column(table, "place_of_service", order) if use_pos else None
   del table, order
 
-  subject_ids, row_patient = np.unique(subject, return_inverse=True)
+  # Rows are sorted by subject now: each subject's index is a running count of changes.
+  new_subject = np.concatenate([[True], subject[1:] != subject[:-1]]) if len(subject) else \
+      np.zeros(0, bool)
+  subject_ids, row_patient = subject[new_subject], np.cumsum(new_subject) - 1
+  del new_subject
   num = len(subject_ids)
   # Birth: the first MEDS_BIRTH row with a time; sex: the last sex code (later rows win).
   birth_day = np.full(num, np.iinfo(np.int32).min, np.int64)
@@ -362,15 +380,27 @@ def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bo
                missing_birth=subject_ids[~has_birth], empty_rows=empty_rows, prefix=prefix)
 
 
+def _sorted_by(subject: np.ndarray, time: np.ndarray, visit: np.ndarray | None) -> bool:
+  """Whether rows are in (subject, time, visit) order already."""
+  if len(subject) < 2:
+    return True
+  # Comparisons, not differences: the static rows' time key is the smallest int64.
+  same_subject = subject[1:] == subject[:-1]
+  if np.any(subject[1:] < subject[:-1]) or np.any(same_subject & (time[1:] < time[:-1])):
+    return False
+  return visit is None or not np.any(same_subject & (time[1:] == time[:-1])
+                                     & (visit[1:] < visit[:-1]))
+
+
 def _raw_index(code: pa.ChunkedArray, lookup: dict[str, int]) -> np.ndarray:
-  """int64 [rows]: each row's index among the distinct raw codes (`lookup`), chunk by chunk
+  """int32 [rows]: each row's index among the distinct raw codes (`lookup`), chunk by chunk
   through the chunk's dictionary, so no string is touched per row."""
   parts = []
   for chunk in code.chunks:
     lut = np.fromiter((lookup[s] for s in chunk.dictionary.cast(pa.string()).to_pylist()),
-                      np.int64, len(chunk.dictionary))
+                      np.int32, len(chunk.dictionary))
     parts.append(lut[chunk.indices.to_numpy(zero_copy_only=False)])
-  return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
 def _check_births(source: str, parts: list[_Part], missing_birth: str) -> None:
@@ -543,10 +573,13 @@ def _classify(raw: str, bare_code_system: str | None) -> tuple[int, str]:
   return _EVENT, normalize_code(s, bare_code_system)
 
 
-def _int_column(table: pa.Table, name: str, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _int_column(table: pa.Table, name: str, order: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(values with nulls as 0, null mask), rows in `order` (None: as they are)."""
   col = table.column(name)
-  null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)[order]
-  return col.fill_null(0).to_numpy()[order], null
+  null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+  values = col.fill_null(0).to_numpy()
+  return (values, null) if order is None else (values[order], null[order])
 
 
 def _day_rank_per_patient(patient: np.ndarray, day: np.ndarray) -> np.ndarray:
