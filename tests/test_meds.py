@@ -352,6 +352,7 @@ def test_hash_sharded_and_split_subjects_read_in_bounded_chunks(tmp_path, monkey
   # Merge steps of a few events each, so patients of several groups interleave in every step.
   monkeypatch.setattr(meds, "_MERGE_EVENTS", 50)
   monkeypatch.setattr(meds, "_SCAN_BATCH_ROWS", 100)
+  monkeypatch.setattr(meds, "_SLICE_ROWS", 7)  # sorted shards stream in slices of 7 rows
   back, has_splits = meds.read_meds(out)
   assert has_splits and back.equals(ds)
   np.testing.assert_array_equal(back.age, ds.age)
@@ -385,3 +386,15 @@ def test_chunked_checks_find_the_first_unsorted_event_across_chunk_boundaries(mo
       PatientEvents.build(subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day,
                           offsets=ds.offsets, code=ds.code, day=day, visit=ds.visit, pos=ds.pos,
                           codes=ds.codes, split=ds.split)
+
+
+def test_a_shard_found_unsorted_midway_is_read_whole(tmp_path, monkeypatch):
+  ds = random_dataset(60, seed=8)
+  out = meds.write_meds(ds, tmp_path / "m")
+  rows = pq.read_table(out / "data" / "0.parquet")
+  sid = rows.column("subject_id").to_numpy()
+  half = int(np.searchsorted(sid, sid[len(sid) // 2]))  # a subject boundary
+  pq.write_table(pa.concat_tables([rows.slice(half), rows.slice(0, half)]), out / "data" / "0.parquet")
+  monkeypatch.setattr(meds, "_SLICE_ROWS", 11)  # several slices are written before the drop
+  back, _ = meds.read_meds(out)
+  assert back.equals(ds)

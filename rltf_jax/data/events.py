@@ -65,8 +65,10 @@ class PatientEvents:
   # ---------------------------------------------------------------- construction
   @classmethod
   def build(cls, *, subject_id, sex, birth_day, offsets, code, day, visit, pos, codes,
-            split=None, source: str = "arrays") -> "PatientEvents":
-    """Casts, derives `age`, validates; `source` names the input in error messages."""
+            split=None, source: str = "arrays", checked: bool = False) -> "PatientEvents":
+    """Casts, derives `age`, validates; `source` names the input in error messages. `checked`:
+    the caller validated every patient's events already (a reader that builds each slice of
+    patients first), so the whole-dataset pass, which reads every event, is skipped."""
     subject_id = np.asarray(subject_id, np.int64)
     offsets = np.asarray(offsets, np.int64)
     birth_day = np.asarray(birth_day, np.int32)
@@ -83,7 +85,8 @@ class PatientEvents:
              split=np.asarray(split, np.int8), offsets=offsets, code=np.asarray(code, np.int32),
              day=day, visit=np.asarray(visit, np.int32), pos=np.asarray(pos, np.int16), age=age,
              codes=np.asarray(codes, dtype=str))
-    ds.validate(source)
+    if not checked:
+      ds.validate(source)
     return ds
 
   def validate(self, source: str = "dataset") -> None:

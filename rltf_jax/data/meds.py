@@ -147,14 +147,17 @@ def read_meds_values(path: str | Path, bare_code_system: str | None = "ICD10CM",
     patients, events = _merge(parts, Path(tmp))
   subject_ids = patients["subject_id"]
   split, has_splits = _read_splits(root, subject_ids)
-  ds = PatientEvents.build(codes=vocab.codes, split=split, source=source,
+  # Each slice was validated when it was encoded, and the merge keeps subjects whole and unique.
+  ds = PatientEvents.build(codes=vocab.codes, split=split, source=source, checked=True,
                            **patients, **{k: v for k, v in events.items() if k != "value"})
   return ds, has_splits, events["value"]
 
 
-# How many rows the vocabulary pass reads at once, and how many events one merge step moves.
+# Rows the vocabulary pass reads at once, rows of a sorted shard encoded at once, and events one
+# merge step moves.
 _SCAN_BATCH_ROWS = 1 << 20
-_MERGE_EVENTS = 1 << 22
+_SLICE_ROWS = 1 << 20
+_MERGE_EVENTS = 1 << 20
 # The encoded event columns, in the dtypes `PatientEvents` keeps (value: the numeric_value).
 _EVENT_COLUMNS = {"code": np.int32, "day": np.int32, "visit": np.int32, "pos": np.int16,
                   "value": np.float64}
@@ -297,10 +300,96 @@ def _shard_groups(subjects: list[np.ndarray]) -> list[list[int]]:
 
 def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bool, source: str,
                   prefix: Path) -> _Part:
-  """Reads one shard group, sorts its rows, writes its events to `<prefix>.<column>` files."""
+  """Reads one shard group, sorts its rows, writes its events to `<prefix>.<column>` files.
+
+  A single shard sorted by (subject, time) (as MEDS ETLs write them) is streamed in slices of
+  `_SLICE_ROWS` rows cut at subject boundaries, so memory does not grow with the shard either;
+  anything else (an unsorted shard, a subject split across shards) is read and sorted whole."""
+  writer = _PartWriter(prefix)
+  if len(paths) == 1 and _encode_streaming(paths[0], vocab, use_visit, use_pos, source, writer):
+    return writer.finish()
+  writer.reset()
   tables = [_read_shard(p) for p in paths]
   table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
   del tables
+  _encode_rows(table, vocab, use_visit, use_pos, source, writer)
+  return writer.finish()
+
+
+def _encode_streaming(path: Path, vocab: _Vocab, use_visit: bool, use_pos: bool, source: str,
+                      writer: "_PartWriter") -> bool:
+  """Encodes a sorted shard slice by slice; False (having written part of it) if it is not
+  sorted. Each slice ends before its last subject, whose rows may go on in the next batch."""
+  pf = _parquet(path)
+  carry = None
+  try:
+    for batch in pf.iter_batches(batch_size=_SLICE_ROWS, columns=_shard_columns(pf)):
+      table = _cast_shard(pa.Table.from_batches([batch]))
+      if carry is not None:
+        table = pa.concat_tables([carry, table])
+      subject = table.column("subject_id").to_numpy()
+      if not _sorted_by(subject, _time_key(table),
+                        table.column("visit").fill_null(0).to_numpy() if use_visit else None):
+        return False
+      cut = int(np.searchsorted(subject, subject[-1])) if len(subject) else 0
+      if cut:
+        _encode_rows(table.slice(0, cut), vocab, use_visit, use_pos, source, writer,
+                     known_sorted=True)
+      carry = table.slice(cut)
+  except (pa.ArrowInvalid, OSError) as e:
+    raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
+  if carry is not None and len(carry):
+    _encode_rows(carry, vocab, use_visit, use_pos, source, writer, known_sorted=True)
+  return True
+
+
+def _time_key(table: pa.Table) -> np.ndarray:
+  """int64 [rows]: the time in microseconds, static rows (null time) first."""
+  time_col = table.column("time")
+  has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
+  return np.where(has_time, time_col.fill_null(0).cast(pa.int64()).to_numpy(),
+                  np.iinfo(np.int64).min)
+
+
+class _PartWriter:
+  """Collects one shard group's encoded slices: events appended to `<prefix>.<column>` files,
+  patients in memory (a few numbers per patient)."""
+
+  def __init__(self, prefix: Path):
+    self.prefix = prefix
+    self.reset()
+
+  def reset(self) -> None:
+    for name in _EVENT_COLUMNS:
+      open(f"{self.prefix}.{name}", "wb").close()
+    self.patients = dict(subject_id=[], sex=[], birth_day=[], counts=[], missing=[])
+    self.empty_rows = 0
+
+  def add(self, events: dict, counts, subject_id, sex, birth_day, missing, empty_rows) -> None:
+    for name, dtype in _EVENT_COLUMNS.items():
+      with open(f"{self.prefix}.{name}", "ab") as f:
+        events[name].astype(dtype, copy=False).tofile(f)
+    for name, value in (("subject_id", subject_id), ("sex", sex), ("birth_day", birth_day),
+                        ("counts", counts), ("missing", missing)):
+      self.patients[name].append(value)
+    self.empty_rows += empty_rows
+
+  def finish(self) -> _Part:
+    cat = lambda name, dtype: (np.concatenate(self.patients[name]) if self.patients[name]
+                               else np.zeros(0, dtype))
+    counts = cat("counts", np.int64)
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return _Part(subject_id=cat("subject_id", np.int64), sex=cat("sex", np.int8),
+                 birth_day=cat("birth_day", np.int64), offsets=offsets,
+                 missing_birth=cat("missing", np.int64), empty_rows=self.empty_rows,
+                 prefix=self.prefix)
+
+
+def _encode_rows(table: pa.Table, vocab: _Vocab, use_visit: bool, use_pos: bool, source: str,
+                 writer: _PartWriter, known_sorted: bool = False) -> None:
+  """Sorts rows holding whole subjects (unless `known_sorted`) and hands their patients and
+  events to `writer`."""
   subject = table.column("subject_id").to_numpy()
   time_col = table.column("time")
   has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
@@ -319,7 +408,7 @@ def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bo
   time_key = np.where(has_time, time_us, np.iinfo(np.int64).min)
   # Shards as MEDS ETLs (and `write_meds`) write them are sorted already: checked in one pass,
   # and the sort (most of the reading time) is skipped.
-  order = None if _sorted_by(subject, time_key, visit_key) else np.lexsort(
+  order = None if known_sorted or _sorted_by(subject, time_key, visit_key) else np.lexsort(
       (visit_key if use_visit else np.zeros(len(subject), np.int8), time_key, subject))
   del visit_key, time_key
   take = (lambda a: a) if order is None else (lambda a: a[order])
@@ -368,18 +457,18 @@ def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bo
   # Subjects without a birth row are dropped here (or refused, by `_check_births`).
   keep = has_birth[ev_patient]
   events = {k: v[keep] for k, v in events.items()} if not keep.all() else events
-  ev_patient = ev_patient[keep]
-  counts = np.bincount(ev_patient, minlength=num)[has_birth]
-  offsets = np.zeros(int(has_birth.sum()) + 1, np.int64)
-  np.cumsum(counts, out=offsets[1:])
+  counts = np.bincount(ev_patient[keep], minlength=num)[has_birth]
   _check_int32(source, "time", events["day"], birth_day[has_birth])
-  for name, dtype in _EVENT_COLUMNS.items():
-    events[name].astype(dtype, copy=False).tofile(f"{prefix}.{name}")
-  return _Part(subject_id=subject_ids[has_birth], sex=sex[has_birth],
-               birth_day=birth_day[has_birth], offsets=offsets,
-               missing_birth=subject_ids[~has_birth], empty_rows=empty_rows, prefix=prefix)
-
-
+  # Every invariant of the final dataset that one subject can break (order, dates against the
+  # birth), checked here on this slice's subjects, so the merged dataset needs no second pass.
+  offsets = np.zeros(len(counts) + 1, np.int64)
+  np.cumsum(counts, out=offsets[1:])
+  PatientEvents.build(subject_id=subject_ids[has_birth], sex=sex[has_birth],
+                      birth_day=birth_day[has_birth], offsets=offsets, code=events["code"],
+                      day=events["day"], visit=events["visit"], pos=events["pos"],
+                      codes=vocab.codes, source=source)
+  writer.add(events, counts, subject_ids[has_birth], sex[has_birth], birth_day[has_birth],
+             subject_ids[~has_birth], empty_rows)
 def _sorted_by(subject: np.ndarray, time: np.ndarray, visit: np.ndarray | None) -> bool:
   """Whether rows are in (subject, time, visit) order already."""
   if len(subject) < 2:
@@ -527,23 +616,32 @@ def _check_not_null(path: Path, subject_id, code) -> None:
                     "every row needs a code")
 
 
-def _read_shard(path: Path) -> pa.Table:
-  """One shard, cast to the common schema (`code` stays dictionary-encoded; the optional columns
-  are null when absent). Its columns were checked by `_checked_schema`."""
-  pf = _parquet(path)
+def _shard_columns(pf: pq.ParquetFile) -> list[str]:
   names = pf.schema_arrow.names
-  has_value = "numeric_value" in names
-  columns = list(_REQUIRED) + [n for n in _OPTIONAL if n in names] + ["numeric_value"] * has_value
+  return (list(_REQUIRED) + [n for n in _OPTIONAL if n in names]
+          + ["numeric_value"] * ("numeric_value" in names))
+
+
+def _read_shard(path: Path) -> pa.Table:
+  """One shard, cast to the common schema (`_cast_shard`). Its columns were checked by
+  `_checked_schema`."""
+  pf = _parquet(path)
   try:
-    t = pf.read(columns=columns)
+    return _cast_shard(pf.read(columns=_shard_columns(pf)))
   except (pa.ArrowInvalid, OSError) as e:
     raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
+
+
+def _cast_shard(t: pa.Table) -> pa.Table:
+  """Rows in the common schema: `code` dictionary-encoded, `numeric_value` float64 and the
+  optional columns null where absent."""
   time = t.column("time")
   if pa.types.is_timestamp(time.type):  # any unit; a time zone is dropped (values stay UTC)
     time = time.cast(pa.timestamp("us", tz=time.type.tz)).cast(pa.int64()).cast(pa.timestamp("us"))
   else:
     time = time.cast(pa.timestamp("us"))
-  value = t.column("numeric_value").cast(pa.float64()) if has_value else pa.nulls(len(t), pa.float64())
+  value = (t.column("numeric_value").cast(pa.float64()) if "numeric_value" in t.column_names
+           else pa.nulls(len(t), pa.float64()))
   code = t.column("code").cast(pa.dictionary(pa.int32(), pa.string()))
   arrays = [t.column("subject_id").cast(pa.int64()), time, code, value]
   names = ["subject_id", "time", "code", "numeric_value"]
