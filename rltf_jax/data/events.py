@@ -65,10 +65,12 @@ class PatientEvents:
   # ---------------------------------------------------------------- construction
   @classmethod
   def build(cls, *, subject_id, sex, birth_day, offsets, code, day, visit, pos, codes,
-            split=None, source: str = "arrays", checked: bool = False) -> "PatientEvents":
+            split=None, source: str = "arrays", checked: bool = False,
+            age=None) -> "PatientEvents":
     """Casts, derives `age`, validates; `source` names the input in error messages. `checked`:
     the caller validated every patient's events already (a reader that builds each slice of
-    patients first), so the whole-dataset pass, which reads every event, is skipped."""
+    patients first), so the whole-dataset pass, which reads every event, is skipped; such a
+    caller may pass the `age` it derived the same way (a memory-mapped array, say)."""
     subject_id = np.asarray(subject_id, np.int64)
     offsets = np.asarray(offsets, np.int64)
     birth_day = np.asarray(birth_day, np.int32)
@@ -80,7 +82,9 @@ class PatientEvents:
       raise DataError(f"{source}: offsets has {len(offsets)} entries for {n} patients (need P + 1)")
     if len(day) != offsets[-1]:
       raise DataError(f"{source}: {len(day)} event days but offsets describe {offsets[-1]} events")
-    age = _ages(day, birth_day, offsets)
+    if age is None or not checked:
+      age = _ages(day, birth_day, offsets)
+    age = np.asarray(age, np.float32)
     ds = cls(subject_id=subject_id, sex=np.asarray(sex, np.int8), birth_day=birth_day,
              split=np.asarray(split, np.int8), offsets=offsets, code=np.asarray(code, np.int32),
              day=day, visit=np.asarray(visit, np.int32), pos=np.asarray(pos, np.int16), age=age,

@@ -60,7 +60,8 @@ import rltf_jax
 from rltf_jax import io
 from rltf_jax.data.codes import normalize_code
 from rltf_jax.data import mimic
-from rltf_jax.data.events import SEX_FEMALE, SEX_MALE, SEX_UNKNOWN, PatientEvents, gather_ranges
+from rltf_jax.data.events import (DAYS_PER_YEAR, SEX_FEMALE, SEX_MALE, SEX_UNKNOWN, PatientEvents,
+                                  gather_ranges)
 from rltf_jax.errors import DataError, cli_main
 
 log = logging.getLogger(__name__)
@@ -521,25 +522,32 @@ def _merge(parts: list[_Part], tmp: Path) -> tuple[dict, dict]:
                   birth_day=np.concatenate([p.birth_day for p in parts])[order],
                   offsets=offsets)
   total = int(offsets[-1])
-  outputs = {name: open(tmp / f"all.{name}", "wb") for name in _EVENT_COLUMNS}
+  columns = dict(_EVENT_COLUMNS, age=np.float32)
+  outputs = {name: open(tmp / f"all.{name}", "wb") for name in columns}
+  birth_day = patients["birth_day"].astype(np.int32)
   try:
     bounds = np.unique(np.concatenate([
         np.searchsorted(offsets, np.arange(0, total, _MERGE_EVENTS), side="right") - 1,
         [len(subject_id)]]))
     for a, b in zip(bounds[:-1], bounds[1:]):
       if b > a:
-        _merge_chunk(parts, subject_id[a], subject_id[b - 1], outputs)
+        day = _merge_chunk(parts, subject_id[a], subject_id[b - 1], outputs)
+        # The age `PatientEvents.build` would derive, written beside the events (the same
+        # expression), so that no event-sized array is kept in memory.
+        born = np.repeat(birth_day[a:b], lengths[a:b])
+        ((day - born) / DAYS_PER_YEAR).astype(np.float32).tofile(outputs["age"])
   finally:
     for f in outputs.values():
       f.close()
   events = {name: (np.asarray(np.memmap(tmp / f"all.{name}", dtype, mode="c", shape=(total,)))
                    if total else np.zeros(0, dtype))
-            for name, dtype in _EVENT_COLUMNS.items()}
+            for name, dtype in columns.items()}
   return patients, events
 
 
-def _merge_chunk(parts: list[_Part], lo: int, hi: int, outputs: dict) -> None:
-  """Appends the events of subjects `lo`..`hi` (inclusive), in subject order, to `outputs`."""
+def _merge_chunk(parts: list[_Part], lo: int, hi: int, outputs: dict) -> np.ndarray:
+  """Appends the events of subjects `lo`..`hi` (inclusive), in subject order, to `outputs`;
+  returns their days."""
   pieces, ids, lens = {name: [] for name in _EVENT_COLUMNS}, [], []
   for part in parts:
     a, b = np.searchsorted(part.subject_id, [lo, hi + 1])
@@ -558,7 +566,9 @@ def _merge_chunk(parts: list[_Part], lo: int, hi: int, outputs: dict) -> None:
   gather = gather_ranges(starts[order], lens[order]) if len(parts) > 1 else None
   for name, chunks in pieces.items():
     column = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-    (column if gather is None else column[gather]).tofile(outputs[name])
+    pieces[name] = column if gather is None else column[gather]
+    pieces[name].tofile(outputs[name])
+  return pieces["day"]
 
 
 def _official(what: str, path, schema, value, strict: bool = True):
