@@ -41,6 +41,9 @@ def main(argv=None) -> int:
   ap.add_argument("--chunk-patients", type=int, default=100_000, help="patients per shard")
   ap.add_argument("--steps", type=int, default=5, help="pretraining steps of the last stage")
   ap.add_argument("--seed", type=int, default=5)
+  ap.add_argument("--stages", default=",".join(STAGES),
+                  help="which stages to run, comma-separated (pretraining copies the training "
+                       "split into memory: leave it out at sizes that would not fit)")
   ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # one stage, in this process
   args = ap.parse_args(argv)
   meds_dir = Path(args.meds or Path(args.workdir) / f"meds-{args.patients}")
@@ -48,8 +51,11 @@ def main(argv=None) -> int:
     common.print_result(_run_stage(args.stage, args, meds_dir))
     return 0
   rows = []
+  wanted = args.stages.split(",")
+  if unknown := sorted(set(wanted) - set(STAGES)):
+    ap.error(f"--stages: unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
   for stage in STAGES:
-    if stage == "write" and meds_dir.exists():
+    if stage not in wanted or (stage == "write" and meds_dir.exists()):
       continue
     cmd = [sys.executable, "-m", "rltf_jax.bench", "scale", "--stage", stage,
            "--patients", str(args.patients), "--meds", str(meds_dir),
