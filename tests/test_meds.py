@@ -398,3 +398,13 @@ def test_a_shard_found_unsorted_midway_is_read_whole(tmp_path, monkeypatch):
   monkeypatch.setattr(meds, "_SLICE_ROWS", 11)  # several slices are written before the drop
   back, _ = meds.read_meds(out)
   assert back.equals(ds)
+
+
+def test_subset_fingerprint_equals_the_fingerprint_of_the_copy(monkeypatch):
+  from rltf_jax.data import events
+  monkeypatch.setattr(events, "_PATIENT_CHUNK", 7)  # hashed in many chunks
+  ds = random_dataset(150, seed=9)
+  rng = np.random.default_rng(0)
+  for patients in (rng.permutation(ds.num_patients)[:90], np.arange(ds.num_patients), np.arange(0)):
+    assert ds.subset_fingerprint(patients) == ds.select(patients).used_codes_only().fingerprint()
+  assert ds.subset_fingerprint([0, 5, 9]) != ds.subset_fingerprint([0, 5, 8])

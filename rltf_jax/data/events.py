@@ -271,6 +271,32 @@ class PatientEvents:
     h.update(np.ascontiguousarray(self.code).tobytes())
     return h.hexdigest()[:16]
 
+  def subset_fingerprint(self, patients: np.ndarray) -> str:
+    """`self.select(patients).used_codes_only().fingerprint()`, without the copy: the same bytes
+    are hashed a chunk of patients at a time (a million patients' copy took 3 GB)."""
+    idx = np.asarray(patients, np.int64)
+    lens = self.lengths[idx]
+    offsets = np.zeros(len(idx) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    step = _PATIENT_CHUNK
+    chunks = [(idx[lo:lo + step], lens[lo:lo + step]) for lo in range(0, len(idx), step)]
+    events = lambda column: (column[gather_ranges(self.offsets[p], n)] for p, n in chunks)
+    used = np.zeros(len(self.codes), bool)
+    for code in events(self.code):
+      used[code] = True
+    remap = (np.cumsum(used) - 1).astype(self.code.dtype)  # used_codes_only's new indices
+    h = hashlib.sha256()
+    for f in ("subject_id", "sex", "birth_day", "split"):
+      h.update(np.ascontiguousarray(getattr(self, f)[idx]).tobytes())
+    h.update(offsets.tobytes())
+    for f in ("day", "visit", "pos"):
+      for part in events(getattr(self, f)):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update("\n".join(self.codes[used]).encode())
+    for code in events(self.code):
+      h.update(remap[code].tobytes())
+    return h.hexdigest()[:16]
+
   def save(self, path: str | Path) -> Path:
     """Writes the dataset as one compressed `.npz` (atomic)."""
     return io.atomic_savez(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -296,6 +322,7 @@ class PatientEvents:
 
 
 _CHECK_CHUNK = 1 << 22  # events per step of the whole-dataset checks
+_PATIENT_CHUNK = 1 << 16  # patients per step of `subset_fingerprint`
 
 
 def _flatnonzero_chunked(a: np.ndarray, test) -> np.ndarray:
