@@ -324,3 +324,87 @@ def test_write_labels_validates_and_leaves_an_identical_file_alone(tmp_path, tin
   assert pq.read_table(path).column("boolean_value").to_pylist() == [True, True, False]
   with pytest.raises(DataError, match="label file"):
     meds.write_labels(pa.table({"subject_id": pa.array([1], pa.int64())}), tmp_path / "bad.parquet")
+
+
+def _reshard(out, num_shards, by_subject):
+  """Rewrites `out`'s rows into `num_shards` shards: whole subjects per shard, hashed (as MEDS
+  ETLs write), or each subject's rows spread over the shards in order (a subject split across
+  shards: rows of equal time keep their order, since shards are read in name order)."""
+  rows = pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").iterdir())])
+  sid = rows.column("subject_id").to_numpy()
+  _, patient = np.unique(sid, return_inverse=True)
+  if by_subject:
+    shard = patient * 7919 % num_shards
+  else:
+    first = np.searchsorted(sid, sid)  # rows are in subject order, as write_meds writes them
+    shard = np.minimum((np.arange(len(sid)) - first) // 3, num_shards - 1)
+  for p in (out / "data").iterdir():
+    p.unlink()
+  for k in range(num_shards):
+    pq.write_table(rows.filter(pa.array(shard == k)), out / "data" / f"{k}.parquet")
+
+
+@pytest.mark.parametrize("by_subject", [True, False])
+def test_hash_sharded_and_split_subjects_read_in_bounded_chunks(tmp_path, monkeypatch, by_subject):
+  ds = random_dataset(200, seed=3)
+  out = meds.write_meds(ds, tmp_path / "m", subjects_per_shard=64)
+  _reshard(out, 4, by_subject)
+  # Merge steps of a few events each, so patients of several groups interleave in every step.
+  monkeypatch.setattr(meds, "_MERGE_EVENTS", 50)
+  monkeypatch.setattr(meds, "_SCAN_BATCH_ROWS", 100)
+  monkeypatch.setattr(meds, "_SLICE_ROWS", 7)  # sorted shards stream in slices of 7 rows
+  back, has_splits = meds.read_meds(out)
+  assert has_splits and back.equals(ds)
+  np.testing.assert_array_equal(back.age, ds.age)
+  groups = meds._shard_groups(meds._scan(sorted((out / "data").iterdir())).subjects)
+  assert len(groups) == (4 if by_subject else 1)
+
+
+def test_events_are_memory_mapped_and_the_scratch_files_are_gone(tmp_path):
+  out = meds.write_meds(random_dataset(50, seed=5), tmp_path / "m")
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  ds, _, value = meds.read_meds_values(out, scratch_dir=scratch)
+  assert isinstance(ds.code.base, np.memmap) and isinstance(value.base, np.memmap)
+  assert list(scratch.iterdir()) == []
+  ds.code[0] = ds.code[1]  # copy-on-write: the arrays behave as ordinary writable ones
+  assert np.isnan(value).all()
+
+
+def test_chunked_checks_find_the_first_unsorted_event_across_chunk_boundaries(monkeypatch):
+  from rltf_jax.data import events
+  monkeypatch.setattr(events, "_CHECK_CHUNK", 3)
+  ds = random_dataset(40, seed=6)
+  ds.validate()  # patient boundaries fall inside and at the edges of chunks: no false alarm
+  for p in (5, 17, 33):  # the second event of a patient moved before its first
+    s = ds.offsets[p]
+    if ds.lengths[p] < 2 or ds.day[s + 1] == ds.day[s]:
+      continue
+    day = ds.day.copy()
+    day[s + 1] = day[s] - 1
+    with pytest.raises(DataError, match=rf"events of subject {ds.subject_id[p]} are not sorted"):
+      PatientEvents.build(subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day,
+                          offsets=ds.offsets, code=ds.code, day=day, visit=ds.visit, pos=ds.pos,
+                          codes=ds.codes, split=ds.split)
+
+
+def test_a_shard_found_unsorted_midway_is_read_whole(tmp_path, monkeypatch):
+  ds = random_dataset(60, seed=8)
+  out = meds.write_meds(ds, tmp_path / "m")
+  rows = pq.read_table(out / "data" / "0.parquet")
+  sid = rows.column("subject_id").to_numpy()
+  half = int(np.searchsorted(sid, sid[len(sid) // 2]))  # a subject boundary
+  pq.write_table(pa.concat_tables([rows.slice(half), rows.slice(0, half)]), out / "data" / "0.parquet")
+  monkeypatch.setattr(meds, "_SLICE_ROWS", 11)  # several slices are written before the drop
+  back, _ = meds.read_meds(out)
+  assert back.equals(ds)
+
+
+def test_subset_fingerprint_equals_the_fingerprint_of_the_copy(monkeypatch):
+  from rltf_jax.data import events
+  monkeypatch.setattr(events, "_PATIENT_CHUNK", 7)  # hashed in many chunks
+  ds = random_dataset(150, seed=9)
+  rng = np.random.default_rng(0)
+  for patients in (rng.permutation(ds.num_patients)[:90], np.arange(ds.num_patients), np.arange(0)):
+    assert ds.subset_fingerprint(patients) == ds.select(patients).used_codes_only().fingerprint()
+  assert ds.subset_fingerprint([0, 5, 9]) != ds.subset_fingerprint([0, 5, 8])

@@ -320,3 +320,18 @@ def test_data_include_and_value_tokens_leave_the_simulator_data_byte_identical()
   cfg.include = ("diagnoses", "procedures", "medications", "labs", "other")
   ds, report = load_with_report(cfg)
   assert ds.fingerprint() == before.fingerprint() and report["dropped_events"] == {}
+
+
+def test_chunked_draw_writes_one_shard_per_chunk_with_distinct_subjects(tmp_path):
+  import pyarrow.parquet as pq
+  from rltf_jax.data import meds
+  out = cli.write_in_chunks(default_config(), tmp_path / "m", 250, seed=3, chunk=100,
+                            verbose=False)
+  assert sorted(p.name for p in (out / "data").iterdir()) == ["0.parquet", "1.parquet", "2.parquet"]
+  ds, has_splits = meds.read_meds(out)
+  assert not has_splits and list(ds.subject_id) == list(range(1, 251))
+  listed = set(pq.read_table(out / "metadata" / "codes.parquet").column("code").to_pylist())
+  assert set(ds.codes) <= listed
+  # Chunk 1 is its own draw: not a copy of chunk 0 under other ids.
+  first, second = ds.select(np.arange(0, 100)), ds.select(np.arange(100, 200))
+  assert not np.array_equal(first.lengths, second.lengths)

@@ -4,7 +4,7 @@ module of that name."""
 import importlib
 import sys
 
-COMMANDS = ("pretrain", "sample", "dpo")
+COMMANDS = ("pretrain", "sample", "dpo", "scale")
 
 
 def main(argv=None) -> int:

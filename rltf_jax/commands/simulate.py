@@ -13,8 +13,15 @@ evaluation's real-record AUROC per cohort on a separate enriched draw (`--eval-a
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rltf_jax.configs import simulator as simulator_config
 from rltf_jax import io as rltf_io
@@ -33,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="", help="write the draw as a MEDS dataset to this directory")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+  parser.add_argument("--chunk-patients", type=int, default=0,
+                      help="with --out: draw and write this many patients at a time, one MEDS shard "
+                           "each (memory bounded by the chunk; each chunk is its own draw, seed "
+                           "(seed, chunk)); 0 = one draw")
   parser.add_argument("--report", action="store_true", help="print the draw's properties")
   parser.add_argument("--report-json", default="", help="also write the properties as JSON here")
   parser.add_argument("--auroc-iterations", type=int, default=30,
@@ -52,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
   if not (args.out or args.report or args.report_json):
     raise ConfigError("nothing to do: pass --out DIR (write MEDS) and/or --report / --report-json")
   cfg = simulator_config.get_config()
+  if args.chunk_patients:
+    if args.report or args.report_json or args.chunk_patients < 0:
+      raise ConfigError("--chunk-patients needs a positive size and --out, without --report")
+    path = write_in_chunks(cfg, args.out, args.patients, args.seed, args.chunk_patients,
+                           overwrite=args.overwrite)
+    print(f"wrote MEDS dataset {path}", file=sys.stderr)
+    return 0
   print(f"simulating {args.patients:,} patients (seed {args.seed})", file=sys.stderr, flush=True)
   t0 = time.time()
   ds = story.simulate(cfg, args.patients, args.seed, verbose=True)
@@ -90,6 +108,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_json:
       rltf_io.atomic_write_json(args.report_json, props)
   return 0
+
+
+def write_in_chunks(cfg, out, patients: int, seed: int, chunk: int, overwrite: bool = False,
+                    verbose: bool = True) -> Path:
+  """Writes a MEDS dataset of `patients` simulated patients drawn `chunk` at a time, shard k
+  holding chunk k (subject ids k * chunk + 1, ...; its own draw, seed [seed, k]), atomically.
+  Memory is that of one chunk's draw, so a 10-million-patient dataset is written on a
+  workstation. `metadata/codes.parquet` lists the codes of every chunk."""
+  with rltf_io.atomic_directory(out, overwrite=overwrite) as tmp:
+    (tmp / "data").mkdir()
+    code_tables = []
+    for k, start in enumerate(range(0, patients, chunk)):
+      t0 = time.time()
+      n = min(chunk, patients - start)
+      ds = story.simulate(cfg, n, seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+      ds = dataclasses.replace(ds, subject_id=ds.subject_id + start)
+      part = meds.write_meds(ds, tmp / f"part{k}", splits=False, subjects_per_shard=n,
+                             descriptions=_descriptions(ds.codes))
+      (part / "data" / "0.parquet").rename(tmp / "data" / f"{k}.parquet")
+      code_tables.append(pq.read_table(part / "metadata" / "codes.parquet"))
+      if k == 0:
+        (part / "metadata").rename(tmp / "metadata")
+      shutil.rmtree(part)
+      if verbose:
+        print(f"  chunk {k}: {n:,} patients, {ds.num_events:,} events ({time.time() - t0:.1f} s)",
+              file=sys.stderr, flush=True)
+    codes = pa.concat_tables(code_tables)
+    _, first = np.unique(codes.column("code").to_numpy(zero_copy_only=False), return_index=True)
+    pq.write_table(codes.take(np.sort(first)), tmp / "metadata" / "codes.parquet")
+  return Path(out)
 
 
 def _descriptions(codes) -> dict[str, str]:

@@ -65,8 +65,12 @@ class PatientEvents:
   # ---------------------------------------------------------------- construction
   @classmethod
   def build(cls, *, subject_id, sex, birth_day, offsets, code, day, visit, pos, codes,
-            split=None, source: str = "arrays") -> "PatientEvents":
-    """Casts, derives `age`, validates; `source` names the input in error messages."""
+            split=None, source: str = "arrays", checked: bool = False,
+            age=None) -> "PatientEvents":
+    """Casts, derives `age`, validates; `source` names the input in error messages. `checked`:
+    the caller validated every patient's events already (a reader that builds each slice of
+    patients first), so the whole-dataset pass, which reads every event, is skipped; such a
+    caller may pass the `age` it derived the same way (a memory-mapped array, say)."""
     subject_id = np.asarray(subject_id, np.int64)
     offsets = np.asarray(offsets, np.int64)
     birth_day = np.asarray(birth_day, np.int32)
@@ -76,15 +80,17 @@ class PatientEvents:
       split = np.zeros(n, np.int8)
     if len(offsets) != n + 1:
       raise DataError(f"{source}: offsets has {len(offsets)} entries for {n} patients (need P + 1)")
-    event_patient = np.repeat(np.arange(n), np.diff(offsets)) if n else np.zeros(0, np.int64)
-    if len(day) != len(event_patient):
-      raise DataError(f"{source}: {len(day)} event days but offsets describe {len(event_patient)} events")
-    age = ((day - birth_day[event_patient]) / DAYS_PER_YEAR).astype(np.float32)
+    if len(day) != offsets[-1]:
+      raise DataError(f"{source}: {len(day)} event days but offsets describe {offsets[-1]} events")
+    if age is None or not checked:
+      age = _ages(day, birth_day, offsets)
+    age = np.asarray(age, np.float32)
     ds = cls(subject_id=subject_id, sex=np.asarray(sex, np.int8), birth_day=birth_day,
              split=np.asarray(split, np.int8), offsets=offsets, code=np.asarray(code, np.int32),
              day=day, visit=np.asarray(visit, np.int32), pos=np.asarray(pos, np.int16), age=age,
              codes=np.asarray(codes, dtype=str))
-    ds.validate(source)
+    if not checked:
+      ds.validate(source)
     return ds
 
   def validate(self, source: str = "dataset") -> None:
@@ -104,26 +110,30 @@ class PatientEvents:
       raise DataError(f"{source}: code index out of range of the {len(self.codes)}-entry code table")
     if e == 0:
       return
-    # Within a patient, days and visit indices never decrease (checked on event pairs that do
-    # not cross a patient boundary).
-    same = np.ones(e - 1, bool)
-    starts = self.offsets[1:-1]
-    same[starts[(starts > 0) & (starts < e)] - 1] = False
-    bad = np.flatnonzero(same & (np.diff(self.day) < 0))
-    if len(bad):
-      p = int(np.searchsorted(self.offsets, bad[0], side="right") - 1)
-      raise DataError(f"{source}: events of subject {self.subject_id[p]} are not sorted by time; "
-                      "sort each subject's rows by time before loading")
-    bad = np.flatnonzero(same & (np.diff(self.visit) < 0))
-    if len(bad):
-      p = int(np.searchsorted(self.offsets, bad[0], side="right") - 1)
-      raise DataError(f"{source}: visit indices of subject {self.subject_id[p]} decrease")
     if np.any(self.split < 0) or np.any(self.split >= len(SPLITS)):
       raise DataError(f"{source}: split must be an index into {SPLITS}")
+    # Within a patient, days and visit indices never decrease (checked on event pairs that do
+    # not cross a patient boundary), a bounded chunk of events at a time (whole-array
+    # temporaries were 0.5 GB at 67 million events).
+    starts = self.offsets[1:-1]
+    starts = starts[(starts > 0) & (starts < e)]
+    for lo in range(0, e - 1, _CHECK_CHUNK):
+      hi = min(lo + _CHECK_CHUNK, e - 1)  # pairs (i, i + 1) for i in [lo, hi)
+      same = np.ones(hi - lo, bool)
+      inside = starts[(starts - 1 >= lo) & (starts - 1 < hi)]
+      same[inside - 1 - lo] = False
+      for column, what in ((self.day, "events of subject {} are not sorted by time; sort each "
+                                     "subject's rows by time before loading"),
+                           (self.visit, "visit indices of subject {} decrease")):
+        bad = np.flatnonzero(same & (np.diff(column[lo:hi + 1]) < 0))
+        if len(bad):
+          p = int(np.searchsorted(self.offsets, lo + bad[0], side="right") - 1)
+          raise DataError(f"{source}: " + what.format(self.subject_id[p]))
     # Dates a reader got wrong (a year 1800 or 2200 timestamp): every event lies between the
     # patient's birth and MAX_AGE_YEARS after it.
-    for bad, what in ((np.flatnonzero(self.age < 0), "before its birth"),
-                      (np.flatnonzero(self.age > MAX_AGE_YEARS), f"more than {MAX_AGE_YEARS} years after its birth")):
+    for bad, what in ((_flatnonzero_chunked(self.age, lambda a: a < 0), "before its birth"),
+                      (_flatnonzero_chunked(self.age, lambda a: a > MAX_AGE_YEARS),
+                       f"more than {MAX_AGE_YEARS} years after its birth")):
       if len(bad):
         i = int(bad[0])
         p = int(np.searchsorted(self.offsets, i, side="right") - 1)
@@ -231,8 +241,12 @@ class PatientEvents:
     return first
 
   def code_counts(self) -> np.ndarray:
-    """int64 [C]: number of events of each code."""
-    return np.bincount(self.code, minlength=len(self.codes))
+    """int64 [C]: number of events of each code (a chunk at a time: bincount widens its input to
+    int64, a 0.5 GB copy at 67 million events)."""
+    counts = np.zeros(len(self.codes), np.int64)
+    for lo in range(0, self.num_events, _CHECK_CHUNK):
+      counts += np.bincount(self.code[lo:lo + _CHECK_CHUNK], minlength=len(self.codes))
+    return counts
 
   def code_patient_counts(self) -> np.ndarray:
     """int64 [C]: number of patients with at least one event of each code."""
@@ -257,6 +271,32 @@ class PatientEvents:
     h.update(np.ascontiguousarray(self.code).tobytes())
     return h.hexdigest()[:16]
 
+  def subset_fingerprint(self, patients: np.ndarray) -> str:
+    """`self.select(patients).used_codes_only().fingerprint()`, without the copy: the same bytes
+    are hashed a chunk of patients at a time (a million patients' copy took 3 GB)."""
+    idx = np.asarray(patients, np.int64)
+    lens = self.lengths[idx]
+    offsets = np.zeros(len(idx) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    step = _PATIENT_CHUNK
+    chunks = [(idx[lo:lo + step], lens[lo:lo + step]) for lo in range(0, len(idx), step)]
+    events = lambda column: (column[gather_ranges(self.offsets[p], n)] for p, n in chunks)
+    used = np.zeros(len(self.codes), bool)
+    for code in events(self.code):
+      used[code] = True
+    remap = (np.cumsum(used) - 1).astype(self.code.dtype)  # used_codes_only's new indices
+    h = hashlib.sha256()
+    for f in ("subject_id", "sex", "birth_day", "split"):
+      h.update(np.ascontiguousarray(getattr(self, f)[idx]).tobytes())
+    h.update(offsets.tobytes())
+    for f in ("day", "visit", "pos"):
+      for part in events(getattr(self, f)):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update("\n".join(self.codes[used]).encode())
+    for code in events(self.code):
+      h.update(remap[code].tobytes())
+    return h.hexdigest()[:16]
+
   def save(self, path: str | Path) -> Path:
     """Writes the dataset as one compressed `.npz` (atomic)."""
     return io.atomic_savez(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -279,6 +319,31 @@ class PatientEvents:
         p95_events=float(np.percentile(lens, 95)) if len(lens) else 0.0,
         **{f"events_{t.name.lower()}": int((types == t).sum()) for t in CodeType if (types == t).any()},
         **{f"patients_{s}": int((self.split == i).sum()) for i, s in enumerate(SPLITS)})
+
+
+_CHECK_CHUNK = 1 << 22  # events per step of the whole-dataset checks
+_PATIENT_CHUNK = 1 << 16  # patients per step of `subset_fingerprint`
+
+
+def _flatnonzero_chunked(a: np.ndarray, test) -> np.ndarray:
+  """np.flatnonzero(test(a)), a chunk at a time."""
+  parts = [lo + np.flatnonzero(test(a[lo:lo + _CHECK_CHUNK])) for lo in range(0, len(a), _CHECK_CHUNK)]
+  return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _ages(day: np.ndarray, birth_day: np.ndarray, offsets: np.ndarray,
+          chunk_events: int = 1 << 22) -> np.ndarray:
+  """float32 [E]: each event's age in years, a bounded chunk of patients at a time (a whole-array
+  expression took four E-sized temporaries, 2 GB at 67 million events)."""
+  age = np.empty(len(day), np.float32)
+  bounds = np.unique(np.concatenate([
+      np.searchsorted(offsets, np.arange(0, len(day), chunk_events), side="right") - 1,
+      [len(offsets) - 1]]))
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    s, e = offsets[a], offsets[b]
+    patient = np.repeat(np.arange(a, b), np.diff(offsets[a:b + 1]))
+    age[s:e] = ((day[s:e] - birth_day[patient]) / DAYS_PER_YEAR).astype(np.float32)
+  return age
 
 
 def gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

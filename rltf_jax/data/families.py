@@ -46,11 +46,12 @@ def keep_families(ds: PatientEvents, include: Sequence[str], values: np.ndarray 
   """
   include = check_include(include)
   names = list(FAMILIES)
-  family = code_families(ds.codes)[ds.code] if ds.num_events else np.zeros(0, np.int8)
-  counts = np.bincount(family, minlength=len(names))
+  per_code = code_families(ds.codes)
+  counts = np.bincount(per_code, weights=ds.code_counts(), minlength=len(names))
   dropped = {n: int(counts[i]) for i, n in enumerate(names) if n not in include}
   if not any(dropped.values()):
     return ds, values, dropped
+  family = per_code[ds.code]
   keep = np.isin(family, [names.index(f) for f in include])
   patient = ds.event_patient()[keep]
   offsets = np.zeros(ds.num_patients + 1, np.int64)

@@ -42,10 +42,12 @@ MIMIC-IV CSV tables (see `mimic.py`) to MEDS, atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -58,7 +60,8 @@ import rltf_jax
 from rltf_jax import io
 from rltf_jax.data.codes import normalize_code
 from rltf_jax.data import mimic
-from rltf_jax.data.events import SEX_FEMALE, SEX_MALE, SEX_UNKNOWN, PatientEvents
+from rltf_jax.data.events import (DAYS_PER_YEAR, SEX_FEMALE, SEX_MALE, SEX_UNKNOWN, PatientEvents,
+                                  gather_ranges)
 from rltf_jax.errors import DataError, cli_main
 
 log = logging.getLogger(__name__)
@@ -111,12 +114,88 @@ def read_meds(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
 
 
 def read_meds_values(path: str | Path, bare_code_system: str | None = "ICD10CM", *,
-                     missing_birth: str = "drop") -> tuple[PatientEvents, bool, np.ndarray]:
-  """As `read_meds`, with float64 [E]: each event's `numeric_value` (NaN where null or absent)."""
+                     missing_birth: str = "drop", scratch_dir: str | Path | None = None
+                     ) -> tuple[PatientEvents, bool, np.ndarray]:
+  """As `read_meds`, with float64 [E]: each event's `numeric_value` (NaN where null or absent).
+
+  Memory stays bounded by the largest shard, not the dataset: a first pass streams the `code` and
+  `subject_id` columns to build the vocabulary (each distinct raw code classified once); a second
+  encodes one shard at a time (a group of shards when subjects are split across shards) into flat
+  event files in a scratch directory (`scratch_dir`, default the system's temporary directory);
+  a merge writes them in subject order, a bounded chunk at a time. The returned event arrays
+  (and the values) are memory-mapped from those files, copy-on-write; the files are unlinked
+  before returning, so nothing stays on disk once the arrays are freed.
+  """
   if missing_birth not in ("drop", "error"):
     raise DataError(f"missing_birth must be 'drop' or 'error', got {missing_birth!r}")
   root = Path(path)
   data_dir = root / "data"
+  source = str(data_dir)
+  shards = _list_shards(root, data_dir)
+  use_visit, use_pos = _optional_columns(shards)
+  scan = _scan(shards)
+  if scan.rows == 0:
+    raise DataError(f"{data_dir}: the shards hold no rows; the dataset is empty")
+  vocab = _vocabulary(scan.raw_codes, bare_code_system)
+  with tempfile.TemporaryDirectory(prefix="rltf-meds-", dir=scratch_dir) as tmp:
+    parts = [_encode_group([shards[i] for i in group], vocab, use_visit, use_pos, source,
+                           Path(tmp) / f"group{k}")
+             for k, group in enumerate(_shard_groups(scan.subjects))]
+    empty_rows = sum(p.empty_rows for p in parts)
+    if empty_rows:  # an empty or whitespace code carries nothing: dropped, with a count
+      log.warning("%s: %d rows with an empty or whitespace code are dropped", data_dir, empty_rows)
+    _check_births(source, parts, missing_birth)
+    patients, events = _merge(parts, Path(tmp))
+  subject_ids = patients["subject_id"]
+  split, has_splits = _read_splits(root, subject_ids)
+  # Each slice was validated when it was encoded, and the merge keeps subjects whole and unique.
+  ds = PatientEvents.build(codes=vocab.codes, split=split, source=source, checked=True,
+                           **patients, **{k: v for k, v in events.items() if k != "value"})
+  return ds, has_splits, events["value"]
+
+
+# Rows the vocabulary pass reads at once, rows of a sorted shard encoded at once, and events one
+# merge step moves.
+_SCAN_BATCH_ROWS = 1 << 20
+_SLICE_ROWS = 1 << 20
+_MERGE_EVENTS = 1 << 20
+# The encoded event columns, in the dtypes `PatientEvents` keeps (value: the numeric_value).
+_EVENT_COLUMNS = {"code": np.int32, "day": np.int32, "visit": np.int32, "pos": np.int16,
+                  "value": np.float64}
+
+
+@dataclasses.dataclass
+class _Scan:
+  """What the first pass over the shards found."""
+  raw_codes: list[str]            # every distinct raw code string, in order of first sight
+  subjects: list[np.ndarray]      # per shard: its distinct subject ids, sorted
+  rows: int
+
+
+@dataclasses.dataclass
+class _Vocab:
+  """Per distinct raw code (indexed as `lookup` gives): its row kind and event-code index."""
+  lookup: dict[str, int]
+  kinds: np.ndarray        # int8 [R]: _EVENT, _BIRTH, _FEMALE, _MALE or _SKIP
+  canon_index: np.ndarray  # int32 [R]: index into `codes` (events only)
+  empty: np.ndarray        # bool [R]: an empty or whitespace code
+  codes: np.ndarray        # str [C]: the canonical event codes, sorted
+
+
+@dataclasses.dataclass
+class _Part:
+  """One encoded shard group: its patients (sorted by subject id, subjects without a birth row
+  already removed) in memory, its events in flat files `<prefix>.<column>`."""
+  subject_id: np.ndarray
+  sex: np.ndarray
+  birth_day: np.ndarray
+  offsets: np.ndarray
+  missing_birth: np.ndarray  # subject ids without a MEDS_BIRTH row
+  empty_rows: int
+  prefix: Path
+
+
+def _list_shards(root: Path, data_dir: Path) -> list[Path]:
   if not data_dir.is_dir():
     raise DataError(f"{root}: not a MEDS directory (no data/ folder); point data.path at the "
                     "MEDS root that holds data/ and metadata/")
@@ -124,64 +203,229 @@ def read_meds_values(path: str | Path, bare_code_system: str | None = "ICD10CM",
   if not shards:
     raise DataError(f"{data_dir}: no .parquet shards found; a MEDS dataset keeps its events "
                     "in data/*.parquet")
-  tables = [_read_shard(p) for p in shards]
-  present = {name: [bool(t.schema.metadata and t.schema.metadata.get(name.encode()) == b"1")
-                    for t in tables] for name in _OPTIONAL}
+  return shards
+
+
+def _optional_columns(shards: list[Path]) -> tuple[bool, bool]:
+  """Checks every shard's columns; whether all of them carry `visit` and `place_of_service`."""
+  schemas = [_checked_schema(p) for p in shards]
+  present = {name: [name in s.names for s in schemas] for name in _OPTIONAL}
   for name, flags in present.items():
     if any(flags) and not all(flags):
       missing = shards[flags.index(False)]
       raise DataError(f"{missing}: column {name!r} is absent although other shards have it; "
                       "write it in every shard or in none")
-  table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
-  if len(table) == 0:
-    raise DataError(f"{data_dir}: the shards hold no rows; the dataset is empty")
-  source = str(data_dir)
-  use_visit, use_pos = all(present["visit"]), all(present["place_of_service"])
+  return all(present["visit"]), all(present["place_of_service"])
 
+
+def _scan(shards: list[Path]) -> _Scan:
+  """The first pass: distinct raw codes and each shard's subjects, streamed in record batches."""
+  first_seen: dict[str, None] = {}
+  subjects, rows = [], 0
+  for path in shards:
+    ids = []
+    try:
+      batches = _parquet(path).iter_batches(batch_size=_SCAN_BATCH_ROWS,
+                                            columns=["subject_id", "code"])
+      for batch in batches:
+        rows += batch.num_rows
+        sid, code = batch.column(0), batch.column(1)
+        _check_not_null(path, sid, code)
+        ids.append(_distinct(sid.cast(pa.int64()).to_numpy()))
+        dictionary = code.dictionary.cast(pa.string()).to_pylist()
+        used = np.flatnonzero(np.bincount(code.indices.to_numpy(zero_copy_only=False),
+                                          minlength=len(dictionary)))
+        for i in used:
+          raw = dictionary[i]
+          if raw not in first_seen:
+            _check_length(path, raw, sid, code.indices, i)
+            first_seen[raw] = None
+    except (pa.ArrowInvalid, OSError) as e:
+      raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
+    subjects.append(_distinct(np.concatenate(ids)) if ids else np.zeros(0, np.int64))
+  return _Scan(list(first_seen), subjects, rows)
+
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+  """np.unique(x), in one pass when x is already sorted (as MEDS shards are, by subject)."""
+  if len(x) and np.all(x[1:] >= x[:-1]):
+    return x[np.concatenate([[True], x[1:] != x[:-1]])]
+  return np.unique(x)
+
+
+def _check_length(path: Path, raw: str, sid: pa.Array, indices: pa.Array, i: int) -> None:
+  if len(raw) > MAX_CODE_LENGTH:
+    row = int(np.flatnonzero(indices.to_numpy(zero_copy_only=False) == i)[0])
+    raise DataError(f"{path}: subject {sid[row].as_py()} has a code of {len(raw)} characters "
+                    f"({raw[:40]!r}...); codes longer than {MAX_CODE_LENGTH} are refused (a "
+                    "broken export?)")
+
+
+def _vocabulary(raw_codes: list[str], bare_code_system: str | None) -> _Vocab:
+  """Classifies and normalises each distinct raw code once; the event codes' table, sorted."""
+  kinds = np.empty(len(raw_codes), np.int8)
+  canon = []
+  for i, raw in enumerate(raw_codes):
+    kinds[i], c = _classify(raw, bare_code_system)
+    canon.append(c)
+  is_event_code = kinds == _EVENT
+  codes, event_index = np.unique(np.asarray(canon, dtype=str)[is_event_code], return_inverse=True)
+  canon_index = np.zeros(len(raw_codes), np.int32)
+  canon_index[is_event_code] = event_index
+  empty = np.array([not raw.strip() for raw in raw_codes], bool)
+  return _Vocab({raw: i for i, raw in enumerate(raw_codes)}, kinds, canon_index, empty, codes)
+
+
+def _shard_groups(subjects: list[np.ndarray]) -> list[list[int]]:
+  """Shards that share a subject are read together (a subject's rows must be sorted as one);
+  MEDS ETLs put each subject in one shard, so normally every group is one shard."""
+  parent = list(range(len(subjects)))
+
+  def find(i):
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  ids = np.concatenate(subjects)
+  shard = np.repeat(np.arange(len(subjects)), [len(s) for s in subjects])
+  order = np.argsort(ids, kind="stable")
+  ids, shard = ids[order], shard[order]
+  for j in np.flatnonzero(ids[1:] == ids[:-1]):
+    parent[find(int(shard[j + 1]))] = find(int(shard[j]))
+  groups: dict[int, list[int]] = {}
+  for i in range(len(subjects)):
+    groups.setdefault(find(i), []).append(i)
+  return list(groups.values())
+
+
+def _encode_group(paths: list[Path], vocab: _Vocab, use_visit: bool, use_pos: bool, source: str,
+                  prefix: Path) -> _Part:
+  """Reads one shard group, sorts its rows, writes its events to `<prefix>.<column>` files.
+
+  A single shard sorted by (subject, time) (as MEDS ETLs write them) is streamed in slices of
+  `_SLICE_ROWS` rows cut at subject boundaries, so memory does not grow with the shard either;
+  anything else (an unsorted shard, a subject split across shards) is read and sorted whole."""
+  writer = _PartWriter(prefix)
+  if len(paths) == 1 and _encode_streaming(paths[0], vocab, use_visit, use_pos, source, writer):
+    return writer.finish()
+  writer.reset()
+  tables = [_read_shard(p) for p in paths]
+  table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+  del tables
+  _encode_rows(table, vocab, use_visit, use_pos, source, writer)
+  return writer.finish()
+
+
+def _encode_streaming(path: Path, vocab: _Vocab, use_visit: bool, use_pos: bool, source: str,
+                      writer: "_PartWriter") -> bool:
+  """Encodes a sorted shard slice by slice; False (having written part of it) if it is not
+  sorted. Each slice ends before its last subject, whose rows may go on in the next batch."""
+  pf = _parquet(path)
+  carry = None
+  try:
+    for batch in pf.iter_batches(batch_size=_SLICE_ROWS, columns=_shard_columns(pf)):
+      table = _cast_shard(pa.Table.from_batches([batch]))
+      if carry is not None:
+        table = pa.concat_tables([carry, table])
+      subject = table.column("subject_id").to_numpy()
+      if not _sorted_by(subject, _time_key(table),
+                        table.column("visit").fill_null(0).to_numpy() if use_visit else None):
+        return False
+      cut = int(np.searchsorted(subject, subject[-1])) if len(subject) else 0
+      if cut:
+        _encode_rows(table.slice(0, cut), vocab, use_visit, use_pos, source, writer,
+                     known_sorted=True)
+      carry = table.slice(cut)
+  except (pa.ArrowInvalid, OSError) as e:
+    raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
+  if carry is not None and len(carry):
+    _encode_rows(carry, vocab, use_visit, use_pos, source, writer, known_sorted=True)
+  return True
+
+
+def _time_key(table: pa.Table) -> np.ndarray:
+  """int64 [rows]: the time in microseconds, static rows (null time) first."""
+  time_col = table.column("time")
+  has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
+  return np.where(has_time, time_col.fill_null(0).cast(pa.int64()).to_numpy(),
+                  np.iinfo(np.int64).min)
+
+
+class _PartWriter:
+  """Collects one shard group's encoded slices: events appended to `<prefix>.<column>` files,
+  patients in memory (a few numbers per patient)."""
+
+  def __init__(self, prefix: Path):
+    self.prefix = prefix
+    self.reset()
+
+  def reset(self) -> None:
+    for name in _EVENT_COLUMNS:
+      open(f"{self.prefix}.{name}", "wb").close()
+    self.patients = dict(subject_id=[], sex=[], birth_day=[], counts=[], missing=[])
+    self.empty_rows = 0
+
+  def add(self, events: dict, counts, subject_id, sex, birth_day, missing, empty_rows) -> None:
+    for name, dtype in _EVENT_COLUMNS.items():
+      with open(f"{self.prefix}.{name}", "ab") as f:
+        events[name].astype(dtype, copy=False).tofile(f)
+    for name, value in (("subject_id", subject_id), ("sex", sex), ("birth_day", birth_day),
+                        ("counts", counts), ("missing", missing)):
+      self.patients[name].append(value)
+    self.empty_rows += empty_rows
+
+  def finish(self) -> _Part:
+    cat = lambda name, dtype: (np.concatenate(self.patients[name]) if self.patients[name]
+                               else np.zeros(0, dtype))
+    counts = cat("counts", np.int64)
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return _Part(subject_id=cat("subject_id", np.int64), sex=cat("sex", np.int8),
+                 birth_day=cat("birth_day", np.int64), offsets=offsets,
+                 missing_birth=cat("missing", np.int64), empty_rows=self.empty_rows,
+                 prefix=self.prefix)
+
+
+def _encode_rows(table: pa.Table, vocab: _Vocab, use_visit: bool, use_pos: bool, source: str,
+                 writer: _PartWriter, known_sorted: bool = False) -> None:
+  """Sorts rows holding whole subjects (unless `known_sorted`) and hands their patients and
+  events to `writer`."""
   subject = table.column("subject_id").to_numpy()
   time_col = table.column("time")
   has_time = ~np.asarray(time_col.is_null().to_numpy(zero_copy_only=False), bool)
   time_us = time_col.fill_null(0).cast(pa.int64()).to_numpy()
-  value = table.column("numeric_value").fill_null(np.nan).to_numpy()
-
-  # Classify and normalise each distinct raw code once.
-  encoded = table.column("code").combine_chunks().dictionary_encode()
-  raw_codes = encoded.dictionary.to_pylist()
-  code_index = encoded.indices.to_numpy(zero_copy_only=False)
-  kinds = np.empty(len(raw_codes), np.int8)
-  canon = []
-  for i, raw in enumerate(raw_codes):
-    if len(raw) > MAX_CODE_LENGTH:
-      row = int(np.flatnonzero(code_index == i)[0])
-      raise DataError(f"{data_dir}: subject {table.column('subject_id')[row].as_py()} has a code of "
-                      f"{len(raw)} characters ({raw[:40]!r}...); codes longer than {MAX_CODE_LENGTH} "
-                      "are refused (a broken export?)")
-    kinds[i], c = _classify(raw, bare_code_system)
-    canon.append(c)
-  empty = np.array([not raw.strip() for raw in raw_codes], bool)
-  if empty.any():  # an empty or whitespace code carries nothing: dropped, with a count
-    log.warning("%s: %d rows with an empty or whitespace code are dropped", data_dir,
-                int(empty[code_index].sum()))
-  is_event_code = kinds == _EVENT
-  codes, event_index = np.unique(np.asarray(canon, dtype=str)[is_event_code], return_inverse=True)
-  canon_index = np.zeros(len(raw_codes), np.int64)
-  canon_index[is_event_code] = event_index
-  row_kind = kinds[code_index]
+  value = table.column("numeric_value")
+  value = (np.full(len(value), np.nan) if value.null_count == len(value)
+           else value.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))  # null -> NaN
+  raw_index = _raw_index(table.column("code"), vocab.lookup)
+  empty_rows = int(vocab.empty[raw_index].sum())
 
   # Stable sort by (subject, time, visit); static rows (null time) first within a subject. The
   # visit column is a key too: two visits on one day, with their rows repeated (a duplicated
   # extract), would otherwise interleave and read as visit numbers that decrease. Exact duplicate
   # rows are kept: a code recorded twice in one visit counts twice, as our own writer writes it.
-  visit_key = (table.column("visit").fill_null(0).to_numpy() if use_visit
-               else np.zeros(len(subject), np.int64))
-  order = np.lexsort((visit_key, np.where(has_time, time_us, np.iinfo(np.int64).min), subject))
-  subject, time_us, has_time, row_kind, value = (subject[order], time_us[order], has_time[order],
-                                                 row_kind[order], value[order])
-  row_code = canon_index[code_index[order]]
+  visit_key = table.column("visit").fill_null(0).to_numpy() if use_visit else None
+  time_key = np.where(has_time, time_us, np.iinfo(np.int64).min)
+  # Shards as MEDS ETLs (and `write_meds`) write them are sorted already: checked in one pass,
+  # and the sort (most of the reading time) is skipped.
+  order = None if known_sorted or _sorted_by(subject, time_key, visit_key) else np.lexsort(
+      (visit_key if use_visit else np.zeros(len(subject), np.int8), time_key, subject))
+  del visit_key, time_key
+  take = (lambda a: a) if order is None else (lambda a: a[order])
+  subject, time_us, has_time, value = take(subject), take(time_us), take(has_time), take(value)
+  raw_index = take(raw_index)
+  row_kind, row_code = vocab.kinds[raw_index], vocab.canon_index[raw_index]
+  del raw_index
   visit_col = _int_column(table, "visit", order) if use_visit else None
   pos_col = _int_column(table, "place_of_service", order) if use_pos else None
+  del table, order
 
-  subject_ids, row_patient = np.unique(subject, return_inverse=True)
+  # Rows are sorted by subject now: each subject's index is a running count of changes.
+  new_subject = np.concatenate([[True], subject[1:] != subject[:-1]]) if len(subject) else \
+      np.zeros(0, bool)
+  subject_ids, row_patient = subject[new_subject], np.cumsum(new_subject) - 1
+  del new_subject
   num = len(subject_ids)
   # Birth: the first MEDS_BIRTH row with a time; sex: the last sex code (later rows win).
   birth_day = np.full(num, np.iinfo(np.int32).min, np.int64)
@@ -207,34 +451,124 @@ def read_meds_values(path: str | Path, bare_code_system: str | None = "ICD10CM",
   else:
     ev_visit = _day_rank_per_patient(ev_patient, ev_day)
   ev_pos = pos_col[0][is_event] if use_pos else np.zeros(len(ev_day), np.int16)
-  ev_code = row_code[is_event]
-  ev_value = value[is_event]
+  events = dict(code=row_code[is_event], day=ev_day, visit=ev_visit, pos=ev_pos,
+                value=value[is_event])
+  del subject, time_us, has_time, value, row_kind, row_code, visit_col, pos_col, is_event
 
-  if not has_birth.all():
-    missing = subject_ids[~has_birth]
-    msg = (f"{source}: {len(missing)} of {num} subjects have no {BIRTH_CODE} row (e.g. subject "
-           f"{missing[0]}), so their ages are unknown")
-    if missing_birth == "error":
-      raise DataError(msg + "; add a MEDS_BIRTH row per subject or read with missing_birth='drop'")
-    if not has_birth.any():
-      raise DataError(msg + f"; add a {BIRTH_CODE} row (time = birth date) per subject")
-    log.warning("%s; they are dropped", msg)
-    keep = has_birth[ev_patient]
-    new_index = np.cumsum(has_birth) - 1
-    ev_patient, ev_day, ev_visit, ev_pos, ev_code, ev_value = (
-        new_index[ev_patient[keep]], ev_day[keep], ev_visit[keep], ev_pos[keep], ev_code[keep],
-        ev_value[keep])
-    subject_ids, sex, birth_day = subject_ids[has_birth], sex[has_birth], birth_day[has_birth]
-    num = len(subject_ids)
+  # Subjects without a birth row are dropped here (or refused, by `_check_births`).
+  keep = has_birth[ev_patient]
+  events = {k: v[keep] for k, v in events.items()} if not keep.all() else events
+  counts = np.bincount(ev_patient[keep], minlength=num)[has_birth]
+  _check_int32(source, "time", events["day"], birth_day[has_birth])
+  # Every invariant of the final dataset that one subject can break (order, dates against the
+  # birth), checked here on this slice's subjects, so the merged dataset needs no second pass.
+  offsets = np.zeros(len(counts) + 1, np.int64)
+  np.cumsum(counts, out=offsets[1:])
+  PatientEvents.build(subject_id=subject_ids[has_birth], sex=sex[has_birth],
+                      birth_day=birth_day[has_birth], offsets=offsets, code=events["code"],
+                      day=events["day"], visit=events["visit"], pos=events["pos"],
+                      codes=vocab.codes, source=source)
+  writer.add(events, counts, subject_ids[has_birth], sex[has_birth], birth_day[has_birth],
+             subject_ids[~has_birth], empty_rows)
+def _sorted_by(subject: np.ndarray, time: np.ndarray, visit: np.ndarray | None) -> bool:
+  """Whether rows are in (subject, time, visit) order already."""
+  if len(subject) < 2:
+    return True
+  # Comparisons, not differences: the static rows' time key is the smallest int64.
+  same_subject = subject[1:] == subject[:-1]
+  if np.any(subject[1:] < subject[:-1]) or np.any(same_subject & (time[1:] < time[:-1])):
+    return False
+  return visit is None or not np.any(same_subject & (time[1:] == time[:-1])
+                                     & (visit[1:] < visit[:-1]))
 
-  offsets = np.zeros(num + 1, np.int64)
-  np.cumsum(np.bincount(ev_patient, minlength=num), out=offsets[1:])
-  split, has_splits = _read_splits(root, subject_ids)
-  _check_int32(source, "time", ev_day, birth_day)
-  ds = PatientEvents.build(subject_id=subject_ids, sex=sex, birth_day=birth_day, offsets=offsets,
-                           code=ev_code, day=ev_day, visit=ev_visit, pos=ev_pos, codes=codes,
-                           split=split, source=source)
-  return ds, has_splits, ev_value
+
+def _raw_index(code: pa.ChunkedArray, lookup: dict[str, int]) -> np.ndarray:
+  """int32 [rows]: each row's index among the distinct raw codes (`lookup`), chunk by chunk
+  through the chunk's dictionary, so no string is touched per row."""
+  parts = []
+  for chunk in code.chunks:
+    lut = np.fromiter((lookup[s] for s in chunk.dictionary.cast(pa.string()).to_pylist()),
+                      np.int32, len(chunk.dictionary))
+    parts.append(lut[chunk.indices.to_numpy(zero_copy_only=False)])
+  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def _check_births(source: str, parts: list[_Part], missing_birth: str) -> None:
+  missing = np.concatenate([p.missing_birth for p in parts])
+  if not len(missing):
+    return
+  num = len(missing) + sum(len(p.subject_id) for p in parts)
+  msg = (f"{source}: {len(missing)} of {num} subjects have no {BIRTH_CODE} row (e.g. subject "
+         f"{missing.min()}), so their ages are unknown")
+  if missing_birth == "error":
+    raise DataError(msg + "; add a MEDS_BIRTH row per subject or read with missing_birth='drop'")
+  if len(missing) == num:
+    raise DataError(msg + f"; add a {BIRTH_CODE} row (time = birth date) per subject")
+  log.warning("%s; they are dropped", msg)
+
+
+def _merge(parts: list[_Part], tmp: Path) -> tuple[dict, dict]:
+  """All groups' patients in ascending subject id, and their events memory-mapped from files
+  written one bounded chunk of patients at a time (each group's patients in a subject range
+  are a contiguous run of its files)."""
+  subject_id = np.concatenate([p.subject_id for p in parts])
+  order = np.argsort(subject_id, kind="stable")
+  subject_id = subject_id[order]
+  lengths = np.concatenate([np.diff(p.offsets) for p in parts])[order]
+  offsets = np.zeros(len(subject_id) + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  patients = dict(subject_id=subject_id,
+                  sex=np.concatenate([p.sex for p in parts])[order],
+                  birth_day=np.concatenate([p.birth_day for p in parts])[order],
+                  offsets=offsets)
+  total = int(offsets[-1])
+  columns = dict(_EVENT_COLUMNS, age=np.float32)
+  outputs = {name: open(tmp / f"all.{name}", "wb") for name in columns}
+  birth_day = patients["birth_day"].astype(np.int32)
+  try:
+    bounds = np.unique(np.concatenate([
+        np.searchsorted(offsets, np.arange(0, total, _MERGE_EVENTS), side="right") - 1,
+        [len(subject_id)]]))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      if b > a:
+        day = _merge_chunk(parts, subject_id[a], subject_id[b - 1], outputs)
+        # The age `PatientEvents.build` would derive, written beside the events (the same
+        # expression), so that no event-sized array is kept in memory.
+        born = np.repeat(birth_day[a:b], lengths[a:b])
+        ((day - born) / DAYS_PER_YEAR).astype(np.float32).tofile(outputs["age"])
+  finally:
+    for f in outputs.values():
+      f.close()
+  events = {name: (np.asarray(np.memmap(tmp / f"all.{name}", dtype, mode="c", shape=(total,)))
+                   if total else np.zeros(0, dtype))
+            for name, dtype in columns.items()}
+  return patients, events
+
+
+def _merge_chunk(parts: list[_Part], lo: int, hi: int, outputs: dict) -> np.ndarray:
+  """Appends the events of subjects `lo`..`hi` (inclusive), in subject order, to `outputs`;
+  returns their days."""
+  pieces, ids, lens = {name: [] for name in _EVENT_COLUMNS}, [], []
+  for part in parts:
+    a, b = np.searchsorted(part.subject_id, [lo, hi + 1])
+    if b == a:
+      continue
+    start, stop = int(part.offsets[a]), int(part.offsets[b])
+    for name, dtype in _EVENT_COLUMNS.items():
+      size = np.dtype(dtype).itemsize
+      pieces[name].append(np.fromfile(f"{part.prefix}.{name}", dtype, stop - start,
+                                      offset=start * size))
+    ids.append(part.subject_id[a:b])
+    lens.append(np.diff(part.offsets[a:b + 1]))
+  lens = np.concatenate(lens)
+  starts = np.cumsum(lens) - lens
+  order = np.argsort(np.concatenate(ids), kind="stable")
+  gather = gather_ranges(starts[order], lens[order]) if len(parts) > 1 else None
+  for name, chunks in pieces.items():
+    column = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    pieces[name] = column if gather is None else column[gather]
+    pieces[name].tofile(outputs[name])
+  return pieces["day"]
 
 
 def _official(what: str, path, schema, value, strict: bool = True):
@@ -252,18 +586,19 @@ def _official(what: str, path, schema, value, strict: bool = True):
                     f"({type(e).__name__}: {e})") from e
 
 
-def _read_shard(path: Path) -> pa.Table:
-  """One shard with its columns checked and cast to the common schema.
-
-  The presence of each optional column is recorded in the schema metadata ("1"/"0").
-  """
+def _parquet(path: Path, dictionary: bool = True) -> pq.ParquetFile:
+  """The shard, opened with `code` read dictionary-encoded (one string per distinct code)."""
   if path.stat().st_size == 0:
     raise DataError(f"{path}: the file is empty (0 bytes); delete it or rewrite the shard")
   try:
-    pf = pq.ParquetFile(path)
+    return pq.ParquetFile(path, read_dictionary=["code"] if dictionary else None)
   except (pa.ArrowInvalid, OSError) as e:
     raise DataError(f"{path}: not a readable parquet file ({e}); replace or delete the shard") from e
-  schema = pf.schema_arrow
+
+
+def _checked_schema(path: Path) -> pa.Schema:
+  """The shard's Arrow schema (as written), its MEDS columns checked."""
+  schema = _parquet(path, dictionary=False).schema_arrow
   for name, (what, ok) in _REQUIRED.items():
     if name not in schema.names:
       raise DataError(f"{path}: MEDS column {name!r} is missing (found columns: "
@@ -275,38 +610,55 @@ def _read_shard(path: Path) -> pa.Table:
     if name in schema.names and not ok(schema.field(name).type):
       raise DataError(f"{path}: extra column {name!r} has type {schema.field(name).type}, "
                       f"expected {what}; convert it or drop the column")
-  has_value = "numeric_value" in schema.names
-  if has_value and not _is_number(schema.field("numeric_value").type):
+  if "numeric_value" in schema.names and not _is_number(schema.field("numeric_value").type):
     raise DataError(f"{path}: column 'numeric_value' has type {schema.field('numeric_value').type}, "
                     "expected a number (float32); convert the column before loading")
-  columns = list(_REQUIRED) + [n for n in _OPTIONAL if n in schema.names] + ["numeric_value"] * has_value
+  _official("data shard", path, meds_schema.DataSchema, schema, strict=False)
+  return schema
+
+
+def _check_not_null(path: Path, subject_id, code) -> None:
+  if subject_id.null_count:
+    raise DataError(f"{path}: column 'subject_id' has {subject_id.null_count} null "
+                    "values; every row needs a subject")
+  if code.null_count:
+    raise DataError(f"{path}: column 'code' has {code.null_count} null values; "
+                    "every row needs a code")
+
+
+def _shard_columns(pf: pq.ParquetFile) -> list[str]:
+  names = pf.schema_arrow.names
+  return (list(_REQUIRED) + [n for n in _OPTIONAL if n in names]
+          + ["numeric_value"] * ("numeric_value" in names))
+
+
+def _read_shard(path: Path) -> pa.Table:
+  """One shard, cast to the common schema (`_cast_shard`). Its columns were checked by
+  `_checked_schema`."""
+  pf = _parquet(path)
   try:
-    t = pf.read(columns=columns)
+    return _cast_shard(pf.read(columns=_shard_columns(pf)))
   except (pa.ArrowInvalid, OSError) as e:
     raise DataError(f"{path}: cannot read the parquet data ({e}); the file may be truncated") from e
-  _official("data shard", path, meds_schema.DataSchema, t, strict=False)
-  if t.column("subject_id").null_count:
-    raise DataError(f"{path}: column 'subject_id' has {t.column('subject_id').null_count} null "
-                    "values; every row needs a subject")
-  if t.column("code").null_count:
-    raise DataError(f"{path}: column 'code' has {t.column('code').null_count} null values; "
-                    "every row needs a code")
+
+
+def _cast_shard(t: pa.Table) -> pa.Table:
+  """Rows in the common schema: `code` dictionary-encoded, `numeric_value` float64 and the
+  optional columns null where absent."""
   time = t.column("time")
   if pa.types.is_timestamp(time.type):  # any unit; a time zone is dropped (values stay UTC)
     time = time.cast(pa.timestamp("us", tz=time.type.tz)).cast(pa.int64()).cast(pa.timestamp("us"))
   else:
     time = time.cast(pa.timestamp("us"))
-  value = t.column("numeric_value").cast(pa.float64()) if has_value else pa.nulls(len(t), pa.float64())
-  arrays = [t.column("subject_id").cast(pa.int64()), time, t.column("code").cast(pa.string()), value]
-  fields = [("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
-            ("numeric_value", pa.float64())]
-  meta = {}
+  value = (t.column("numeric_value").cast(pa.float64()) if "numeric_value" in t.column_names
+           else pa.nulls(len(t), pa.float64()))
+  code = t.column("code").cast(pa.dictionary(pa.int32(), pa.string()))
+  arrays = [t.column("subject_id").cast(pa.int64()), time, code, value]
+  names = ["subject_id", "time", "code", "numeric_value"]
   for name, dtype in (("visit", pa.int32()), ("place_of_service", pa.int16())):
-    present = name in t.column_names
-    meta[name] = "1" if present else "0"
-    arrays.append(t.column(name).cast(dtype) if present else pa.nulls(len(t), dtype))
-    fields.append((name, dtype))
-  return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
+    arrays.append(t.column(name).cast(dtype) if name in t.column_names else pa.nulls(len(t), dtype))
+    names.append(name)
+  return pa.Table.from_arrays(arrays, names=names)
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -329,10 +681,13 @@ def _classify(raw: str, bare_code_system: str | None) -> tuple[int, str]:
   return _EVENT, normalize_code(s, bare_code_system)
 
 
-def _int_column(table: pa.Table, name: str, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _int_column(table: pa.Table, name: str, order: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(values with nulls as 0, null mask), rows in `order` (None: as they are)."""
   col = table.column(name)
-  null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)[order]
-  return col.fill_null(0).to_numpy()[order], null
+  null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+  values = col.fill_null(0).to_numpy()
+  return (values, null) if order is None else (values[order], null[order])
 
 
 def _day_rank_per_patient(patient: np.ndarray, day: np.ndarray) -> np.ndarray:

@@ -258,9 +258,9 @@ def pretrain(cfg, dataset: PatientEvents, vocab: Vocabulary, workdir: str | Path
   valid_idx = dataset.split_indices("valid")[:pc.num_valid_patients]
   # Identified by the patients it reads, not the whole dataset: the enriched sample (splits
   # pairs/eval) can change without touching the base model, so sweeps over it share one.
-  read = dataset.select(np.concatenate([train_idx, valid_idx])).used_codes_only()
+  read = dataset.subset_fingerprint(np.concatenate([train_idx, valid_idx]))
   run = RunDir(workdir, "pretrain", dict(model=cfg.model, pretrain=pc),
-               dict(dataset=read.fingerprint(), vocab=vocab.fingerprint))
+               dict(dataset=read, vocab=vocab.fingerprint))
   # Of several processes, each decides on what it read before process 0 (which alone writes) has
   # written anything: the barrier after the reads keeps the decisions the same.
   done, prepared = run.done, run.file.exists()
