@@ -88,3 +88,53 @@ def membership_inference(generator, members: PatientEvents, nonmembers: PatientE
               mean_nonmember_scored_tokens=float(np.mean(n_nonmember)) if len(n_nonmember) else None,
               normalisation="log_likelihood / scored tokens" if scored is not None
               else "log_likelihood / number of events (the generator does not say what it scored)")
+
+
+def dp_lines(results: dict) -> list[str]:
+  """The report's paragraph on differentially private fine-tuning: per cohort and fine-tune, the
+  target and spent epsilon (`training.dp` of its metrics.json, from the run's `dp.json`)."""
+  rows = []
+  for cohort, methods in results.items():
+    for method, m in methods.items():
+      d = m.get("training", {}).get("dp")
+      if d is None:
+        continue
+      if not d.get("enabled"):
+        rows.append(f"| {cohort} | {method} | off | - | - | - | - |")
+        continue
+      rows.append(f"| {cohort} | {method} | {d['target_epsilon']:g} | {d['spent_epsilon']:.3f} | "
+                  f"{d['delta']:.0e} | {d['noise_multiplier']:.3f} x {d['clip_norm']:g} | "
+                  f"{d['steps']} steps, q = {d['sampling_rate']:.4f} ({d['pairs']} patients) |")
+  if not rows:
+    return []
+  if all("| off |" in r for r in rows):
+    return ["*Differential privacy*: no fine-tune of this run is differentially private "
+            "(`rltf.dp.epsilon` = 0); `--config.rltf.dp.epsilon=8` trains one (docs/privacy.md).", ""]
+  covers = sorted({m["training"]["dp"]["covers"] for ms in results.values() for m in ms.values()
+                   if m.get("training", {}).get("dp", {}).get("enabled")})
+  text = ("*Differentially private fine-tuning* (`rltf.dp`, DP-SGD: each pair's gradient clipped, "
+          "Gaussian noise added, Poisson-sampled batches; `dp_accounting`'s Renyi accountant). The unit "
+          "is one patient (one pair each). Threat model: anyone holding the fine-tuned model (or "
+          "anything made from it) and every other patient's pair learns about one pair patient at "
+          "most what (epsilon, delta) bounds.")
+  if covers:
+    text += " It covers " + "; ".join(covers) + "."
+  return [text, "", "| Cohort | Method | Target epsilon | Spent epsilon | delta | Noise x clip | Steps |",
+          "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def dp_card_lines(dp: dict, real_prompts: bool) -> list[str]:
+  """The data card's lines on differential privacy, from the generator's `dp.json`
+  (`finetune.dp_info`)."""
+  if not dp.get("enabled"):
+    return ["- **Not differentially private**: nothing bounds what these records reveal about the "
+            "patients the generator trained on (`rltf.dp.epsilon` = 0; `--config.rltf.dp.epsilon=8` "
+            "trains a private fine-tune)."]
+  line = (f"- **Differentially private fine-tune**: (epsilon = {dp['spent_epsilon']:.2f}, delta = "
+          f"{dp['delta']:.0e}) per patient of its {dp['pairs']} preference pairs (target epsilon "
+          f"{dp['target_epsilon']:g}; DP-SGD, noise multiplier {dp['noise_multiplier']:.3f}, clip "
+          f"{dp['clip_norm']:g}, {dp['steps']} steps at sampling rate {dp['sampling_rate']:.4f}; "
+          f"{dp['accountant']}). It covers {dp['covers']}.")
+  if real_prompts:
+    line += " It does not cover the real prompts this dataset carries."
+  return [line]
