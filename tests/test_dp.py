@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from rltf_jax import runs
-from rltf_jax.errors import ConfigError, DataError
+from rltf_jax.errors import ConfigError
 from rltf_jax.training import dp, loop
 
 
@@ -111,7 +111,7 @@ def test_plan_refuses_a_delta_above_one_over_n_and_a_batch_of_everyone():
     dp.plan(dp_section(delta=0.01), 1000, 10)
   with pytest.raises(ConfigError, match="batch_size"):
     dp.plan(dp_section(batch_size=64), 64, 10)
-  with pytest.raises(DataError, match="subject 7"):
+  with pytest.raises(ConfigError, match="subject 7"):
     dp.check_one_row_per_patient(np.array([1, 7, 3, 7]))
 
 

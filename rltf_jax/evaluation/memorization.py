@@ -32,22 +32,35 @@ def _train_side(plan, memo: dict) -> dict:
   memo["rouge1_train"] = metrics.mean_ci(rouge[:, 2], B, seed)
   memo["rouge1_train_uncut"] = metrics.mean_ci(rouge_uncut[:, 2], B, seed)
   memo["self_copy_train"] = privacy.self_copy_rate(train_cut, train_true, B, seed)
+  memo["rouge1_matched"] = _matched_rouge(plan, rouge[:, 2])
   return dict(arrays, train_rouge1_prf=rouge, train_rouge1_prf_uncut=rouge_uncut)
 
 
+def _matched_rouge(plan, rouge_train: np.ndarray) -> dict:
+  """ROUGE-1 train against test like with like: the trained-on draw is cohort-heavy (the pairs'
+  patients), the validation patients are not; per stratum, and the test side re-weighted to the
+  draw's cohort share (`privacy.matched_means`)."""
+  v = np.flatnonzero(plan.valid)
+  true, cut = plan.true.select(v), plan.cut.select(v)
+  rouge_test = metrics.rouge1(conditional.code_sequences(true), conditional.code_sequences(cut))[:, 2]
+  train_member = plan.dataset.select(plan.trained_draw).patients_with_any(plan.cohort.codes)
+  return privacy.matched_means(rouge_train, train_member, rouge_test,
+                               plan.test.patients_with_any(plan.cohort.codes)[v], plan.B, plan.seed)
+
+
 def _membership(plan) -> dict:
-  """The attack on up to `num_membership_patients` members and test-split non-members."""
-  dataset, n_mia = plan.dataset, int(plan.cfg.num_membership_patients)
-  rng = np.random.default_rng(plan.seed + 2)
+  """The attack on up to `num_membership_patients` members and as many non-members: patients no
+  method trained on (the test split and the design's evaluation split, less the modelling set
+  LSTM and HALO train on), drawn with the members' cohort mix (`privacy.matched_draw`), so that
+  the two sides differ in membership only."""
+  dataset = plan.dataset
   member_pool = plan.members if plan.members is not None else dataset.select(plan.trained_pool)
-  nonmember_pool = dataset.subset("test")
-  # A baseline trained on the modelling set (test patients) has members inside the test split:
-  # its non-members are the test patients it did not see.
-  seen = np.union1d(member_pool.subject_id, dataset.subject_id[plan.trained_pool])
-  nonmember_pool = nonmember_pool.select(~np.isin(nonmember_pool.subject_id, seen))
-  pick = lambda ds: ds.select(np.sort(rng.choice(len(ds), min(n_mia, len(ds)), replace=False)))
-  return privacy.membership_inference(plan.generator, pick(member_pool), pick(nonmember_pool),
-                                      plan.B, plan.seed)
+  pool = np.union1d(dataset.split_indices("test"), dataset.split_indices(plan.patients.counts["test"]["split"]))
+  seen = np.concatenate([member_pool.subject_id, dataset.subject_id[plan.trained_pool],
+                         plan.patients.model_subject_id])
+  nonmember_pool = dataset.select(pool[~np.isin(dataset.subject_id[pool], seen)])
+  return privacy.matched_membership_inference(plan.generator, member_pool, nonmember_pool, plan.cohort.codes,
+                                              int(plan.cfg.num_membership_patients), plan.B, plan.seed + 2)
 
 
 def evaluate(plan, results: dict) -> tuple[dict, dict]:

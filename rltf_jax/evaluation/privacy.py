@@ -310,3 +310,54 @@ def dp_card_lines(dp: dict, real_prompts: bool) -> list[str]:
   if real_prompts:
     line += " It does not cover the real prompts this dataset carries."
   return [line]
+
+
+def _f(x, d=3) -> str:
+  return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+
+
+def _ci_text(r: dict | None, d=3) -> str:
+  if not r or r.get("value") is None:
+    return "n/a"
+  lo, hi = r.get("ci95", [None, None])
+  return f"{_f(r['value'], d)} [{_f(lo, d)}, {_f(hi, d)}]"
+
+
+def tpr_text(a: dict, fpr: str) -> str:
+  """'TPR [interval] (TP/members; FP <= allowed of N non-members)'."""
+  t = a.get("tpr_at_fpr", {}).get(fpr)
+  if not t:
+    return "n/a"
+  return (f"{_ci_text(t)} ({t['true_positives']}/{t['members']}; {t['false_positives']} FP of "
+          f"{t['nonmembers']}, {t['allowed_false_positives']} allowed)")
+
+
+def membership_lines(results: dict) -> list[str]:
+  """The report's like-with-like memorization table: ROUGE-1 train - test with the test side
+  re-weighted to the training side's cohort mix, and the white-box attack on members and
+  non-members matched by cohort stratum, with TPR at low FPR."""
+  rows = []
+  for cohort, methods in results.items():
+    for method, m in methods.items():
+      mem = m.get("memorization", {})
+      mia, rm = mem.get("membership_inference") or {}, (mem.get("rouge1_matched") or {}).get("matched", {})
+      if "matching" not in mia and not rm:
+        continue
+      share = mia.get("matching", {}).get("matched_cohort_share")
+      coh = mia.get("strata", {}).get("cohort", {})
+      rows.append(f"| {cohort} | {method} | {_ci_text(rm.get('difference')) if rm.get('difference') else rm.get('reason', 'n/a')} | "
+                  f"{_ci_text(mia) if mia.get('value') is not None else mia.get('reason', 'n/a')} | "
+                  f"{mia.get('members', '-')} / {mia.get('nonmembers', '-')}, {_f(share, 2)} | "
+                  f"{tpr_text(mia, '0.001')} | {tpr_text(mia, '0.01')} | {_ci_text(coh)} |")
+  if not rows:
+    return []
+  return ["*Members and non-members matched by cohort.* ROUGE-1 train - test: the test patients' "
+          "ROUGE-1 re-weighted to the trained-on draw's cohort share (0: no memorization). The "
+          "white-box attack (threat model: the attacker holds the model and scores a record's "
+          "log-likelihood per token) on members and non-members drawn with equal counts in each "
+          "cohort stratum, so that 0.5 and a TPR equal to the FPR mean no leakage; TPR at 0.1% and 1% "
+          "FPR give the true positives and how many false positives the threshold allows of how many "
+          "non-members (0 allowed: a threshold above every non-member).", "",
+          "| Cohort | Method | ROUGE-1 train - test, matched | Membership AUC | Members / non-members, "
+          "cohort share | TPR at 0.1% FPR | TPR at 1% FPR | AUC within the cohort |",
+          "|---|---|---|---|---|---|---|---|", *rows, ""]

@@ -632,6 +632,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       *_utility_section(results),
       *[f"![AUROC]({p})" for p in plots["utility"]], "",
       *_memorization_section(results),
+      *privacy.membership_lines(results),
       *privacy.dp_lines(results),
       *released_privacy,
       *_prevalence_section(results, plots["prevalence"]),

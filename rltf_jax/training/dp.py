@@ -1,7 +1,7 @@
 """Differentially private fine-tuning (DP-SGD) of the base decoder on one cohort's pairs.
 
 What is protected: the patients of the preference pairs. Each patient gives exactly one pair (the
-pairs are drawn without replacement; `check_one_row_per_patient`), so a guarantee per pair is one
+pairs are drawn without replacement, `rltf.pairs_per_patient` = 1; `check_one_row_per_patient`), so a guarantee per pair is one
 per patient. The base model and the reference log-probabilities are fixed before the fine-tune
 and are public to it; when they were trained on the same patients (pairs drawn from the training
 split, as without an enriched sample) the guarantee covers the fine-tune's use of them only, and
@@ -25,13 +25,15 @@ The mechanism (Abadi et al. 2016), step by step:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 
 import numpy as np
 from scipy import stats
 
-from rltf_jax.errors import ConfigError, DataError
+from rltf_jax.errors import ConfigError
 
 OVERFLOW_BOUND = 1e-9  # the run's probability of a Poisson batch larger than `max_rows`
 
@@ -81,14 +83,28 @@ def identity(plain: dict) -> dict:
   return plain
 
 
+@contextlib.contextmanager
+def _quiet_accountant():
+  """dp_accounting logs a warning for every Renyi order whose series it drops (a looser but still
+  valid bound); hundreds of them per calibration would bury the run's log."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def rdp_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
   """epsilon at `delta` of `steps` Poisson-subsampled Gaussian steps (Renyi DP accountant)."""
-  from dp_accounting import dp_event, rdp
+  from dp_accounting import rdp
   if steps <= 0:
     return 0.0
-  accountant = rdp.RdpAccountant()
-  accountant.compose(_event(noise_multiplier, sampling_rate), steps)
-  return float(accountant.get_epsilon(delta))
+  with _quiet_accountant():
+    accountant = rdp.RdpAccountant()
+    accountant.compose(_event(noise_multiplier, sampling_rate), steps)
+    return float(accountant.get_epsilon(delta))
 
 
 def _event(noise_multiplier: float, sampling_rate: float):
@@ -101,9 +117,10 @@ def calibrate_noise(target_epsilon: float, sampling_rate: float, steps: int, del
   import dp_accounting
   from dp_accounting import dp_event, rdp
   make = lambda sigma: dp_event.SelfComposedDpEvent(_event(sigma, sampling_rate), steps)
-  sigma = float(dp_accounting.calibrate_dp_mechanism(
-      rdp.RdpAccountant, make, float(target_epsilon), float(delta),
-      bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-3))
+  with _quiet_accountant():
+    sigma = float(dp_accounting.calibrate_dp_mechanism(
+        rdp.RdpAccountant, make, float(target_epsilon), float(delta),
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-3))
   # The search returns a value within `tol` of the boundary on the safe side; check it.
   if rdp_epsilon(sigma, sampling_rate, steps, delta) > target_epsilon * (1 + 1e-9):
     raise ConfigError(f"DP calibration failed: noise {sigma} exceeds epsilon {target_epsilon}")
@@ -166,5 +183,5 @@ def check_one_row_per_patient(subject_id: np.ndarray) -> None:
   """The unit of privacy is a patient: refuse pairs in which a patient appears twice."""
   ids, counts = np.unique(np.asarray(subject_id), return_counts=True)
   if (counts > 1).any():
-    raise DataError(f"DP fine-tuning protects one pair per patient, but subject {int(ids[counts > 1][0])} "
-                    f"has {int(counts.max())} pairs; draw at most one pair per patient")
+    raise ConfigError(f"DP fine-tuning protects one pair per patient, but subject {int(ids[counts > 1][0])} "
+                      f"has {int(counts.max())} pairs; set rltf.pairs_per_patient=1 with rltf.dp")

@@ -93,7 +93,7 @@ def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_
 
 def _private(section, pairs: PreferenceData, total_steps: int, mesh, make_loss_fn, optimizer, take):
   """(plan, step maker, batches) of DP-SGD over `pairs`."""
-  dp.check_one_row_per_patient(pairs.chosen.subject_id)
+  dp.check_one_row_per_patient(pairs.subject_id)
   plan = dp.plan(section, pairs.num_pairs, total_steps, batch_devices(mesh))
   make_step = lambda: loop.make_private_step(
       make_loss_fn(), optimizer, clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
