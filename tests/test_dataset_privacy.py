@@ -37,6 +37,19 @@ def test_anchors_bracket_the_privacy_metrics():
   assert out["generator"]["all"]["membership"]["value"] > 0.95
   assert out["copy"]["cohort"]["patients"]["synthetic"] > 10  # the cohort measured on its own
   assert out["copy"]["all"]["attribute"]["train"]["value"] >= out["marginals"]["all"]["attribute"]["train"]["value"]
+  # At a low false-positive rate: the copy anchor gives its members away, the marginals do not.
+  for name, lo, hi in (("copy", 0.95, 1.0), ("marginals", 0.0, 0.05)):
+    for attack in ("distance", "density"):
+      t = out[name]["all"]["membership"]["attacks"][attack]["tpr_at_fpr"]["0.01"]
+      assert lo <= t["value"] <= hi, (name, attack, t)
+      assert t["allowed_false_positives"] == int(0.01 * t["nonmembers"])
+    strongest = out[name]["all"]["membership"]["strongest"]["all"]
+    assert lo <= strongest["tpr"]["value"] <= hi
+  m = out["copy"]["all"]["membership"]
+  assert m["members"] == m["nonmembers"]  # matched: the same cohort counts on both sides
+  for side in m["matching"].values():
+    assert side["drawn_per_side"] == min(side["pool_members"], side["pool_nonmembers"])
+  assert "cohort" in m["attacks"]["density"]["strata"]
 
 
 def test_the_table_has_a_row_per_data_and_population():
