@@ -126,3 +126,52 @@ def test_attribute_inference_of_a_configurable_sensitive_code_set():
   table = dp.privacy_table(out)  # the data card names each set, and says when one is absent
   assert "| copy | all | hypertension | " in table
   assert "| copy | all | absent | none of its codes is in the code table |" in table
+
+
+def _with_a_lab_event_each(ds):
+  """Every record plus one lab event at its end: a family the run's `data.include` drops."""
+  from rltf_jax.data.events import PatientEvents
+  end = ds.offsets[1:]
+  last = np.maximum(end - 1, 0)
+  has = ds.lengths > 0
+  lab = len(ds.codes)
+  return PatientEvents.build(
+      subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day,
+      offsets=ds.offsets + np.arange(ds.num_patients + 1),
+      code=np.insert(ds.code, end, lab), day=np.insert(ds.day, end, np.where(has, ds.day[last], ds.birth_day + 1)),
+      visit=np.insert(ds.visit, end, np.where(has, ds.visit[last], 0)),
+      pos=np.insert(ds.pos, end, 0), codes=list(ds.codes) + ["LAB//50912"])
+
+
+def test_dataset_privacy_sees_training_records_passed_off_as_synthetic(enriched_sweep, tmp_path, capsys):
+  """Issue 30, item 4: the run's own training records, with a family the run does not include
+  (labs), passed as "synthetic": read as the run reads its data they are exact copies (~1),
+  membership AUC ~1 and a loud flag; nothing is written into the "synthetic" (a source) folder."""
+  import json
+  import pytest
+  from rltf_jax.data import meds
+  from rltf_jax.errors import ConfigError
+  from rltf_jax import pipeline
+  from rltf_jax.commands.privacy import main
+  _, work = enriched_sweep
+  run = work / "shock"
+  ctx = pipeline.open_run(run)
+  train = ctx.dataset.subset("train")
+  source = meds.write_meds(_with_a_lab_event_each(train), tmp_path / "source", splits=False)
+  before = sorted(p.name for p in source.rglob("*"))
+  with pytest.raises(ConfigError, match="not a synthetic dataset written by synthesize"):
+    main(["--synthetic", str(source), "--run", str(run), "--bootstrap", "20"])
+  out = tmp_path / "out"
+  assert main(["--synthetic", str(source), "--run", str(run), "--out", str(out), "--bootstrap", "20"]) == 0
+  assert "WARNING" in capsys.readouterr().err
+  rec = json.loads((out / "privacy.json").read_text())
+  copies = rec["copies_of_training_records"]
+  assert copies["code_set_copy_fraction"] > 0.95 and copies["record_copy_fraction"] > 0.95
+  assert rec["alarm"] and rec["released_read_as"]["include"] == list(ctx.cfg.data.include)
+  gen = rec["generator"]["all"]
+  assert gen["copies"]["synthetic"]["value"] > 0.95 and gen["membership"]["value"] > 0.95
+  assert gen["membership"]["strongest"]["all"]["tpr"]["value"] > 0.95
+  assert sorted(p.name for p in source.rglob("*")) == before  # the source folder is untouched
+  # Unfiltered (what the old reader did), the lab events hide every copy.
+  raw, _ = meds.read_meds(source)
+  assert dp.copies_of_training(raw, train)["code_set_copy_fraction"] == 0.0

@@ -1,8 +1,13 @@
 """Privacy (and, from `dataset_fidelity`, fidelity) of a released synthetic dataset, measured from
 the data alone (no model access), overall and on the rare cohort's patients on their own.
 
-  rltf privacy --synthetic DIR --run RUN_DIR [--patients 10000]
-      [--sensitive NAME=CODE,CODE ...]
+  rltf privacy --synthetic DIR --run RUN_DIR [--out DIR]
+      [--patients 10000] [--sensitive NAME=CODE,CODE ...]
+
+The released data is read as the run read its own (its `data.include` families, its code
+system); records are matched to training records by content, and a "synthetic" dataset that is
+mostly training records is flagged loudly. Results go to `--out`, or into the synthetic dataset
+when `synthesize` wrote it; never into a source dataset.
 
 Representation and distance. A patient is the set of distinct codes in their record (a binary
 code-presence vector); the distance between two patients is the Jaccard distance of their sets,
@@ -40,6 +45,7 @@ drawn independently at its training prevalence) through the same metrics.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -48,7 +54,7 @@ import scipy.sparse as sp
 
 from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
-from rltf_jax.errors import cli_main
+from rltf_jax.errors import ConfigError, cli_main
 from rltf_jax.evaluation import dataset_fidelity, metrics, privacy
 
 _BLOCK = 512  # rows of the query set per sparse product
@@ -391,6 +397,57 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   io.atomic_savez(out_dir / ARRAYS_FILE, **arrays)
   io.atomic_write_json(out_dir / RUN_FILE, record)
   return record
+
+
+COPY_ALARM = 0.5  # a "synthetic" dataset with this share of training records' exact copies is flagged
+
+
+def released_dataset(path: Path, data_cfg) -> PatientEvents:
+  """The released MEDS data read exactly as the run read its own (`rltf_jax.data.load`): the same
+  `bare_code_system`, and only the code families of `data.include` (`families.keep_families`), so
+  that a record equal to a training record compares equal. (Numeric values are not re-binned into
+  value tokens: a dataset written by `synthesize` carries its value tokens as codes.)"""
+  from rltf_jax.data import families, meds
+  ds, _, value = meds.read_meds_values(path, bare_code_system=data_cfg.bare_code_system or None)
+  ds, _, _ = families.keep_families(ds, data_cfg.include, value)
+  return ds
+
+
+def copies_of_training(synthetic: PatientEvents, train: PatientEvents) -> dict:
+  """Matched by content, never by subject id: the share of released patients whose set of codes
+  (`code_sets`) equals a training patient's, and whose whole record (codes in order, with days
+  counted from the record's first event) equals one."""
+  table = np.unique(np.concatenate([synthetic.codes, train.codes]))
+  train_sets = set(_keys(code_sets(train, table)))
+  set_copy = np.array([len(k) > 0 and k in train_sets for k in _keys(code_sets(synthetic, table))])
+  records = lambda ds: [_record_key(ds, i, table) for i in range(ds.num_patients)]
+  train_records = set(records(train))
+  record_copy = np.array([k in train_records for k in records(synthetic)]) & (synthetic.lengths > 0)
+  n = max(synthetic.num_patients, 1)
+  return dict(patients=int(synthetic.num_patients), code_set_copies=int(set_copy.sum()),
+              code_set_copy_fraction=float(set_copy.sum() / n), record_copies=int(record_copy.sum()),
+              record_copy_fraction=float(record_copy.sum() / n), training_patients=int(train.num_patients))
+
+
+def _record_key(ds: PatientEvents, i: int, table: np.ndarray) -> bytes:
+  a, b = int(ds.offsets[i]), int(ds.offsets[i + 1])
+  codes = np.searchsorted(table, ds.codes[ds.code[a:b]]).astype(np.int64)
+  days = (ds.day[a:b] - (ds.day[a] if b > a else 0)).astype(np.int64)
+  return np.stack([codes, days]).tobytes()
+
+
+def output_dir(synthetic: Path, out: Path | None, data_cfg) -> Path:
+  """Where privacy.json goes: `out`, or else the synthetic dataset itself when `synthesize` wrote
+  it (its metadata says `synthetic`); never into a source dataset."""
+  if out is not None:
+    return out
+  meta = synthetic / "metadata" / "dataset.json"
+  written_by_us = meta.exists() and bool(json.loads(meta.read_text()).get("synthetic"))
+  is_source = bool(data_cfg.path) and synthetic.resolve() == Path(data_cfg.path).resolve()
+  if is_source or not written_by_us:
+    what = "is the run's source data" if is_source else "is not a synthetic dataset written by synthesize"
+    raise ConfigError(f"{synthetic} {what}; nothing is written into it: pass --out DIR for the results")
+  return synthetic
 
 
 _CARD_HEADING = "## Privacy from the released data alone (`privacy.json`)"
