@@ -148,7 +148,7 @@ def test_private_step_on_packed_pairs_without_noise_or_clipping_is_the_ordinary_
   from rltf_jax.data.vocab import Vocabulary
   from rltf_jax.models.decoder import init_decoder
   from rltf_jax.training.preference import build_preference_data
-  from configs import base as base_config
+  from rltf_jax.configs import base as base_config
   from test_preference import COHORT, random_dataset, rltf_cfg
   ds = random_dataset(num_patients=120, seed=11, max_events=10)
   vocab = Vocabulary.build(ds, always_include=COHORT.codes)
