@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
       holdout_source="test split", representation="code sets, Jaccard distance",
       released_read_as=dict(include=list(ctx.cfg.data.include),
                             bare_code_system=ctx.cfg.data.bare_code_system),
-      copies_of_training_records=copies, alarm=alarm, **result))
+      copies_of_training_records=copies, alarm=alarm,
+      anonymeter=dict(reason=dataset_privacy.ANONYMETER_ABSENT), **result))
   table = dataset_privacy.privacy_table(result)
   if alarm:
     table = f"**{alarm}.**\n\n" + table

@@ -386,7 +386,7 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
                 holdout_source="the other half of the evaluated patients: prompt + true continuation",
                 released="half of the evaluated patients: real prompt + generated continuation cut to "
                          "the true one's length",
-                representation="code sets, Jaccard distance",
+                representation="code sets, Jaccard distance", anonymeter=dict(reason=ANONYMETER_ABSENT),
                 patients=dict(released=num_released, released_members=released_members,
                               reference=int(reference.num_patients),
                               reference_members=int(reference.patients_with_any(cohort.codes).sum()),
@@ -451,6 +451,14 @@ def output_dir(synthetic: Path, out: Path | None, data_cfg) -> Path:
 
 
 _CARD_HEADING = "## Privacy from the released data alone (`privacy.json`)"
+
+# Why the singling-out, linkability and inference risks of `anonymeter` (Giomi et al. 2023) are
+# not measured: it cannot be installed beside this project's pins. Checked 2026-12-07.
+ANONYMETER_ABSENT = (
+    "not measured: anonymeter (1.1.0 and 1.0.0, the only releases on PyPI) requires numpy<1.27 and "
+    "pyarrow<22, while jax 0.10 here requires numpy>=2.0 (numpy 2.4.6 and pyarrow 26.0.1 installed); "
+    "a number from a separate environment on a tabular view (demographics and code presence) would "
+    "also drop the record's order and timing, which is what this data's re-identification rests on")
 
 
 def _attack_aucs(mem: dict) -> str:
@@ -530,6 +538,7 @@ def privacy_table(result: dict) -> str:
           + f" | {f(b['cooccurrence']['r2_identity'], 2)} | {f(b['detection'].get('auroc'))} | "
           f"{f(dist.get('record_events', {}).get('wasserstein'), 1) if dist else '-'} | "
           f"{f(dist.get('days_between_visits', {}).get('wasserstein'), 1) if dist else '-'} |")
+  rows += ["", f"Singling-out, linkability and inference risks (anonymeter): {ANONYMETER_ABSENT}."]
   return "\n".join(rows)
 
 
