@@ -636,6 +636,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       *privacy_attacks.membership_lines(results),
       *privacy_attacks.dp_lines(results),
       *released_privacy,
+      *privacy_attacks.strongest_lines(results, privacy),
       *_prevalence_section(results, plots["prevalence"]),
       *_ablation_section(results),
       *_generation_section(results),
