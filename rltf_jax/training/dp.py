@@ -163,19 +163,19 @@ def plan(section, num_pairs: int, steps: int, multiple: int = 1) -> PrivacyPlan:
                      num_pairs=num_pairs, seed=int(dp.seed), overflow_probability=overflow)
 
 
-def poisson_rows(step: int, plan_: PrivacyPlan, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def poisson_rows(step: int, settings: PrivacyPlan, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
   """(row indices [max_rows], mask [max_rows], truncated) of step `step`: each pair joins with
   probability q, a pure function of (seed, step) so that a resumed run replays the same batches.
   Unused rows repeat the first drawn row (row 0 when none was drawn), masked out."""
   rng = np.random.default_rng([seed, step, 0x5D9])
-  drawn = np.flatnonzero(rng.random(plan_.num_pairs) < plan_.sampling_rate)
-  truncated = len(drawn) > plan_.max_rows
+  drawn = np.flatnonzero(rng.random(settings.num_pairs) < settings.sampling_rate)
+  truncated = len(drawn) > settings.max_rows
   if truncated:
-    drawn = np.sort(rng.choice(drawn, plan_.max_rows, replace=False))
-  mask = np.zeros(plan_.max_rows, np.float32)
+    drawn = np.sort(rng.choice(drawn, settings.max_rows, replace=False))
+  mask = np.zeros(settings.max_rows, np.float32)
   mask[:len(drawn)] = 1.0
   fill = drawn[0] if len(drawn) else 0
-  rows = np.concatenate([drawn, np.full(plan_.max_rows - len(drawn), fill, np.int64)])
+  rows = np.concatenate([drawn, np.full(settings.max_rows - len(drawn), fill, np.int64)])
   return rows, mask, truncated
 
 
