@@ -49,18 +49,40 @@ def _matched_rouge(plan, rouge_train: np.ndarray) -> dict:
 
 
 def _membership(plan) -> dict:
-  """The attack on up to `num_membership_patients` members and as many non-members: patients no
-  method trained on (the test split and the design's evaluation split, less the modelling set
-  LSTM and HALO train on), drawn with the members' cohort mix (`privacy.matched_draw`), so that
-  the two sides differ in membership only."""
-  dataset = plan.dataset
-  member_pool = plan.members if plan.members is not None else dataset.select(plan.trained_pool)
-  pool = np.union1d(dataset.split_indices("test"), dataset.split_indices(plan.patients.counts["test"]["split"]))
+  """The attack on up to `num_membership_patients` members and as many non-members that differ
+  from them only in membership (`_nonmembers`), in equal counts per cohort stratum
+  (`privacy.matched_draw`)."""
+  member_pool = plan.members if plan.members is not None else plan.dataset.select(plan.trained_pool)
+  pool, weights, source = _nonmembers(plan, member_pool)
+  return privacy.matched_membership_inference(
+      plan.generator, member_pool, pool, plan.cohort.codes, int(plan.cfg.num_membership_patients),
+      plan.B, plan.seed + 2, nonmember_weights=weights, source=source)
+
+
+def _nonmembers(plan, member_pool) -> tuple:
+  """(non-member pool, draw weights or None, in words): patients no method trained on (less the
+  modelling set LSTM and HALO train on), from the population the members were drawn from. The
+  fine-tunes' pair patients come from the enriched sample's pairs split, negatives drawn in
+  proportion to their design weight: their non-members come from its evaluation split, drawn by
+  the same weights (the enriched sample over-represents every rare cohort, not only this one).
+  The base model's members (the training split) get the test split's patients; the baselines'
+  (the modelling set) the other patients of its split."""
+  dataset, design = plan.dataset, plan.design
+  member_splits = np.unique(member_pool.split)
+  weights = None
+  if design is not None and design.pairs_split != "train" and set(member_splits) == {SPLITS.index(design.pairs_split)}:
+    split, weights = design.eval_split, 1.0 / design.inclusion
+  elif set(member_splits) == {SPLITS.index("train")}:
+    split = "test"
+  else:
+    split = SPLITS[int(member_splits[0])] if len(member_splits) else "test"
+  pool = dataset.split_indices(split)
   seen = np.concatenate([member_pool.subject_id, dataset.subject_id[plan.trained_pool],
                          plan.patients.model_subject_id])
-  nonmember_pool = dataset.select(pool[~np.isin(dataset.subject_id[pool], seen)])
-  return privacy.matched_membership_inference(plan.generator, member_pool, nonmember_pool, plan.cohort.codes,
-                                              int(plan.cfg.num_membership_patients), plan.B, plan.seed + 2)
+  pool = pool[~np.isin(dataset.subject_id[pool], seen)]
+  source = (f"the {split} split, less every method's training patients"
+            + (", drawn by design weight" if weights is not None else ""))
+  return dataset.select(pool), None if weights is None else weights[pool], source
 
 
 def evaluate(plan, results: dict) -> tuple[dict, dict]:

@@ -119,12 +119,14 @@ def strongest(attacks: dict, fpr: float = 0.01) -> dict:
 
 
 # ---------------------------------------------------------------- members and non-members matched
-def matched_draw(member_stratum: np.ndarray, nonmember_stratum: np.ndarray, n: int, seed: int
-                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+def matched_draw(member_stratum: np.ndarray, nonmember_stratum: np.ndarray, n: int, seed: int,
+                 nonmember_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
   """(member indices, non-member indices, counts): the same number of members and non-members in
   each stratum (e.g. cohort member or not), so the two sides differ only in membership. Each
   stratum keeps min(members there, non-members there); when that exceeds `n` per side (n <= 0:
-  no cap) the strata shrink in proportion. Strata with no counterpart are dropped and counted."""
+  no cap) the strata shrink in proportion. Strata with no counterpart are dropped and counted.
+  `nonmember_weights`: non-members are drawn with probability in proportion to them (design
+  weights, to draw them as the members were drawn) instead of uniformly."""
   rng = np.random.default_rng(seed)
   member_stratum, nonmember_stratum = np.asarray(member_stratum), np.asarray(nonmember_stratum)
   strata = np.union1d(member_stratum, nonmember_stratum)
@@ -136,7 +138,8 @@ def matched_draw(member_stratum: np.ndarray, nonmember_stratum: np.ndarray, n: i
   mi, ni = [], []
   for s, (m, nm) in avail.items():
     mi.append(np.sort(rng.choice(m, take[s], replace=False)))
-    ni.append(np.sort(rng.choice(nm, take[s], replace=False)))
+    w = None if nonmember_weights is None else np.asarray(nonmember_weights, np.float64)[nm]
+    ni.append(np.sort(rng.choice(nm, take[s], replace=False, p=None if w is None else w / w.sum())))
   counts = {str(_plain(s)): dict(pool_members=int(len(avail[s][0])), pool_nonmembers=int(len(avail[s][1])),
                                  drawn_per_side=int(take[s])) for s in strata}
   return np.concatenate(mi).astype(np.int64), np.concatenate(ni).astype(np.int64), counts
@@ -242,15 +245,16 @@ def membership_inference(generator, members: PatientEvents, nonmembers: PatientE
 
 
 def matched_membership_inference(generator, member_pool: PatientEvents, nonmember_pool: PatientEvents,
-                                 cohort_codes, per_side: int, num_samples: int, seed: int) -> dict:
+                                 cohort_codes, per_side: int, num_samples: int, seed: int,
+                                 nonmember_weights: np.ndarray | None = None, source: str = "") -> dict:
   """`membership_inference` on members and non-members drawn with the same cohort mix
   (`matched_draw`: equal counts of cohort members and of non-members on each side, at most
   `per_side` per side), so that the attack sees membership and nothing else; the pools' mixes and
   the draw are in `matching`."""
   m_stratum = member_pool.patients_with_any(cohort_codes)
   n_stratum = nonmember_pool.patients_with_any(cohort_codes)
-  mi, ni, counts = matched_draw(m_stratum, n_stratum, per_side, seed)
-  matching = dict(strata={"cohort" if k == "True" else "non_cohort": v for k, v in counts.items()},
+  mi, ni, counts = matched_draw(m_stratum, n_stratum, per_side, seed, nonmember_weights)
+  matching = dict(nonmember_source=source, strata={"cohort" if k == "True" else "non_cohort": v for k, v in counts.items()},
                   pool_member_cohort_share=float(m_stratum.mean()) if len(m_stratum) else None,
                   pool_nonmember_cohort_share=float(n_stratum.mean()) if len(n_stratum) else None,
                   matched_cohort_share=float(m_stratum[mi].mean()) if len(mi) else None)
