@@ -90,7 +90,7 @@ def test_run_privacy_stage_measures_every_method_against_the_fine_tunes_patients
   run = work / "shock"
   rec = json.loads((run / "privacy" / dp.RUN_FILE).read_text())
   assert rec["methods"] == ["base", "rltf"] and set(rec["results"]) == {"base", "rltf", "copy", "marginals"}
-  assert rec["reference_source"] == "the fine-tune's preference-pair patients"
+  assert rec["reference_source"].startswith("the fine-tune's preference-pair patients")
   n = rec["patients"]
   prompts = PatientEvents.load(run / "eval" / "rltf" / "test_prompts.npz")
   # Half the evaluated patients released, the other half the holdout, split within each stratum.

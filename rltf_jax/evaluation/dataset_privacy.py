@@ -306,7 +306,7 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
 # ---------------------------------------------------------------- a run's released records
 RUN_FILE = "privacy.json"
 ARRAYS_FILE = "distances.npz"  # per data and population: nearest-reference distances, record lengths
-RUN_VERSION = 3  # 3: matched members, attacks at low FPR, the density attack; 2: half the evaluated patients released, the other half the holdout; bump when evaluate_run's numbers change, so finished runs recompute them
+RUN_VERSION = 4  # 4: pair patients as long as the holdout's; 3: matched members, attacks at low FPR, the density attack; 2: half the evaluated patients released, the other half the holdout; bump when evaluate_run's numbers change, so finished runs recompute them
 
 
 def released_records(eval_dir: Path, prompts: PatientEvents, truncate_events: int) -> PatientEvents:
@@ -361,7 +361,11 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   released_members = int(member[half_a].sum())
   if reference_ids is not None:
     reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
-    reference_source = "the fine-tune's preference-pair patients"
+    # Of the same kind as the holdout: long enough to have been evaluated (the short records of
+    # the pairs would otherwise stand out as members by their length alone).
+    reference = reference.select(conditional.eligible(reference, T, int(ctx.cfg.eval.min_prompt_events)))
+    reference_source = ("the fine-tune's preference-pair patients long enough to be evaluated "
+                        f"(at least T + {int(ctx.cfg.eval.min_prompt_events)} events)")
   else:
     train = dataset.split_indices("train")
     reference = dataset.select(train[_equal_sample(len(train), num_released, rng)])
