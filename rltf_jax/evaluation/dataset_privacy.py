@@ -318,6 +318,23 @@ def released_records(eval_dir: Path, prompts: PatientEvents, truncate_events: in
   return conditional.join(prompts, conditional.head(generated, truncate_events))
 
 
+def _reference(ctx, reference_ids, num_released: int, rng) -> tuple[PatientEvents, str]:
+  """The fine-tune's patients (`reference_ids`), or a sample of the training split, and in words."""
+  from rltf_jax.evaluation import conditional
+  dataset = ctx.dataset
+  if reference_ids is None:
+    train = dataset.split_indices("train")
+    return dataset.select(train[_equal_sample(len(train), num_released, rng)]), \
+        "the population's training split"
+  reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
+  # Of the same kind as the holdout: long enough to have been evaluated (the short records of the
+  # pairs would otherwise stand out as members by their length alone).
+  T, min_prompt = int(ctx.cfg.eval.truncate_events), int(ctx.cfg.eval.min_prompt_events)
+  reference = reference.select(conditional.eligible(reference, T, min_prompt))
+  return reference, ("the fine-tune's preference-pair patients long enough to be evaluated "
+                     f"(at least T + {min_prompt} events)")
+
+
 def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, *,
                  num_samples: int = 200, seed: int = 0) -> dict:
   """The privacy and fidelity suite on each evaluated method's released records (`released_records`),
@@ -359,17 +376,7 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   released = {name: syn.select(np.flatnonzero(half_a)) for name, syn in released.items()}
   num_released = int(half_a.sum())
   released_members = int(member[half_a].sum())
-  if reference_ids is not None:
-    reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
-    # Of the same kind as the holdout: long enough to have been evaluated (the short records of
-    # the pairs would otherwise stand out as members by their length alone).
-    reference = reference.select(conditional.eligible(reference, T, int(ctx.cfg.eval.min_prompt_events)))
-    reference_source = ("the fine-tune's preference-pair patients long enough to be evaluated "
-                        f"(at least T + {int(ctx.cfg.eval.min_prompt_events)} events)")
-  else:
-    train = dataset.split_indices("train")
-    reference = dataset.select(train[_equal_sample(len(train), num_released, rng)])
-    reference_source = "the population's training split"
+  reference, reference_source = _reference(ctx, reference_ids, num_released, rng)
   result, reason = {}, None
   if min(holdout.num_patients, reference.num_patients) < 2:
     reason = (f"not measured: {holdout.num_patients} holdout and {reference.num_patients} reference "
