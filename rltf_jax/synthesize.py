@@ -41,8 +41,9 @@ from rltf_jax.data import enrich, meds
 from rltf_jax.data.cohorts import is_definition
 from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.errors import ConfigError, DataError, cli_main
-from rltf_jax.evaluation import conditional
+from rltf_jax.evaluation import conditional, privacy
 from rltf_jax.formatting import fmt, lookup
+from rltf_jax.training import finetune
 
 MODES = ("patients", "continue", "enriched")
 FEW_PATIENTS = 100  # below this many evaluated or membership patients the card says the figures are noisy
@@ -285,6 +286,8 @@ def data_card(ctx, method: str, ckpt: Path, ds: PatientEvents, request: dict,
   if is_definition(cfg.cohort) and Path(cfg.cohort).is_file():
     lines += ["", f"The cohort's definition (`{cfg.cohort}`):", "", "```",
               Path(cfg.cohort).read_text().rstrip(), "```"]
+  facts["differential_privacy"] = finetune.dp_info(ctx.cohort_dir / method)
+  lines += privacy.dp_card_lines(facts["differential_privacy"], request["mode"] != "patients")
   if m_path.exists():
     m = json.loads(m_path.read_text())
     t, mem = m["fidelity"]["target"], m.get("memorization", {})

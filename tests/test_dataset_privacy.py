@@ -37,6 +37,19 @@ def test_anchors_bracket_the_privacy_metrics():
   assert out["generator"]["all"]["membership"]["value"] > 0.95
   assert out["copy"]["cohort"]["patients"]["synthetic"] > 10  # the cohort measured on its own
   assert out["copy"]["all"]["attribute"]["train"]["value"] >= out["marginals"]["all"]["attribute"]["train"]["value"]
+  # At a low false-positive rate: the copy anchor gives its members away, the marginals do not.
+  for name, lo, hi in (("copy", 0.95, 1.0), ("marginals", 0.0, 0.05)):
+    for attack in ("distance", "density"):
+      t = out[name]["all"]["membership"]["attacks"][attack]["tpr_at_fpr"]["0.01"]
+      assert lo <= t["value"] <= hi, (name, attack, t)
+      assert t["allowed_false_positives"] == int(0.01 * t["nonmembers"])
+    strongest = out[name]["all"]["membership"]["strongest"]["all"]
+    assert lo <= strongest["tpr"]["value"] <= hi
+  m = out["copy"]["all"]["membership"]
+  assert m["members"] == m["nonmembers"]  # matched: the same cohort counts on both sides
+  for side in m["matching"].values():
+    assert side["drawn_per_side"] == min(side["pool_members"], side["pool_nonmembers"])
+  assert "cohort" in m["attacks"]["density"]["strata"]
 
 
 def test_the_table_has_a_row_per_data_and_population():
@@ -77,7 +90,7 @@ def test_run_privacy_stage_measures_every_method_against_the_fine_tunes_patients
   run = work / "shock"
   rec = json.loads((run / "privacy" / dp.RUN_FILE).read_text())
   assert rec["methods"] == ["base", "rltf"] and set(rec["results"]) == {"base", "rltf", "copy", "marginals"}
-  assert rec["reference_source"] == "the fine-tune's preference-pair patients"
+  assert rec["reference_source"].startswith("the fine-tune's preference-pair patients")
   n = rec["patients"]
   prompts = PatientEvents.load(run / "eval" / "rltf" / "test_prompts.npz")
   # Half the evaluated patients released, the other half the holdout, split within each stratum.
@@ -92,7 +105,8 @@ def test_run_privacy_stage_measures_every_method_against_the_fine_tunes_patients
   assert len(z["holdout.lengths"]) == n["holdout"] and (run / "report" / "privacy_shock.png").exists()
   report = (run / "report" / "report.md").read_text()
   assert "### Privacy and fidelity of the released records" in report
-  assert report.count("| copy | all") == 2  # one row in the privacy table, one in the fidelity table
+  # One row in the privacy table, one in the fidelity table, one in the strongest-attack table.
+  assert report.count("| copy | all") == 3
 
 
 def test_attribute_inference_of_a_configurable_sensitive_code_set():
@@ -113,3 +127,52 @@ def test_attribute_inference_of_a_configurable_sensitive_code_set():
   table = dp.privacy_table(out)  # the data card names each set, and says when one is absent
   assert "| copy | all | hypertension | " in table
   assert "| copy | all | absent | none of its codes is in the code table |" in table
+
+
+def _with_a_lab_event_each(ds):
+  """Every record plus one lab event at its end: a family the run's `data.include` drops."""
+  from rltf_jax.data.events import PatientEvents
+  end = ds.offsets[1:]
+  last = np.maximum(end - 1, 0)
+  has = ds.lengths > 0
+  lab = len(ds.codes)
+  return PatientEvents.build(
+      subject_id=ds.subject_id, sex=ds.sex, birth_day=ds.birth_day,
+      offsets=ds.offsets + np.arange(ds.num_patients + 1),
+      code=np.insert(ds.code, end, lab), day=np.insert(ds.day, end, np.where(has, ds.day[last], ds.birth_day + 1)),
+      visit=np.insert(ds.visit, end, np.where(has, ds.visit[last], 0)),
+      pos=np.insert(ds.pos, end, 0), codes=list(ds.codes) + ["LAB//50912"])
+
+
+def test_dataset_privacy_sees_training_records_passed_off_as_synthetic(enriched_sweep, tmp_path, capsys):
+  """Issue 30, item 4: the run's own training records, with a family the run does not include
+  (labs), passed as "synthetic": read as the run reads its data they are exact copies (~1),
+  membership AUC ~1 and a loud flag; nothing is written into the "synthetic" (a source) folder."""
+  import json
+  import pytest
+  from rltf_jax.data import meds
+  from rltf_jax.errors import ConfigError
+  from rltf_jax import pipeline
+  from rltf_jax.commands.privacy import main
+  _, work = enriched_sweep
+  run = work / "shock"
+  ctx = pipeline.open_run(run)
+  train = ctx.dataset.subset("train")
+  source = meds.write_meds(_with_a_lab_event_each(train), tmp_path / "source", splits=False)
+  before = sorted(p.name for p in source.rglob("*"))
+  with pytest.raises(ConfigError, match="not a synthetic dataset written by synthesize"):
+    main(["--synthetic", str(source), "--run", str(run), "--bootstrap", "20"])
+  out = tmp_path / "out"
+  assert main(["--synthetic", str(source), "--run", str(run), "--out", str(out), "--bootstrap", "20"]) == 0
+  assert "WARNING" in capsys.readouterr().err
+  rec = json.loads((out / "privacy.json").read_text())
+  copies = rec["copies_of_training_records"]
+  assert copies["code_set_copy_fraction"] > 0.95 and copies["record_copy_fraction"] > 0.95
+  assert rec["alarm"] and rec["released_read_as"]["include"] == list(ctx.cfg.data.include)
+  gen = rec["generator"]["all"]
+  assert gen["copies"]["synthetic"]["value"] > 0.95 and gen["membership"]["value"] > 0.95
+  assert gen["membership"]["strongest"]["all"]["tpr"]["value"] > 0.95
+  assert sorted(p.name for p in source.rglob("*")) == before  # the source folder is untouched
+  # Unfiltered (what the old reader did), the lab events hide every copy.
+  raw, _ = meds.read_meds(source)
+  assert dp.copies_of_training(raw, train)["code_set_copy_fraction"] == 0.0

@@ -313,7 +313,8 @@ def test_fidelity_is_scored_on_patients_no_method_trained_on(tmp_path):
   assert mem["rouge1_train"]["value"] == 1.0 and mem["self_copy_train"]["value"] == 1.0
   assert set(z["train_subject_id"]) <= set(modelling) and len(z["train_subject_id"]) == cfg.num_train_patients
   mia = mem["membership_inference"]
-  assert mia["value"] == 1.0 and mia["members"] == min(cfg.num_membership_patients, len(modelling))
+  # Members and non-members matched by cohort (as many of each, at most num_membership_patients).
+  assert mia["value"] == 1.0 and 0 < mia["members"] == mia["nonmembers"] <= cfg.num_membership_patients
   assert m["patients"]["trained_on"]["patients"] == len(modelling)
   # Training on a patient that fidelity scores is refused.
   with pytest.raises(DataError, match="validation"):

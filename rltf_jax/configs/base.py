@@ -113,6 +113,12 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
   f("reference_batch_size", 32, "int>=1")
   _optimiser(f, ckpt_every=200, log_every=10)  # steps; the last step is always saved
   f("seed", 0)  # batch order
+  # Differentially private fine-tuning (DP-SGD over the pairs' patients; docs/privacy.md).
+  f = _Section(cfg, "rltf.dp", ranges)
+  f("epsilon", 0.0, ">=0")    # target epsilon; 0 = off (ordinary training)
+  f("delta", 1e-5, "(0,1)")   # must be below 1 / num_pairs
+  f("clip_norm", 1.0, ">0")   # L2 bound of each pair's gradient
+  f("seed", 0, "int>=0")      # noise
 
   # ---------------------------------------------------------------- SFT baseline
   # Each optimiser field follows its cfg.rltf field (also under an override of that field) unless
@@ -123,6 +129,9 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
     f(field, _follows(cfg.rltf, field), ranges["rltf"].get(field))
   f("aux_weight", 1.0, ">=0")  # weight of the attribute NLL, as pretrain.aux_weight
   f("calibrate", "none")  # as rltf.calibrate
+  f = _Section(cfg, "sft.dp", ranges)  # follows cfg.rltf.dp: the same patients
+  for field in ("epsilon", "delta", "clip_norm", "seed"):
+    f(field, _follows(cfg.rltf.dp, field), ranges["rltf.dp"][field])
 
   # ---------------------------------------------------------------- evaluation (rltf_jax/evaluation)
   f = _Section(cfg, "eval", ranges)

@@ -1,8 +1,13 @@
 """Privacy (and, from `dataset_fidelity`, fidelity) of a released synthetic dataset, measured from
 the data alone (no model access), overall and on the rare cohort's patients on their own.
 
-  rltf privacy --synthetic DIR --run RUN_DIR [--patients 10000]
-      [--sensitive NAME=CODE,CODE ...]
+  rltf privacy --synthetic DIR --run RUN_DIR [--out DIR]
+      [--patients 10000] [--sensitive NAME=CODE,CODE ...]
+
+The released data is read as the run read its own (its `data.include` families, its code
+system); records are matched to training records by content, and a "synthetic" dataset that is
+mostly training records is flagged loudly. Results go to `--out`, or into the synthetic dataset
+when `synthesize` wrote it; never into a source dataset.
 
 Representation and distance. A patient is the set of distinct codes in their record (a binary
 code-presence vector); the distance between two patients is the Jaccard distance of their sets,
@@ -23,8 +28,11 @@ generator's base model trained on, `holdout` = real patients no method saw):
                  within-set distances, on equal-sized samples; for train and holdout real sets;
                  `privacy_loss` = AA(holdout) - AA(train): > 0 means the synthetic data sits closer
                  to training patients than to unseen ones.
-  membership     a black-box attack from the released data: score = -(distance to the nearest
-                 synthetic patient); AUC of training members against holdout non-members.
+  membership     black-box attacks from the released data (`membership_attacks`): the distance
+                 attack, score = -(distance to the nearest synthetic patient), and a reference-
+                 calibrated density-ratio attack (DOMIAS-style); each attack's AUC and TPR at 0.1%
+                 and 1% FPR with counts, and the strongest, on training members and holdout
+                 non-members drawn with the same cohort counts (`privacy.matched_draw`).
   attribute      an attacker who knows a real patient's codes except the cohort's predicts whether
                  the patient has a cohort code from the k nearest synthetic patients (by the known
                  codes): F1 on training patients and on holdout patients; the gap is the leak.
@@ -37,6 +45,7 @@ drawn independently at its training prevalence) through the same metrics.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -45,10 +54,12 @@ import scipy.sparse as sp
 
 from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
-from rltf_jax.errors import cli_main
-from rltf_jax.evaluation import dataset_fidelity, metrics
+from rltf_jax.errors import ConfigError, cli_main
+from rltf_jax.evaluation import dataset_fidelity, metrics, privacy
 
 _BLOCK = 512  # rows of the query set per sparse product
+DENSITY_K = 1  # neighbours of the reference-calibrated attack's density estimate
+DISTANCE_FLOOR = 1e-3  # below any non-zero Jaccard distance of records with < 1,000 codes
 
 
 def code_sets(ds: PatientEvents, table: np.ndarray) -> sp.csr_matrix:
@@ -133,16 +144,14 @@ def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matr
                     nndr_median=float(np.median(nndr)) if len(nndr) else None)
   aa_train, aa_hold = nnaa(train, syn, rng), nnaa(holdout, syn, rng)
   out["nnaa"] = dict(train=aa_train, holdout=aa_hold, privacy_loss=aa_hold - aa_train)
-  members = train[_equal_sample(train.shape[0], holdout.shape[0], rng)]
-  m_score = -nearest(members, syn, 1)[0][:, 0]
-  h_score = -nearest(holdout, syn, 1)[0][:, 0]
-  scores = np.concatenate([m_score, h_score])
-  labels = np.concatenate([np.ones(len(m_score), bool), np.zeros(len(h_score), bool)])
-  out["membership"] = dict(**metrics.ranking_metrics(scores, labels, num_samples, seed)["auroc"],
-                           members=int(len(m_score)), nonmembers=int(len(h_score)))
-  out["attribute"] = _attribute(syn, members, holdout, target_cols, k, num_samples, seed)
+  mi, hi, matching = privacy.matched_draw(_has(train, target_cols), _has(holdout, target_cols), 0, seed)
+  members, nonmembers = train[mi], holdout[hi]
+  out["membership"] = membership_attacks(syn, members, nonmembers, holdout[np.setdiff1d(
+      np.arange(holdout.shape[0]), hi)], target_cols, num_samples=num_samples, seed=seed)
+  out["membership"]["matching"] = matching
+  out["attribute"] = _attribute(syn, members, nonmembers, target_cols, k, num_samples, seed)
   if sensitive_cols:  # the same attack for each further sensitive code set (`sensitive_codes`)
-    out["attribute_sensitive"] = {name: _attribute(syn, members, holdout, cols, k, num_samples, seed)
+    out["attribute_sensitive"] = {name: _attribute(syn, members, nonmembers, cols, k, num_samples, seed)
                                   for name, cols in sensitive_cols.items()}
   train_keys = set(_keys(train))
   syn_copy = np.array([key in train_keys for key in _keys(syn)])
@@ -150,6 +159,69 @@ def privacy_block(syn: sp.csr_matrix, train: sp.csr_matrix, holdout: sp.csr_matr
   out["copies"] = dict(synthetic=metrics.mean_ci(syn_copy, num_samples, seed),
                        holdout_chance=metrics.mean_ci(hold_copy, num_samples, seed))
   return out
+
+
+def _has(x: sp.csr_matrix, cols: np.ndarray) -> np.ndarray:
+  """bool [P]: the patient has a code among `cols`."""
+  return np.asarray(x[:, cols].sum(axis=1)).ravel() > 0 if len(cols) else np.zeros(x.shape[0], bool)
+
+
+def membership_attacks(syn: sp.csr_matrix, members: sp.csr_matrix, nonmembers: sp.csr_matrix,
+                       spare: sp.csr_matrix, target_cols: np.ndarray, *, num_samples: int, seed: int,
+                       k: int | None = None) -> dict:
+  """The black-box attacks on the released data, on members and non-members of the same cohort
+  mix (`privacy.matched_draw`): each attack's AUC and TPR at low FPR (`privacy.attack_metrics`),
+  within the cohort too, and the strongest of them (`privacy.strongest`).
+
+    distance  (no-box) score = -(Jaccard distance to the nearest synthetic record): the
+              attacker holds the released data and a target record;
+    density   (reference-calibrated, DOMIAS-style; van Breugel et al. 2023) score = log of the
+              ratio of the synthetic data's density to a reference population's density near the
+              target record: the attacker also holds real records of the same population, so a
+              record that is merely typical is not mistaken for a member. Densities are k-nearest
+              neighbour estimates (`density_ratio_scores`). The reference is the non-members'
+              other fold plus the holdout records not drawn (`spare`): two folds, each scored
+              against the other, so no record is in its own reference.
+  """
+  k = DENSITY_K if k is None else k
+  m_stratum, n_stratum = _has(members, target_cols), _has(nonmembers, target_cols)
+  names = {True: "cohort", False: "non_cohort"}
+  if min(members.shape[0], nonmembers.shape[0]) < 2:
+    return dict(value=None, ci95=[None, None], reason="fewer than 2 matched members or non-members")
+  dist = lambda x: -nearest(x, syn, 1)[0][:, 0]
+  attacks = dict(distance=privacy.stratified_attack(dist(members), dist(nonmembers), m_stratum, n_stratum,
+                                                    names, num_samples, seed))
+  rng = np.random.default_rng(seed)
+  fold_m, fold_n = rng.random(members.shape[0]) < 0.5, rng.random(nonmembers.shape[0]) < 0.5
+  d_m, d_n = np.zeros(members.shape[0]), np.zeros(nonmembers.shape[0])
+  for fold in (True, False):
+    ref = sp.vstack([nonmembers[fold_n != fold], spare]).tocsr()
+    if ref.shape[0] < k:
+      attacks["density"] = dict(value=None, ci95=[None, None],
+                                reason=f"fewer than {k} reference records in a fold")
+      break
+    d_m[fold_m == fold] = density_ratio_scores(members[fold_m == fold], syn, ref, k)
+    d_n[fold_n == fold] = density_ratio_scores(nonmembers[fold_n == fold], syn, ref, k)
+  else:
+    attacks["density"] = privacy.stratified_attack(d_m, d_n, m_stratum, n_stratum, names, num_samples, seed)
+  main = attacks["distance"]  # the top-level AUC keeps its meaning (the distance attack)
+  return dict(value=main["value"], ci95=main["ci95"], members=main["members"],
+              nonmembers=main["nonmembers"], attacks=attacks, strongest=dict(
+                  all=privacy.strongest(attacks),
+                  cohort=privacy.strongest({n: a["strata"]["cohort"] for n, a in attacks.items()
+                                            if "cohort" in a.get("strata", {})})))
+
+
+
+def density_ratio_scores(targets: sp.csr_matrix, syn: sp.csr_matrix, ref: sp.csr_matrix, k: int) -> np.ndarray:
+  """log (density of `syn` / density of `ref`) at each target, up to a constant, by k-nearest
+  neighbour density estimates (p(x) ~ k / (n r_k(x)^dim), Loftsgaarden & Quesenberry 1965):
+  dim * (log r_k,ref(x) - log r_k,syn(x)) + log(n_ref / n_syn). The dimension and the constant
+  scale and shift every score alike, so the ranking (all an attack needs) is that of
+  log r_k,ref - log r_k,syn, each distance + DISTANCE_FLOOR (a copy is at distance 0)."""
+  d_syn = nearest(targets, syn, k)[0][:, -1]
+  d_ref = nearest(targets, ref, k)[0][:, -1]
+  return np.log(d_ref + DISTANCE_FLOOR) - np.log(d_syn + DISTANCE_FLOOR)
 
 
 def _attribute(syn, members, holdout, target_cols, k, num_samples, seed) -> dict:
@@ -234,7 +306,7 @@ def evaluate_dataset(synthetic: PatientEvents, train: PatientEvents, holdout: Pa
 # ---------------------------------------------------------------- a run's released records
 RUN_FILE = "privacy.json"
 ARRAYS_FILE = "distances.npz"  # per data and population: nearest-reference distances, record lengths
-RUN_VERSION = 2  # 2: half the evaluated patients released, the other half the holdout; bump when evaluate_run's numbers change, so finished runs recompute them
+RUN_VERSION = 4  # 4: pair patients as long as the holdout's; 3: matched members, attacks at low FPR, the density attack; 2: half the evaluated patients released, the other half the holdout; bump when evaluate_run's numbers change, so finished runs recompute them
 
 
 def released_records(eval_dir: Path, prompts: PatientEvents, truncate_events: int) -> PatientEvents:
@@ -244,6 +316,23 @@ def released_records(eval_dir: Path, prompts: PatientEvents, truncate_events: in
   from rltf_jax.evaluation import conditional
   generated = PatientEvents.load(eval_dir / "test_generated.npz")
   return conditional.join(prompts, conditional.head(generated, truncate_events))
+
+
+def _reference(ctx, reference_ids, num_released: int, rng) -> tuple[PatientEvents, str]:
+  """The fine-tune's patients (`reference_ids`), or a sample of the training split, and in words."""
+  from rltf_jax.evaluation import conditional
+  dataset = ctx.dataset
+  if reference_ids is None:
+    train = dataset.split_indices("train")
+    return dataset.select(train[_equal_sample(len(train), num_released, rng)]), \
+        "the population's training split"
+  reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
+  # Of the same kind as the holdout: long enough to have been evaluated (the short records of the
+  # pairs would otherwise stand out as members by their length alone).
+  T, min_prompt = int(ctx.cfg.eval.truncate_events), int(ctx.cfg.eval.min_prompt_events)
+  reference = reference.select(conditional.eligible(reference, T, min_prompt))
+  return reference, ("the fine-tune's preference-pair patients long enough to be evaluated "
+                     f"(at least T + {min_prompt} events)")
 
 
 def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, *,
@@ -287,13 +376,7 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   released = {name: syn.select(np.flatnonzero(half_a)) for name, syn in released.items()}
   num_released = int(half_a.sum())
   released_members = int(member[half_a].sum())
-  if reference_ids is not None:
-    reference = dataset.select(np.flatnonzero(np.isin(dataset.subject_id, np.unique(reference_ids))))
-    reference_source = "the fine-tune's preference-pair patients"
-  else:
-    train = dataset.split_indices("train")
-    reference = dataset.select(train[_equal_sample(len(train), num_released, rng)])
-    reference_source = "the population's training split"
+  reference, reference_source = _reference(ctx, reference_ids, num_released, rng)
   result, reason = {}, None
   if min(holdout.num_patients, reference.num_patients) < 2:
     reason = (f"not measured: {holdout.num_patients} holdout and {reference.num_patients} reference "
@@ -314,7 +397,7 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
                 holdout_source="the other half of the evaluated patients: prompt + true continuation",
                 released="half of the evaluated patients: real prompt + generated continuation cut to "
                          "the true one's length",
-                representation="code sets, Jaccard distance",
+                representation="code sets, Jaccard distance", anonymeter=dict(reason=ANONYMETER_ABSENT),
                 patients=dict(released=num_released, released_members=released_members,
                               reference=int(reference.num_patients),
                               reference_members=int(reference.patients_with_any(cohort.codes).sum()),
@@ -327,7 +410,88 @@ def evaluate_run(ctx, eval_dirs: dict[str, Path], reference_ids, out_dir: Path, 
   return record
 
 
+COPY_ALARM = 0.5  # a "synthetic" dataset with this share of training records' exact copies is flagged
+
+
+def released_dataset(path: Path, data_cfg) -> PatientEvents:
+  """The released MEDS data read exactly as the run read its own (`rltf_jax.data.load`): the same
+  `bare_code_system`, and only the code families of `data.include` (`families.keep_families`), so
+  that a record equal to a training record compares equal. (Numeric values are not re-binned into
+  value tokens: a dataset written by `synthesize` carries its value tokens as codes.)"""
+  from rltf_jax.data import families, meds
+  ds, _, value = meds.read_meds_values(path, bare_code_system=data_cfg.bare_code_system or None)
+  ds, _, _ = families.keep_families(ds, data_cfg.include, value)
+  return ds
+
+
+def copies_of_training(synthetic: PatientEvents, train: PatientEvents) -> dict:
+  """Matched by content, never by subject id: the share of released patients whose set of codes
+  (`code_sets`) equals a training patient's, and whose whole record (codes in order, with days
+  counted from the record's first event) equals one."""
+  table = np.unique(np.concatenate([synthetic.codes, train.codes]))
+  train_sets = set(_keys(code_sets(train, table)))
+  set_copy = np.array([len(k) > 0 and k in train_sets for k in _keys(code_sets(synthetic, table))])
+  records = lambda ds: [_record_key(ds, i, table) for i in range(ds.num_patients)]
+  train_records = set(records(train))
+  record_copy = np.array([k in train_records for k in records(synthetic)]) & (synthetic.lengths > 0)
+  n = max(synthetic.num_patients, 1)
+  return dict(patients=int(synthetic.num_patients), code_set_copies=int(set_copy.sum()),
+              code_set_copy_fraction=float(set_copy.sum() / n), record_copies=int(record_copy.sum()),
+              record_copy_fraction=float(record_copy.sum() / n), training_patients=int(train.num_patients))
+
+
+def _record_key(ds: PatientEvents, i: int, table: np.ndarray) -> bytes:
+  a, b = int(ds.offsets[i]), int(ds.offsets[i + 1])
+  codes = np.searchsorted(table, ds.codes[ds.code[a:b]]).astype(np.int64)
+  days = (ds.day[a:b] - (ds.day[a] if b > a else 0)).astype(np.int64)
+  return np.stack([codes, days]).tobytes()
+
+
+def output_dir(synthetic: Path, out: Path | None, data_cfg) -> Path:
+  """Where privacy.json goes: `out`, or else the synthetic dataset itself when `synthesize` wrote
+  it (its metadata says `synthetic`); never into a source dataset."""
+  if out is not None:
+    return out
+  meta = synthetic / "metadata" / "dataset.json"
+  written_by_us = meta.exists() and bool(json.loads(meta.read_text()).get("synthetic"))
+  is_source = bool(data_cfg.path) and synthetic.resolve() == Path(data_cfg.path).resolve()
+  if is_source or not written_by_us:
+    what = "is the run's source data" if is_source else "is not a synthetic dataset written by synthesize"
+    raise ConfigError(f"{synthetic} {what}; nothing is written into it: pass --out DIR for the results")
+  return synthetic
+
+
 _CARD_HEADING = "## Privacy from the released data alone (`privacy.json`)"
+
+# Why the singling-out, linkability and inference risks of `anonymeter` (Giomi et al. 2023) are
+# not measured: it cannot be installed beside this project's pins. Checked 2026-12-07.
+ANONYMETER_ABSENT = (
+    "not measured: anonymeter (1.1.0 and 1.0.0, the only releases on PyPI) requires numpy<1.27 and "
+    "pyarrow<22, while jax 0.10 here requires numpy>=2.0 (numpy 2.4.6 and pyarrow 26.0.1 installed); "
+    "a number from a separate environment on a tabular view (demographics and code presence) would "
+    "also drop the record's order and timing, which is what this data's re-identification rests on")
+
+
+def _attack_aucs(mem: dict) -> str:
+  attacks = mem.get("attacks", {})
+  if not attacks:  # a privacy.json of an earlier version: one attack
+    return "n/a" if mem.get("value") is None else f"{mem['value']:.3f}"
+  return " / ".join("n/a" if a.get("value") is None else f"{a['value']:.3f}"
+                    for a in (attacks.get("distance", {}), attacks.get("density", {})))
+
+
+def _strongest_cell(mem: dict, fpr: str) -> str:
+  """The highest TPR over the attacks at `fpr`, its attack and its counts."""
+  best = None
+  for name, a in mem.get("attacks", {}).items():
+    t = a.get("tpr_at_fpr", {}).get(fpr)
+    if t and t.get("value") is not None and (best is None or t["value"] > best[1]["value"]):
+      best = (name, t)
+  if best is None:
+    return "n/a"
+  name, t = best
+  return (f"{t['value']:.3f} {name} ({t['true_positives']}/{t['members']}, of {t['nonmembers']}; "
+          f"{t['allowed_false_positives']} FP allowed)")
 
 
 def privacy_table(result: dict) -> str:
@@ -335,19 +499,21 @@ def privacy_table(result: dict) -> str:
   def f(x, d=3):
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
   rows = ["| Data | Patients | DCR median syn / holdout | Syn below holdout p5 | NNAA privacy loss | "
-          "Membership AUC | Attribute F1 train / holdout | Exact copies (chance) |",
-          "|---|---|---|---|---|---|---|---|"]
+          "Membership AUC distance / density | Strongest TPR at 1% FPR (TP/members, of N non-members) | "
+          "Strongest TPR at 0.1% FPR | Attribute F1 train / holdout | Exact copies (chance) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
   for name, r in result.items():
     for pop in ("all", "cohort"):
       b = r[pop]
       if "dcr" not in b:
-        rows.append(f"| {name} | {pop} | {b.get('reason', 'n/a')} | | | | | |")
+        rows.append(f"| {name} | {pop} | {b.get('reason', 'n/a')} | | | | | | | |")
         continue
-      att = b["attribute"]
+      att, mem = b["attribute"], b["membership"]
       rows.append(
           f"| {name} | {pop} ({b['patients']['synthetic']}) | {f(b['dcr']['synthetic_median'])} / "
           f"{f(b['dcr']['holdout_median'])} | {f(b['dcr']['synthetic_below_holdout_p5']['value'])} | "
-          f"{f(b['nnaa']['privacy_loss'])} | {f(b['membership']['value'])} | "
+          f"{f(b['nnaa']['privacy_loss'])} | {_attack_aucs(mem)} | {_strongest_cell(mem, '0.01')} | "
+          f"{_strongest_cell(mem, '0.001')} | "
           f"{f(att.get('train', {}).get('value'), 2)} / {f(att.get('holdout', {}).get('value'), 2)} | "
           f"{f(b['copies']['synthetic']['value'])} ({f(b['copies']['holdout_chance']['value'])}) |")
   sensitive = [(name, pop, set_name, a) for name, r in result.items() for pop in ("all", "cohort")
@@ -383,6 +549,7 @@ def privacy_table(result: dict) -> str:
           + f" | {f(b['cooccurrence']['r2_identity'], 2)} | {f(b['detection'].get('auroc'))} | "
           f"{f(dist.get('record_events', {}).get('wasserstein'), 1) if dist else '-'} | "
           f"{f(dist.get('days_between_visits', {}).get('wasserstein'), 1) if dist else '-'} |")
+  rows += ["", f"Singling-out, linkability and inference risks (anonymeter): {ANONYMETER_ABSENT}."]
   return "\n".join(rows)
 
 

@@ -32,22 +32,57 @@ def _train_side(plan, memo: dict) -> dict:
   memo["rouge1_train"] = metrics.mean_ci(rouge[:, 2], B, seed)
   memo["rouge1_train_uncut"] = metrics.mean_ci(rouge_uncut[:, 2], B, seed)
   memo["self_copy_train"] = privacy.self_copy_rate(train_cut, train_true, B, seed)
+  memo["rouge1_matched"] = _matched_rouge(plan, rouge[:, 2])
   return dict(arrays, train_rouge1_prf=rouge, train_rouge1_prf_uncut=rouge_uncut)
 
 
+def _matched_rouge(plan, rouge_train: np.ndarray) -> dict:
+  """ROUGE-1 train against test like with like: the trained-on draw is cohort-heavy (the pairs'
+  patients), the validation patients are not; per stratum, and the test side re-weighted to the
+  draw's cohort share (`privacy.matched_means`)."""
+  v = np.flatnonzero(plan.valid)
+  true, cut = plan.true.select(v), plan.cut.select(v)
+  rouge_test = metrics.rouge1(conditional.code_sequences(true), conditional.code_sequences(cut))[:, 2]
+  train_member = plan.dataset.select(plan.trained_draw).patients_with_any(plan.cohort.codes)
+  return privacy.matched_means(rouge_train, train_member, rouge_test,
+                               plan.test.patients_with_any(plan.cohort.codes)[v], plan.B, plan.seed)
+
+
 def _membership(plan) -> dict:
-  """The attack on up to `num_membership_patients` members and test-split non-members."""
-  dataset, n_mia = plan.dataset, int(plan.cfg.num_membership_patients)
-  rng = np.random.default_rng(plan.seed + 2)
-  member_pool = plan.members if plan.members is not None else dataset.select(plan.trained_pool)
-  nonmember_pool = dataset.subset("test")
-  # A baseline trained on the modelling set (test patients) has members inside the test split:
-  # its non-members are the test patients it did not see.
-  seen = np.union1d(member_pool.subject_id, dataset.subject_id[plan.trained_pool])
-  nonmember_pool = nonmember_pool.select(~np.isin(nonmember_pool.subject_id, seen))
-  pick = lambda ds: ds.select(np.sort(rng.choice(len(ds), min(n_mia, len(ds)), replace=False)))
-  return privacy.membership_inference(plan.generator, pick(member_pool), pick(nonmember_pool),
-                                      plan.B, plan.seed)
+  """The attack on up to `num_membership_patients` members and as many non-members that differ
+  from them only in membership (`_nonmembers`), in equal counts per cohort stratum
+  (`privacy.matched_draw`)."""
+  member_pool = plan.members if plan.members is not None else plan.dataset.select(plan.trained_pool)
+  pool, weights, source = _nonmembers(plan, member_pool)
+  return privacy.matched_membership_inference(
+      plan.generator, member_pool, pool, plan.cohort.codes, int(plan.cfg.num_membership_patients),
+      plan.B, plan.seed + 2, nonmember_weights=weights, source=source)
+
+
+def _nonmembers(plan, member_pool) -> tuple:
+  """(non-member pool, draw weights or None, in words): patients no method trained on (less the
+  modelling set LSTM and HALO train on), from the population the members were drawn from. The
+  fine-tunes' pair patients come from the enriched sample's pairs split, negatives drawn in
+  proportion to their design weight: their non-members come from its evaluation split, drawn by
+  the same weights (the enriched sample over-represents every rare cohort, not only this one).
+  The base model's members (the training split) get the test split's patients; the baselines'
+  (the modelling set) the other patients of its split."""
+  dataset, design = plan.dataset, plan.design
+  member_splits = np.unique(member_pool.split)
+  weights = None
+  if design is not None and design.pairs_split != "train" and set(member_splits) == {SPLITS.index(design.pairs_split)}:
+    split, weights = design.eval_split, 1.0 / design.inclusion
+  elif set(member_splits) == {SPLITS.index("train")}:
+    split = "test"
+  else:
+    split = SPLITS[int(member_splits[0])] if len(member_splits) else "test"
+  pool = dataset.split_indices(split)
+  seen = np.concatenate([member_pool.subject_id, dataset.subject_id[plan.trained_pool],
+                         plan.patients.model_subject_id])
+  pool = pool[~np.isin(dataset.subject_id[pool], seen)]
+  source = (f"the {split} split, less every method's training patients"
+            + (", drawn by design weight" if weights is not None else ""))
+  return dataset.select(pool), None if weights is None else weights[pool], source
 
 
 def evaluate(plan, results: dict) -> tuple[dict, dict]:

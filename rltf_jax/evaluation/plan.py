@@ -140,6 +140,7 @@ class EvalPlan:
   members: PatientEvents | None
   base_forecast: object       # see `evaluate_generator`
   timing: dict
+  design: object = None       # `rltf_jax.data.enrich.Design` (None: test split, weights 1)
 
   @property
   def weights(self) -> np.ndarray:
@@ -188,4 +189,4 @@ def build_plan(generator, method: str, dataset: PatientEvents, cohort: Cohort, c
       in_prompt=prompts.patients_with_any(cohort.codes), in_true=true.patients_with_any(cohort.codes),
       in_generated=cut.patients_with_any(cohort.codes), trained_pool=trained_pool,
       trained_draw=trained_draw, trained_counts=trained_counts, members=members,
-      base_forecast=base_forecast, timing=timing)
+      base_forecast=base_forecast, timing=timing, design=design)

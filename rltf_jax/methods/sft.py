@@ -3,7 +3,7 @@
 import numpy as np
 
 from rltf_jax.methods import decoder_generator
-from rltf_jax.training import preference, sft
+from rltf_jax.training import finetune, preference, sft
 
 LABEL = "SFT"
 
@@ -21,5 +21,5 @@ def trained_on(ctx):
 
 
 def describe(ctx):
-  """What the report shows about its training data."""
-  return preference.pair_counts(ctx.pairs)
+  """What the report shows about its training data, and its DP accounting (`dp.json`)."""
+  return dict(preference.pair_counts(ctx.pairs), dp=finetune.dp_info(ctx.cohort_dir / "sft"))

@@ -23,6 +23,7 @@ import numpy as np
 from rltf_jax import io
 from rltf_jax.errors import DataError, cli_main
 from rltf_jax.evaluation import metrics, paper_numbers as paper
+from rltf_jax.evaluation import privacy as privacy_attacks
 from rltf_jax.reporting import forecast_report
 from rltf_jax.reporting.plots import write_plots, write_privacy_plot
 from rltf_jax.reporting.results import PAPER_NOTE, cohort_of, collect, fmt, label, lookup
@@ -632,7 +633,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
       *_utility_section(results),
       *[f"![AUROC]({p})" for p in plots["utility"]], "",
       *_memorization_section(results),
+      *privacy_attacks.membership_lines(results),
+      *privacy_attacks.dp_lines(results),
       *released_privacy,
+      *privacy_attacks.strongest_lines(results, privacy),
       *_prevalence_section(results, plots["prevalence"]),
       *_ablation_section(results),
       *_generation_section(results),

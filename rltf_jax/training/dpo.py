@@ -110,8 +110,7 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   total = rc.epochs * -(-pref_data.num_pairs // rc.batch_size)
   shapes = row_shapes(packed)
 
-  def batches(i):
-    rows = finetune.batch_rows(i, pref_data.num_pairs, rc.batch_size, rc.seed)
+  def take(rows):
     return bucketed_batch(packed, rows, shapes), ref_chosen[rows], ref_rejected[rows]
 
   if verbose:
@@ -119,6 +118,6 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
           f"(beta {rc.beta}, lambda {rc.positive_lambda} {rc.penalty_placement}) -> {run.path}", flush=True)
   make = lambda: make_loss(graphdef, beta=float(rc.beta), lam=float(rc.positive_lambda),
                            placement=rc.penalty_placement)
-  finetune.run(cfg, "rltf", rc, run, graphdef, base_params, make, batches, total, stop_after=stop_after,
-           verbose=verbose, show=("reward_margin", "reward_accuracy", "penalty"))
+  finetune.run(cfg, "rltf", rc, run, graphdef, base_params, make, take, pref_data, total,
+               stop_after=stop_after, verbose=verbose, show=("reward_margin", "reward_accuracy", "penalty"))
   return run.path

@@ -10,6 +10,7 @@ config that trained it), latest/ and best/ (= the final parameters), metrics.jso
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -18,12 +19,13 @@ import numpy as np
 from rltf_jax import io, runs
 from rltf_jax.checkpoints import copy_decoder_files
 from rltf_jax.runs import RunDir
-from rltf_jax.training import loop
-from rltf_jax.training.mesh import check_batch_divisible, make_mesh
+from rltf_jax.training import dp, loop
+from rltf_jax.training.mesh import batch_devices, check_batch_divisible, make_mesh
 from rltf_jax.training.optimizer import make_optimizer
 from rltf_jax.training.preference import PreferenceData
 
 CONFIG_FILE = "config.json"  # the full config of the run that trained a fine-tune
+DP_FILE = "dp.json"  # a DP fine-tune's privacy accounting (`rltf_jax.training.dp`)
 
 
 def batch_rows(step: int, num_rows: int, batch_size: int, seed: int) -> np.ndarray:
@@ -40,8 +42,10 @@ AFTER_TRAINING = ("calibrate",)
 
 
 def training_section(section) -> dict:
-  """The part of a method's config section that a fine-tune's parameters depend on."""
-  return {k: v for k, v in runs.plain(section).items() if k not in AFTER_TRAINING}
+  """The part of a method's config section that a fine-tune's parameters depend on (`dp` only
+  when DP is on, so that runs made before DP existed keep their identity)."""
+  plain = {k: v for k, v in runs.plain(section).items() if k not in AFTER_TRAINING}
+  return dp.identity(plain)
 
 
 def prepare(cfg, method: str, section, base_ckpt_dir: Path, pairs: PreferenceData, workdir: Path):
@@ -58,18 +62,68 @@ def prepare(cfg, method: str, section, base_ckpt_dir: Path, pairs: PreferenceDat
   return run
 
 
-def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_loss_fn, batches,
-        total_steps: int, *, stop_after: int | None, verbose: bool, show=()) -> None:
-  """The part DPO and SFT share: optimizer, compiled step, the loop, the finished marker."""
+def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_loss_fn, take,
+        pairs: PreferenceData, total_steps: int, *, stop_after: int | None, verbose: bool,
+        show=()) -> None:
+  """The part DPO and SFT share: optimizer, compiled step, the loop, the finished marker.
+  `take(rows)` is the batch of pair rows `rows`: epoch permutations (`batch_rows`), or with
+  `section.dp` Poisson-sampled rows with a mask, into DP-SGD's step (`rltf_jax.training.dp`)."""
   mesh = make_mesh(cfg.mesh)
   check_batch_divisible(section.batch_size, mesh, f"{method}.batch_size")
   optimizer = make_optimizer(section, total_steps)
   init = lambda params: loop.initial_state(params, optimizer)
   key = (method, graphdef, runs.digest(training_section(section)), total_steps)
-  step = loop.compile_step(key, lambda: loop.make_step(make_loss_fn(), optimizer), init,
-                           jax.eval_shape(init, base_params), mesh)
+  if dp.enabled(section):
+    plan, make_step, batches = _private(section, pairs, total_steps, mesh, make_loss_fn, optimizer, take)
+    show = tuple(show) + ("dp_clipped_fraction",)
+  else:
+    plan = None
+    make_step = lambda: loop.make_step(make_loss_fn(), optimizer)
+    batches = lambda i: take(batch_rows(i, pairs.num_pairs, section.batch_size, section.seed))
+  step = loop.compile_step(key, make_step, init, jax.eval_shape(init, base_params), mesh)
   result = loop.train(run_dir.path, step, (base_params,), batches, name=method, total_steps=total_steps,
                       log_every=section.log_every, ckpt_every=section.ckpt_every, show=show,
                       stop_after=stop_after, verbose=verbose)
   if result.finished:
-    run_dir.finish(steps=total_steps, final=result.metrics)
+    extra = {}
+    if plan is not None:
+      extra["dp"] = _write_dp(run_dir.path, plan, pairs, section, total_steps, verbose, method)
+    run_dir.finish(steps=total_steps, final=result.metrics, **extra)
+
+
+def _private(section, pairs: PreferenceData, total_steps: int, mesh, make_loss_fn, optimizer, take):
+  """(plan, step maker, batches) of DP-SGD over `pairs`."""
+  dp.check_one_row_per_patient(pairs.subject_id)
+  plan = dp.plan(section, pairs.num_pairs, total_steps, batch_devices(mesh))
+  make_step = lambda: loop.make_private_step(
+      make_loss_fn(), optimizer, clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
+      expected_batch=plan.expected_batch, seed=plan.seed)
+
+  def batches(i):
+    rows, mask, _ = dp.poisson_rows(i, plan, int(section.seed))
+    return mask, take(rows)
+
+  return plan, make_step, batches
+
+
+def _write_dp(path: Path, plan, pairs: PreferenceData, section, total_steps: int, verbose: bool,
+              method: str) -> dict:
+  """`dp.json`: the plan, the spent epsilon and whom it covers (what `describe` reports)."""
+  truncated = sum(dp.poisson_rows(i, plan, int(section.seed))[2] for i in range(total_steps))
+  covers = ("the preference pairs' patients; the base model and reference were trained on other "
+            "patients (the enriched sample's pairs split)" if pairs.params.get("source_split")
+            else "the fine-tune's use of the pairs' patients only: they come from the training split, "
+                 "on which the (non-private) base model was pretrained")
+  info = plan.describe(total_steps, int(truncated), covers)
+  io.atomic_write_json(path / DP_FILE, info)
+  if verbose:
+    print(f"{method}: DP-SGD spent epsilon {info['spent_epsilon']:.3f} (target {plan.target_epsilon}, "
+          f"delta {plan.delta:g}, noise multiplier {plan.noise_multiplier:.3f}, clip {plan.clip_norm})",
+          flush=True)
+  return info
+
+
+def dp_info(run_path: str | Path) -> dict:
+  """A finished fine-tune's DP record (`dp.json`), or {"enabled": False} without one."""
+  path = Path(run_path) / DP_FILE
+  return json.loads(path.read_text()) if path.exists() else dict(enabled=False)

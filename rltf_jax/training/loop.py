@@ -65,6 +65,45 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
   return step
 
 
+def make_private_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, clip_norm: float,
+                      noise_multiplier: float, expected_batch: float, seed: int):
+  """DP-SGD's `(state, (mask_B, batch)) -> (state, metrics)` (`rltf_jax.training.dp`): the
+  gradient of each row of `batch` alone (`jax.vmap` over rows, each a batch of one), clipped to L2
+  norm `clip_norm`, summed over the rows with mask 1, plus Gaussian noise of standard deviation
+  `noise_multiplier * clip_norm` per coordinate (key: `seed` folded with the step, so a resumed run
+  draws the same noise), divided by `expected_batch`; then the optimiser as `make_step`'s.
+  Metrics are means over the masked rows (`tokens` a sum), with the clipped rows' fraction."""
+
+  def row_loss(params, row):
+    return loss_fn(params, jax.tree.map(lambda x: x[None], row))
+
+  def step(state, batch):
+    mask_B, rows = batch
+    (loss_B, metrics_B), grads_B = jax.vmap(jax.value_and_grad(row_loss, has_aux=True),
+                                            in_axes=(None, 0))(state["params"], rows)
+    norm_B = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
+                          for g in jax.tree.leaves(grads_B)))
+    scale_B = mask_B * jnp.minimum(1.0, clip_norm / jnp.maximum(norm_B, 1e-30))
+    summed = jax.tree.map(lambda g: jnp.tensordot(scale_B, g, axes=1), grads_B)
+    leaves, treedef = jax.tree.flatten(summed)
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), state["step"]), len(leaves))
+    noisy = [(g + noise_multiplier * clip_norm * jax.random.normal(k, g.shape, g.dtype)) / expected_batch
+             for g, k in zip(leaves, keys)]
+    grads = jax.tree.unflatten(treedef, noisy)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    used = jnp.maximum(mask_B.sum(), 1.0)
+    mean = lambda x: jnp.sum(mask_B * x) / used
+    metrics = {k: (jnp.sum(mask_B * v) if k == "tokens" else mean(v)) for k, v in metrics_B.items()}
+    metrics = dict(metrics, loss=mean(loss_B), grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates),
+                   dp_rows=mask_B.sum(), dp_clipped_fraction=mean(norm_B > clip_norm),
+                   dp_example_grad_norm=mean(norm_B))
+    return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
+
+  return step
+
+
 def initial_state(params, optimizer: optax.GradientTransformation) -> dict:
   return dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
 

@@ -47,14 +47,13 @@ def finetune_sft(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   lengths = (seqs.tokens != PAD).sum(1)
   total = sc.epochs * -(-pref_data.num_pairs // sc.batch_size)
 
-  def batches(i):
-    rows = finetune.batch_rows(i, pref_data.num_pairs, sc.batch_size, sc.seed)
+  def take(rows):
     w = pow2_length(lengths[rows].max(), 64, seqs.tokens.shape[1])
     return TokenBatch(*(a[rows][:, :w] for a in seqs))
 
   if verbose:
     print(f"sft: {pref_data.num_pairs} sequences, {total} steps of {sc.batch_size} -> {run.path}", flush=True)
   make = lambda: lambda params, batch: loss_fn(graphdef, params, batch, float(sc.aux_weight))
-  finetune.run(cfg, "sft", sc, run, graphdef, base_params, make, batches, total,
+  finetune.run(cfg, "sft", sc, run, graphdef, base_params, make, take, pref_data, total,
                stop_after=stop_after, verbose=verbose)
   return run.path
