@@ -46,7 +46,9 @@ from rltf_jax.runs import RunDir
 log = logging.getLogger(__name__)
 
 METRICS_KIND = "rltf_jax.generator_eval"
-METRICS_VERSION = 4  # 4: forecast (K draws); 3: stratified draw, design weights; 2: validation patients
+# Part of an evaluation's identity: bump it when an evaluator's numbers change, so that a finished
+# evaluation made by older code is refused (with a message) instead of reused.
+METRICS_VERSION = 5  # 5: matched membership; 4: forecast (K draws); 3: design weights
 
 # The evaluators, found by name (`cfg.eval.evaluators`); each module's `evaluate(plan, results)`.
 EVALUATORS = dict(fidelity=fidelity, forecast=forecast, utility=utility, memorization=memorization,
@@ -63,7 +65,7 @@ def _run_dir(out: Path, cfg, method: str, dataset, cohort: Cohort, trained_on, m
              inputs) -> RunDir:
   """The evaluation's identity: the whole cfg.eval section and its inputs' fingerprints."""
   trained_ids = _subject_ids(trained_on)
-  return RunDir(out, "eval", dict(settings=runs.plain(cfg), method=method), dict(
+  return RunDir(out, "eval", dict(settings=runs.plain(cfg), method=method, version=METRICS_VERSION), dict(
       inputs or {}, dataset=dataset.fingerprint(), cohort=runs.digest(cohort_key(cohort)),
       trained_on=runs.digest(None if trained_ids is None else trained_ids.tolist()),
       members=runs.digest(None if members is None else members.fingerprint()),
