@@ -55,6 +55,9 @@ def test_smoke_run_resumes_after_interruption_and_redoes_nothing(tmp_path, monke
   assert "RLTF (DPO-Positive)" in text and "paper" in text
   metrics = json.loads((tmp_path / "scd" / "eval" / "rltf" / "metrics.json").read_text())
   assert metrics["method"] == "rltf" and 0.0 <= metrics["fidelity"]["rouge1"]["value"] <= 1.0
+  assert metrics["training"].pop("dp") == dict(enabled=False)  # DP fine-tuning is off by default
+  calibration = metrics["training"].pop("calibration")  # the default calibrates per stratum
+  assert set(calibration) >= {"new_onset", "repeat", "codes"} and calibration["patients"] > 0
   assert metrics["training"] == dict(positive_pairs=32, negative_pairs=32, requested_pairs=64,
                                      requested_positive_fraction=0.5, as_requested=True)
 
