@@ -144,14 +144,13 @@ def test_reliability_bins_count_every_patient():
 
 
 def test_stratum_biases_calibrate_each_stratum():
-  from rltf_jax.evaluation import calibration
   rng = np.random.default_rng(2)
   n = 3000
   in_prompt = rng.random(n) < 0.3
   mass = np.where(in_prompt[:, None, None], rng.beta(0.2, 40, (n, 4, 5)), rng.beta(0.5, 20, (n, 4, 5)))
   y = np.where(in_prompt, rng.random(n) < 0.8, rng.random(n) < 0.01)
   w = np.where(in_prompt, 2.0, 50.0)
-  b = calibration.stratum_biases(mass, y, in_prompt, w)
+  b = forecast.stratum_biases(mass, y, in_prompt, w)
   assert b["repeat"] > 0 > b["new_onset"]  # under-written where the prompt holds it, over elsewhere
   for name, m in (("new_onset", ~in_prompt), ("repeat", in_prompt)):
     p = forecast.target_probability(mass[m], b[name])

@@ -14,10 +14,10 @@ from rltf_jax.reporting import plots, report  # noqa: E402
 def test_a_small_weighted_precision_is_not_printed_as_zero():
   # Two non-member false positives of weight 861 against 7 true positives of weight 1.
   precision = 7 / (7 + 2 * 861)
-  assert report._ci(dict(value=precision, ci95=[0.0, 0.02]), 2) == "0.004 [0.00, 0.02]"
-  assert report._ci(dict(value=0.0, ci95=[0.0, 0.0]), 2) == "0.00 [0.00, 0.00]"
-  assert report._num(-2.2e-16, 3) == "-0.000"  # rounding noise stays zero
-  assert report._num(0.75, 2) == "0.75"
+  assert report.ci_text(dict(value=precision, ci95=[0.0, 0.02]), 2) == "0.004 [0.00, 0.02]"
+  assert report.ci_text(dict(value=0.0, ci95=[0.0, 0.0]), 2) == "0.00 [0.00, 0.00]"
+  assert report.num_text(-2.2e-16, 3) == "-0.000"  # rounding noise stays zero
+  assert report.num_text(0.75, 2) == "0.75"
 
 
 def test_a_precision_difference_with_a_side_that_predicted_nothing_is_undefined():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rltf_jax import io, runs
+from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.evaluation import conditional, forecast
 from rltf_jax.evaluation.plan import EvalPatients
@@ -28,15 +28,6 @@ log = logging.getLogger(__name__)
 
 MODES = ("none", "stratum")
 FILE = "calibration.json"
-
-
-def stratum_biases(mass: np.ndarray, truth: np.ndarray, in_prompt: np.ndarray,
-                   weights: np.ndarray) -> dict:
-  """{"new_onset": b, "repeat": b}: each stratum's bias at which sum w p(b) = sum w y."""
-  out = {}
-  for name, m in (("new_onset", ~in_prompt), ("repeat", in_prompt)):
-    out[name] = float(forecast.tune_bias(mass[m], truth[m], weights[m])) if m.any() else 0.0
-  return out
 
 
 def calibrate(generator, dataset: PatientEvents, patients: EvalPatients, target_codes, cfg_eval,
@@ -55,7 +46,7 @@ def calibrate(generator, dataset: PatientEvents, patients: EvalPatients, target_
   mass = generator.forecast(prompts, target_codes, horizon=T, samples=K, seed=seed + 7,
                             masked=True)["target_mass"]
   weights = patients.weights[model]
-  biases = stratum_biases(mass, truth, in_prompt, weights)
+  biases = forecast.stratum_biases(mass, truth, in_prompt, weights)
   record = dict(codes=list(target_codes), **biases, patients=int(model.sum()),
                 positives=dict(new_onset=int(truth[~in_prompt].sum()), repeat=int(truth[in_prompt].sum())),
                 before=dict(new_onset=_ratio(mass, truth, weights, ~in_prompt, 0.0),
@@ -69,7 +60,3 @@ def calibrate(generator, dataset: PatientEvents, patients: EvalPatients, target_
 def _ratio(mass, truth, weights, m, bias) -> float | None:
   wy = weights[m] @ truth[m]
   return float(weights[m] @ forecast.target_probability(mass[m], bias) / wy) if wy > 0 else None
-
-
-def identity(record: dict | None) -> str:
-  return runs.digest(record)

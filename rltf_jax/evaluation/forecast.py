@@ -94,6 +94,15 @@ def tune_bias(mass: np.ndarray, truth: np.ndarray, weights: np.ndarray, lo: floa
   return 0.5 * (lo + hi)
 
 
+def stratum_biases(mass: np.ndarray, truth: np.ndarray, in_prompt: np.ndarray,
+                   weights: np.ndarray) -> dict:
+  """{"new_onset": b, "repeat": b}: each stratum's bias at which sum w p(b) = sum w y (0 for an
+  empty stratum)."""
+  in_prompt = np.asarray(in_prompt, bool)
+  return {name: float(tune_bias(mass[m], truth[m], weights[m])) if m.any() else 0.0
+          for name, m in (("new_onset", ~in_prompt), ("repeat", in_prompt))}
+
+
 # ---------------------------------------------------------------- metrics
 def _stats(p: np.ndarray, y: np.ndarray):
   """A function of weights [b, n] -> [b, 5]: calibration, AUROC, AUPRC, Brier, expected recall."""
@@ -311,12 +320,10 @@ def forecast_target(generator, prompts: PatientEvents, truth: np.ndarray, in_pro
     mass = base_draws["target_mass"]
     bias = tune_bias(mass[fit_rows], truth[fit_rows], weights[fit_rows])
     anchors["logit_bias"] = target_probability(mass, bias)
-    # One bias per stratum (new onset, repeat), as `calibration.stratum_biases` tunes a fine-tune's.
-    anchors["stratum_bias"] = np.zeros(len(truth))
-    for m in (~in_prompt, in_prompt):
-      fit = fit_rows[m[fit_rows]]
-      b = tune_bias(mass[fit], truth[fit], weights[fit]) if len(fit) else 0.0
-      anchors["stratum_bias"][m] = target_probability(mass[m], b)
+    # One bias per stratum (new onset, repeat), as `calibration.calibrate` tunes a fine-tune's.
+    biases = stratum_biases(mass[fit_rows], truth[fit_rows], in_prompt[fit_rows], weights[fit_rows])
+    anchors["stratum_bias"] = np.where(in_prompt, target_probability(mass, biases["repeat"]),
+                                       target_probability(mass, biases["new_onset"]))
   v = valid
   result = dict(samples=K, horizon=T, probability=source, population="validation",
                 strata=by_stratum(p[v], truth[v], in_prompt[v], weights[v], B, seed),

@@ -13,6 +13,7 @@ continuation's length).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -145,6 +146,11 @@ class EvalPlan:
   @property
   def weights(self) -> np.ndarray:
     return self.patients.weights
+
+  @functools.cached_property
+  def synthetic_records(self) -> PatientEvents:
+    """Each prompt joined with its length-matched generation (utility and prevalence read it)."""
+    return conditional.join(self.prompts, self.cut)
 
   @property
   def T(self) -> int:

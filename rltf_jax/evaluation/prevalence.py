@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from rltf_jax import io
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.evaluation import metrics
-from rltf_jax.evaluation.conditional import common_codes, join, recode
+from rltf_jax.evaluation.conditional import common_codes, recode
 
 
 def presence(ds: PatientEvents, codes: np.ndarray) -> sp.csr_matrix:
@@ -81,7 +81,7 @@ def evaluate(plan, results: dict) -> tuple[dict, dict]:
   """Evaluator `prevalence` on the validation patients; saves `prevalence.npz` (the scatter plot)."""
   del results
   vi = np.flatnonzero(plan.valid)
-  synthetic_records = join(plan.prompts, plan.cut)
+  synthetic_records = plan.synthetic_records
   prev, arrays = prevalence_fidelity(
       plan.test.select(vi), synthetic_records.select(vi), plan.true.select(vi), plan.cut.select(vi),
       plan.cohort.codes, plan.B, plan.seed, plan.weights[plan.valid])

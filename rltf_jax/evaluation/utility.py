@@ -282,9 +282,9 @@ def evaluate(plan, results: dict) -> tuple[dict, dict]:
   util_kw = dict(iterations=int(cfg.catboost_iterations), threads=int(cfg.catboost_threads), seed=seed,
                  bootstrap_samples=B, depth=int(cfg.catboost_depth), weights=plan.weights[plan.valid])
   out, scores = {}, {}
-  for key, continuation, rows in (("utility", plan.cut, None),
-                                  ("utility_uncut", plan.generated, ("synthetic", "augmentation"))):
-    synthetic = conditional.join(plan.prompts, continuation)
+  for key, synthetic, rows in (
+      ("utility", plan.synthetic_records, None),
+      ("utility_uncut", conditional.join(plan.prompts, plan.generated), ("synthetic", "augmentation"))):
     data, _ = build_utility_data(
         real_records, synthetic, real_records.patients_with_any(cohort.codes),
         synthetic.patients_with_any(cohort.codes),

@@ -10,6 +10,7 @@ import numpy as np
 from rltf_jax import io
 from rltf_jax.evaluation import forecast
 from rltf_jax.evaluation.forecast import ANCHORS, STRATA
+from rltf_jax.formatting import ci_text
 from rltf_jax.reporting.results import cohort_of, fmt, label, lookup
 
 ANCHOR_LABELS = dict(ceiling="ceiling (CatBoost on the prompt, recalibrated)",
@@ -18,14 +19,6 @@ ANCHOR_LABELS = dict(ceiling="ceiling (CatBoost on the prompt, recalibrated)",
                      stratum_bias="base + a logit bias per stratum (no training)",
                      truth="truth (copy of the true continuation)", never="never (no target)")
 STRATUM_LABELS = dict(all="all", new_onset="new onset", repeat="repeat")
-
-
-def _cell(m: dict | None, digits: int) -> str:
-  if not m or m.get("value") is None:
-    return "n/a"
-  lo, hi = m.get("ci95") or [None, None]
-  inner = f" [{fmt(lo, digits)}, {fmt(hi, digits)}]" if lo is not None and hi is not None else ""
-  return f"{fmt(m['value'], digits)}{inner}"
 
 
 def lead_stratum(cohort) -> str:
@@ -85,8 +78,8 @@ def _comparison_lines(cohort: str, comparisons: dict, lead: str) -> list[str]:
     ref_label = dict(base="the base model", logit_bias="base + logit bias",
                      stratum_bias="base + a logit bias per stratum")[ref]
     lines.append(f"- {label(method)} minus {ref_label} "
-                 f"({STRATUM_LABELS[lead]}, paired): calibration {_cell(d.get('calibration'), 2)}, "
-                 f"AUROC {_cell(d.get('auroc'), 3)}.")
+                 f"({STRATUM_LABELS[lead]}, paired): calibration {ci_text(d.get('calibration'), 2)}, "
+                 f"AUROC {ci_text(d.get('auroc'), 3)}.")
   return lines + ([""] if lines else [])
 
 
@@ -106,8 +99,8 @@ def forecast_section(results: dict, plots: list[str]) -> list[str]:
                                     for m in ("calibration", "AUROC")]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, strata in forecast_rows(ms):
-      cells = [c for s in STRATA for c in (_cell(lookup(strata, s, "calibration"), 2),
-                                           _cell(lookup(strata, s, "auroc"), 3))]
+      cells = [c for s in STRATA for c in (ci_text(lookup(strata, s, "calibration"), 2),
+                                           ci_text(lookup(strata, s, "auroc"), 3))]
       table.append("| " + " | ".join([name] + cells) + " |")
     counts = ", ".join(f"{STRATUM_LABELS[s]} {lookup(f, 'strata', s, 'positives')} of "
                        f"{lookup(f, 'strata', s, 'patients')}" for s in STRATA)

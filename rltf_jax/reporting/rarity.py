@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rltf_jax.data.cohorts import get_cohort
 from rltf_jax.errors import DataError, cli_main
-from rltf_jax.formatting import fmt, lookup
+from rltf_jax.formatting import ci_text, fmt, lookup
 from rltf_jax.reporting import reproduction
 
 CALIBRATION_RANGE = (0.8, 1.25)
@@ -41,13 +41,6 @@ def _metrics(run_dir: Path, method: str) -> dict:
 
 def _value(m, *keys):
   return lookup(m, *keys, "value")
-
-
-def _cell(m) -> str:
-  if not m or m.get("value") is None:
-    return "n/a"
-  lo, hi = m.get("ci95") or [None, None]
-  return f"{fmt(m['value'], 2)} [{fmt(lo, 2)}, {fmt(hi, 2)}]" if lo is not None else fmt(m["value"], 2)
 
 
 def _training_seconds(run_dir: Path, method: str) -> float | None:
@@ -100,11 +93,11 @@ def table(checks: list[dict]) -> str:
             "Syn. AUROC (base)", "Rest", "Fine-tune s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for c in checks:
-    strata = [f"{_cell(c['calibration'][s])} ({c['positives'][s]})" for s in STRATA]
+    strata = [f"{ci_text(c['calibration'][s], 2)} ({c['positives'][s]})" for s in STRATA]
     rest = c["rouge1_met"] and c["synthetic_met"]
     lines.append("| " + " | ".join([
         c["run"], c["cohort"], c["lead"].replace("_", " "), *strata, _yes(c["calibration_met"]),
-        _cell(c["auroc"]), f"{fmt(c['auroc_logit_bias'], 3)} / {fmt(c['auroc_ceiling'], 3)}",
+        ci_text(c["auroc"], 2), f"{fmt(c['auroc_logit_bias'], 3)} / {fmt(c['auroc_ceiling'], 3)}",
         _yes(c["discrimination_met"]), f"{fmt(c['rouge1'], 3)} ({fmt(c['rouge1_base'], 3)})",
         f"{fmt(c['auroc_synthetic'], 3)} ({fmt(c['auroc_synthetic_base'], 3)})", _yes(rest),
         fmt(c["training_seconds"], 0)]) + " |")

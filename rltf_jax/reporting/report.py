@@ -26,6 +26,7 @@ from rltf_jax.evaluation import metrics, paper_numbers as paper
 from rltf_jax.evaluation import privacy as privacy_attacks
 from rltf_jax.reporting import forecast_report
 from rltf_jax.reporting.plots import write_plots, write_privacy_plot
+from rltf_jax.formatting import ci_text, num_text
 from rltf_jax.reporting.results import PAPER_NOTE, cohort_of, collect, fmt, label, lookup
 
 REPORT_VERSION = 7  # 7: named prevalences, small numbers, undefined precision differences, the rare-tail plot; 6: the forecast section leads; 5: the cohort definition line and the privacy plot; bump when the report's content changes, so finished runs rewrite it
@@ -33,24 +34,6 @@ FEW_POSITIVES = 10  # below this many positives a cohort's numbers get a caution
 
 
 # ---------------------------------------------------------------- formatting
-def _num(x, digits: int = 3) -> str:
-  """`fmt`, except that a nonzero number too small for `digits` decimals keeps two significant
-  digits (0.004, not 0.00: a weighted precision of 0.004 is not the no-prediction convention's 0)."""
-  if isinstance(x, (int, float)) and not isinstance(x, bool) and 1e-9 < abs(x) < 0.5 * 10 ** -digits:
-    return f"{x:.2g}"
-  return fmt(x, digits)
-
-
-def _ci(cell: dict | None, digits: int = 3) -> str:
-  """'0.412 [0.371, 0.455]' from {"value", "ci95"}."""
-  if not cell or cell.get("value") is None:
-    return "n/a"
-  lo, hi = cell.get("ci95") or [None, None]
-  if lo is None or hi is None:
-    return _num(cell["value"], digits)
-  return f"{_num(cell['value'], digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -97,11 +80,11 @@ def _prevalences(first: dict) -> str:
     parts.append(f"{paper_percent:g}% of the paper's population (its Table 4)")
   member = lookup(first, "patients", "population_member_estimate")
   if member is not None:
-    parts.append(f"an estimated {_num(100 * member, 3)}% of the patients long enough to evaluate "
+    parts.append(f"an estimated {num_text(100 * member, 3)}% of the patients long enough to evaluate "
                  f"(at least T + {s.get('min_prompt_events')} events)")
   target = lookup(first, "fidelity", "target", "true_prevalence", "value")
   if target is not None:
-    parts.append(f"the target is in the last T events of an estimated {_num(100 * target, 3)}% of "
+    parts.append(f"the target is in the last T events of an estimated {num_text(100 * target, 3)}% of "
                  "them (validation patients)")
   return "; ".join(parts) or "its prevalence was not recorded"
 
@@ -118,7 +101,7 @@ def _stratum_text(t: dict | None) -> str:
     return "n/a"
   c = t.get("counts", {})
   return (f"recall {fmt(lookup(t, 'recall', 'value'), 2)} ({c.get('true_positive')}/{c.get('actual_positive')}), "
-          f"precision {_num(lookup(t, 'precision', 'value'), 2)}, F1 {_num(lookup(t, 'f1', 'value'), 2)}")
+          f"precision {num_text(lookup(t, 'precision', 'value'), 2)}, F1 {num_text(lookup(t, 'f1', 'value'), 2)}")
 
 
 def _summary(results: dict, comparisons: dict) -> list[str]:
@@ -164,8 +147,8 @@ def _summary(results: dict, comparisons: dict) -> list[str]:
       d = by_stratum.get(key)
       if d:
         out.append(f"- {label(pair.split('-')[0])} minus base ({key.replace('_', ' ')}, paired): recall "
-                   f"{_ci(d['recall'], 2)}, F1 {_ci(d['f1'], 2)}, ROUGE-1 {_ci(d['rouge1'])}"
-                   + (f"; synthetic-data AUROC (all) {_ci(by_stratum['all'].get('auroc_synthetic'))}"
+                   f"{ci_text(d['recall'], 2)}, F1 {ci_text(d['f1'], 2)}, ROUGE-1 {ci_text(d['rouge1'])}"
+                   + (f"; synthetic-data AUROC (all) {ci_text(by_stratum['all'].get('auroc_synthetic'))}"
                       if by_stratum.get("all", {}).get("auroc_synthetic") else "") + ".")
     out.append("")
   return out
@@ -177,11 +160,11 @@ def _fidelity_section(results: dict) -> list[str]:
     for method, m in ms.items():
       t = lookup(m, "fidelity", "target") or {}
       counts = t.get("counts", {})
-      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(t.get("precision"), 2),
-                   _ci(t.get("recall"), 2), _ci(t.get("f1"), 2),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), ci_text(t.get("precision"), 2),
+                   ci_text(t.get("recall"), 2), ci_text(t.get("f1"), 2),
                    f"{counts.get('true_positive', 0)}/{counts.get('predicted_positive', 0)}/"
                    f"{counts.get('actual_positive', 0)}",
-                   _ci(lookup(m, "fidelity", "rouge1")), _unweighted(t), _paper_prf(cohort, method)])
+                   ci_text(lookup(m, "fidelity", "rouge1")), _unweighted(t), _paper_prf(cohort, method)])
   rouge_paper = ", ".join(f"{k} {v:.3f}" for k, v in paper.ROUGE1_AVERAGE.items())
   return [
       "## 1. Generating the target (the paper's Tables 1 and 5)", "",
@@ -206,20 +189,20 @@ def _fidelity_section(results: dict) -> list[str]:
       _table(["Cohort", "Method", "Precision", "Recall", "F1", "TP/pred/true", "ROUGE-1",
               "Mean generated events"],
              [[cohort_of(c, results).abbrev, label(meth),
-               _ci(lookup(m, "fidelity_uncut", "target", "precision"), 2),
-               _ci(lookup(m, "fidelity_uncut", "target", "recall"), 2),
-               _ci(lookup(m, "fidelity_uncut", "target", "f1"), 2),
+               ci_text(lookup(m, "fidelity_uncut", "target", "precision"), 2),
+               ci_text(lookup(m, "fidelity_uncut", "target", "recall"), 2),
+               ci_text(lookup(m, "fidelity_uncut", "target", "f1"), 2),
                "/".join(str(lookup(m, "fidelity_uncut", "target", "counts", k)) for k in
                         ("true_positive", "predicted_positive", "actual_positive")),
-               _ci(lookup(m, "fidelity_uncut", "rouge1")),
+               ci_text(lookup(m, "fidelity_uncut", "rouge1")),
                fmt(lookup(m, "generation", "mean_generated_events"), 1)]
               for c, ms in results.items() for meth, m in ms.items()]), "",
       "Patients whose prompt does not already contain the target (new onset only):", "",
       _table(["Cohort", "Method", "Precision", "Recall", "F1", "TP/pred/true"],
              [[cohort_of(c, results).abbrev, label(meth),
-               _ci(lookup(m, "fidelity", "target_new_onset", "precision"), 2),
-               _ci(lookup(m, "fidelity", "target_new_onset", "recall"), 2),
-               _ci(lookup(m, "fidelity", "target_new_onset", "f1"), 2),
+               ci_text(lookup(m, "fidelity", "target_new_onset", "precision"), 2),
+               ci_text(lookup(m, "fidelity", "target_new_onset", "recall"), 2),
+               ci_text(lookup(m, "fidelity", "target_new_onset", "f1"), 2),
                "/".join(str(lookup(m, "fidelity", "target_new_onset", "counts", k)) for k in
                         ("true_positive", "predicted_positive", "actual_positive"))]
               for c, ms in results.items() for meth, m in ms.items()]), ""]
@@ -230,19 +213,19 @@ def _utility_section(results: dict) -> list[str]:
   for cohort, ms in results.items():
     first = next(iter(ms.values()))
     real = lookup(first, "utility", "real")
-    rows.append([cohort_of(cohort, results).abbrev, "Real", _ci(lookup(real, "auroc")),
-                 _paper_auroc(paper.TABLE6, cohort, "real"), "-", "-", _ci(lookup(real, "auprc")), "-"])
+    rows.append([cohort_of(cohort, results).abbrev, "Real", ci_text(lookup(real, "auroc")),
+                 _paper_auroc(paper.TABLE6, cohort, "real"), "-", "-", ci_text(lookup(real, "auprc")), "-"])
     prompt = lookup(first, "utility", "prompt_only")
     if prompt:
-      rows.append([cohort_of(cohort, results).abbrev, "Prompts only (control)", _ci(lookup(prompt, "auroc")),
-                   "-", "-", "-", _ci(lookup(prompt, "auprc")),
+      rows.append([cohort_of(cohort, results).abbrev, "Prompts only (control)", ci_text(lookup(prompt, "auroc")),
+                   "-", "-", "-", ci_text(lookup(prompt, "auprc")),
                    f"{lookup(prompt, 'train_positives')}/{lookup(prompt, 'train_patients')}"])
     for method, m in ms.items():
       syn, aug = lookup(m, "utility", "synthetic"), lookup(m, "utility", "augmentation")
       note = " (one class: constant)" if lookup(syn, "constant_scorer") else ""
-      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(lookup(syn, "auroc")) + note,
-                   _paper_auroc(paper.TABLE6, cohort, method), _ci(lookup(aug, "auroc")),
-                   _paper_auroc(paper.TABLE7, cohort, method), _ci(lookup(syn, "auprc")),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), ci_text(lookup(syn, "auroc")) + note,
+                   _paper_auroc(paper.TABLE6, cohort, method), ci_text(lookup(aug, "auroc")),
+                   _paper_auroc(paper.TABLE7, cohort, method), ci_text(lookup(syn, "auprc")),
                    f"{lookup(syn, 'train_positives')}/{lookup(syn, 'train_patients')}"])
   first = next(iter(next(iter(results.values())).values()))
   v = lookup(first, "utility", "validation") or {}
@@ -301,13 +284,13 @@ def _memorization_section(results: dict) -> list[str]:
       mem = m.get("memorization", {})
       col = paper.paper_column(method)
       p3 = paper.TABLE3.get(col) if col else None
-      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(mem.get("rouge1_train")),
-                   _ci(mem.get("rouge1_test")),
+      rows.append([cohort_of(cohort, results).abbrev, label(method), ci_text(mem.get("rouge1_train")),
+                   ci_text(mem.get("rouge1_test")),
                    f"{p3['train']:.3f} / {p3['test']:.3f}" if p3 else "-",
-                   _ci(mem.get("exact_copy_of_train_continuation")),
-                   _ci(mem.get("real_test_equal_to_train_continuation")),
-                   _ci(mem.get("self_copy_train")),
-                   _ci(mem.get("membership_inference")) if lookup(mem, "membership_inference", "value")
+                   ci_text(mem.get("exact_copy_of_train_continuation")),
+                   ci_text(mem.get("real_test_equal_to_train_continuation")),
+                   ci_text(mem.get("self_copy_train")),
+                   ci_text(mem.get("membership_inference")) if lookup(mem, "membership_inference", "value")
                    is not None else (lookup(mem, "membership_inference", "reason") or "n/a")])
   return [
       "## 3. Memorization and privacy (the paper's Table 3, and beyond)", "",
@@ -390,10 +373,10 @@ def _prevalence_section(results: dict, plots: list[str]) -> list[str]:
     for method, m in ms.items():
       p = m.get("prevalence", {})
       rec, cont = p.get("records", {}), p.get("continuations", {})
-      rows.append([cohort_of(cohort, results).abbrev, label(method), _ci(cont.get("pearson_r")),
-                   _ci(cont.get("r2_identity")), _ci(rec.get("pearson_r")), _ci(rec.get("r2_identity")),
-                   f"{_ci(cont.get('cohort_real'), 4)} / {_ci(cont.get('cohort_synthetic'), 4)}",
-                   f"{_ci(rec.get('cohort_real'), 4)} / {_ci(rec.get('cohort_synthetic'), 4)}"])
+      rows.append([cohort_of(cohort, results).abbrev, label(method), ci_text(cont.get("pearson_r")),
+                   ci_text(cont.get("r2_identity")), ci_text(rec.get("pearson_r")), ci_text(rec.get("r2_identity")),
+                   f"{ci_text(cont.get('cohort_real'), 4)} / {ci_text(cont.get('cohort_synthetic'), 4)}",
+                   f"{ci_text(rec.get('cohort_real'), 4)} / {ci_text(rec.get('cohort_synthetic'), 4)}"])
   return [
       "## 4. Prevalence fidelity (beyond the paper)", "",
       "Per-code prevalence (fraction of patients with the code) in synthetic vs real data, over the "
@@ -487,9 +470,9 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
       method = pair.split("-")[0]
       for stratum, d in strata.items():
         rows.append([cohort_of(cohort, results).abbrev, f"{label(method)} - base", stratum.replace("_", " "),
-                     f"{d['actual_positive']}/{d['patients']}", _ci(d["recall"], 2), _ci(d["f1"], 2),
-                     _precision_difference(d, label(method)), _ci(d["rouge1"]),
-                     _ci(d.get("auroc_synthetic")) if "auroc_synthetic" in d else "-"])
+                     f"{d['actual_positive']}/{d['patients']}", ci_text(d["recall"], 2), ci_text(d["f1"], 2),
+                     _precision_difference(d, label(method)), ci_text(d["rouge1"]),
+                     ci_text(d.get("auroc_synthetic")) if "auroc_synthetic" in d else "-"])
   cal = []
   for cohort, ms in results.items():
     for method, m in ms.items():
@@ -498,9 +481,9 @@ def _comparison_section(results: dict, comparisons: dict) -> list[str]:
         continue  # an evaluation made before calibration was measured
       rouge = stratum_rouge(m)
       cal.append([cohort_of(cohort, results).abbrev, label(method)] +
-                 [f"{_ci(c.get(k), 2)} ({lookup(c, k, 'generated')}/{lookup(c, k, 'true')})"
+                 [f"{ci_text(c.get(k), 2)} ({lookup(c, k, 'generated')}/{lookup(c, k, 'true')})"
                   for k in ("all", "new_onset", "repeat")] +
-                 [_ci(rouge.get(k)) for k in ("new_onset", "repeat")])
+                 [ci_text(rouge.get(k)) for k in ("new_onset", "repeat")])
   if not rows and not cal:
     return []
   return ["## 1b. Against the base model, by stratum, and calibration", "",
@@ -530,7 +513,7 @@ def _precision_difference(d: dict, method: str) -> str:
   if predicted and min(predicted) == 0:
     who = [name for name, n in zip((method, "base"), predicted) if n == 0]
     return f"undefined ({' and '.join(who)} predicted no positive)"
-  return _ci(d["precision"], 2)
+  return ci_text(d["precision"], 2)
 
 
 def stratum_rouge(m: dict) -> dict:
