@@ -46,3 +46,29 @@ def test_missing_evaluation_is_a_clear_error(tmp_path):
   from rltf_jax.errors import DataError
   with pytest.raises(DataError, match="evaluate 'rltf'"):
     rarity.check(tmp_path)
+
+
+def test_stratum_bias_anchor_and_per_cohort_summary(tmp_path):
+  anchors = dict(logit_bias=dict(all=dict(auroc=_num(0.95))), ceiling=dict(all=dict(auroc=_num(0.99))),
+                 stratum_bias=dict(all=dict(calibration=_num(1.4, 1.1, 2.0))))
+  base = _metrics((0.1, 3.0, 0.01), 0.95, 0.204, 0.988, anchors=anchors)
+  runs = [_write(tmp_path, "scd-rare", base, _metrics((1.1, 9.0, 0.9), 0.96, 0.198, 0.985)),
+          _write(tmp_path, "scd-rare-s1", base, _metrics((1.3, 1.0, 1.0), 0.96, 0.198, 0.985))]
+  checks = [rarity.check(r) for r in runs]
+  assert checks[0]["calibration_stratum_bias"]["value"] == 1.4
+  assert "1.40 [1.10, 2.00]" in rarity.table(checks)
+  row = rarity.summary(checks).splitlines()[2]
+  # Calibration met in the first run only (1.3 overall in the second); the rest in both.
+  assert row.startswith("| SCD | 2 | 1 of 2 | 2 of 2 | 2 of 2 | 1 of 2 | 1.10, 1.30 |"), row
+
+
+def test_results_block_by_name(tmp_path):
+  anchors = dict(logit_bias=dict(all=dict(auroc=_num(0.95))), ceiling=dict(all=dict(auroc=_num(0.99))))
+  base = _metrics((0.1, 3.0, 0.01), 0.95, 0.204, 0.988, anchors=anchors)
+  run = _write(tmp_path, "scd-rare", base, _metrics((1.1, 9.0, 0.9), 0.96, 0.198, 0.985))
+  results = tmp_path / "RESULTS.md"
+  results.write_text("a\n<!-- rarity:start -->\nold ablation\n<!-- rarity:end -->\n"
+                     "<!-- rarity-sweep:start -->\n<!-- rarity-sweep:end -->\n")
+  assert rarity.main([str(run), "--results", str(results), "--block", "sweep"]) == 0
+  text = results.read_text()
+  assert "old ablation" in text and "--block sweep" in text and "| scd-rare | SCD |" in text

@@ -7,10 +7,16 @@
                   ceiling's;
   the rest        ROUGE-1 and synthetic-data AUROC at least the base model's minus 0.01.
 
-  rltf rarity RUN_DIR [RUN_DIR ...] [--method rltf]
+  rltf rarity RUN_DIR [RUN_DIR ...] [--method rltf] [--results RESULTS.md [--block NAME]]
 
 prints one markdown table (a row per run directory: `<workdir>/<cohort>[-<run_name>]`) with each
-criterion's numbers, intervals and verdict.
+criterion's numbers, intervals and verdict, then, where a cohort has several runs (training
+seeds), one line per cohort: in how many of its runs each criterion is met.
+
+Beside the fine-tune's calibration stands the base model's `stratum_bias` anchor on the same
+validation patients: two biases tuned on the same modelling patients, no training. Where that
+anchor also misses the range, the miss is the validation sample's (or the tuning sample's)
+chance, not the fine-tune's.
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ MIN_POSITIVES = 30
 CEILING_MARGIN = 0.05
 REST_MARGIN = 0.01
 STRATA = ("all", "new_onset", "repeat")
-START, END = "<!-- rarity:start -->", "<!-- rarity:end -->"
+
+
+def markers(block: str | None) -> tuple[str, str]:
+  """The RESULTS.md markers of a rarity table: `<!-- rarity[-block]:start/end -->`."""
+  name = f"rarity-{block}" if block else "rarity"
+  return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def _metrics(run_dir: Path, method: str) -> dict:
@@ -73,6 +84,7 @@ def check(run_dir: str | Path, method: str = "rltf") -> dict:
       run=run_dir.name, cohort=cohort.abbrev if cohort else m.get("cohort"), lead=lead,
       positives={s: lookup(f, "strata", s, "positives") for s in STRATA},
       calibration={s: calib[s] for s in STRATA}, calibration_judged=judged,
+      calibration_stratum_bias=lookup(anchors, "stratum_bias", "all", "calibration"),
       calibration_met=all(in_range(calib[s]) for s in judged),
       auroc=lookup(f, "strata", lead, "auroc"), auroc_logit_bias=bias_auroc, auroc_ceiling=ceiling_auroc,
       discrimination_met=ok(auroc, bias_auroc) and ok(auroc, ceiling_auroc, CEILING_MARGIN),
@@ -88,7 +100,8 @@ def _yes(flag: bool) -> str:
 
 def table(checks: list[dict]) -> str:
   """Markdown: one row per run."""
-  header = ["Run", "Cohort", "Lead", "Calibration all", "new onset", "repeat", "Calibration",
+  header = ["Run", "Cohort", "Lead", "Calibration all", "new onset", "repeat", "Base + stratum bias, all",
+            "Calibration",
             "AUROC (lead)", "logit bias / ceiling", "Discrimination", "ROUGE-1 (base)",
             "Syn. AUROC (base)", "Rest", "Fine-tune s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -96,11 +109,30 @@ def table(checks: list[dict]) -> str:
     strata = [f"{ci_text(c['calibration'][s], 2)} ({c['positives'][s]})" for s in STRATA]
     rest = c["rouge1_met"] and c["synthetic_met"]
     lines.append("| " + " | ".join([
-        c["run"], c["cohort"], c["lead"].replace("_", " "), *strata, _yes(c["calibration_met"]),
+        c["run"], c["cohort"], c["lead"].replace("_", " "), *strata,
+        ci_text(c["calibration_stratum_bias"], 2), _yes(c["calibration_met"]),
         ci_text(c["auroc"], 2), f"{fmt(c['auroc_logit_bias'], 3)} / {fmt(c['auroc_ceiling'], 3)}",
         _yes(c["discrimination_met"]), f"{fmt(c['rouge1'], 3)} ({fmt(c['rouge1_base'], 3)})",
         f"{fmt(c['auroc_synthetic'], 3)} ({fmt(c['auroc_synthetic_base'], 3)})", _yes(rest),
         fmt(c["training_seconds"], 0)]) + " |")
+  return "\n".join(lines)
+
+
+def summary(checks: list[dict]) -> str:
+  """Markdown: per cohort with several runs, in how many each criterion and the whole goal is met."""
+  by_cohort: dict[str, list[dict]] = {}
+  for c in checks:
+    by_cohort.setdefault(c["cohort"], []).append(c)
+  header = ["Cohort", "Runs", "Calibration met", "Discrimination met", "Rest met", "Goal met",
+            "Calibration all, per run"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for cohort, cs in by_cohort.items():
+    rest = [c["rouge1_met"] and c["synthetic_met"] for c in cs]
+    met = [(c["calibration_met"], c["discrimination_met"], r) for c, r in zip(cs, rest)]
+    counts = [sum(m[i] for m in met) for i in range(3)] + [sum(all(m) for m in met)]
+    per_run = ", ".join(fmt(lookup(c["calibration"], "all", "value"), 2) for c in cs)
+    lines.append("| " + " | ".join([cohort, str(len(cs)), *(f"{k} of {len(cs)}" for k in counts),
+                                    per_run]) + " |")
   return "\n".join(lines)
 
 
@@ -110,13 +142,20 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--method", default="rltf", help="the fine-tune to judge (default rltf)")
   p.add_argument("--results", type=Path, default=None,
                  help="also replace the <!-- rarity:start --> ... <!-- rarity:end --> block of this file")
+  p.add_argument("--block", default=None,
+                 help="with --results: the <!-- rarity-BLOCK:start/end --> block instead")
   args = p.parse_args(argv)
-  text = table([check(d, args.method) for d in args.run_dirs])
+  checks = [check(d, args.method) for d in args.run_dirs]
+  text = table(checks)
+  if len({c["cohort"] for c in checks}) < len(checks):
+    text += "\n\n" + summary(checks)
   print(text)
   if args.results is not None:
+    start, end = markers(args.block)
     command = "rltf rarity " + " ".join(str(d) for d in args.run_dirs) + f" --results {args.results}"
-    reproduction.splice(args.results, f"{START}\n<!-- generated by `{command}` -->\n\n{text}\n{END}",
-                        START, END)
+    command += f" --block {args.block}" if args.block else ""
+    reproduction.splice(args.results, f"{start}\n<!-- generated by `{command}` -->\n\n{text}\n{end}",
+                        start, end)
   return 0
 
 
