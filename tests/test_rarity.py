@@ -59,7 +59,7 @@ def test_stratum_bias_anchor_and_per_cohort_summary(tmp_path):
   assert "1.40 [1.10, 2.00]" in rarity.table(checks)
   row = rarity.summary(checks).splitlines()[2]
   # Calibration met in the first run only (1.3 overall in the second); the rest in both.
-  assert row.startswith("| SCD | 2 | 1 of 2 | 2 of 2 | 2 of 2 | 1 of 2 | 1.10, 1.30 |"), row
+  assert row.startswith("| scd-rare | SCD | 2 | 1 of 2 | 2 of 2 | 2 of 2 | 1 of 2 | 1.10, 1.30 |"), row
 
 
 def test_results_block_by_name(tmp_path):

@@ -11,7 +11,7 @@
 
 prints one markdown table (a row per run directory: `<workdir>/<cohort>[-<run_name>]`) with each
 criterion's numbers, intervals and verdict, then, where a cohort has several runs (training
-seeds), one line per cohort: in how many of its runs each criterion is met.
+seeds), one line per run: in how many of its seeds each criterion is met.
 
 Beside the fine-tune's calibration stands the base model's `stratum_bias` anchor on the same
 validation patients: two biases tuned on the same modelling patients, no training. Where that
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from rltf_jax.data.cohorts import get_cohort
@@ -118,12 +119,18 @@ def table(checks: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def seedless(run: str) -> str:
+  """A run directory's name without its training seed's suffix (`rltf_jax.sweep.with_seeds`)."""
+  return re.sub(r"-s\d+$", "", run)
+
+
 def summary(checks: list[dict]) -> str:
-  """Markdown: per cohort with several runs, in how many each criterion and the whole goal is met."""
+  """Markdown: per run over its training seeds (directories `<run>` and `<run>-s<seed>`), in how
+  many seeds each criterion and the whole goal is met."""
   by_cohort: dict[str, list[dict]] = {}
   for c in checks:
-    by_cohort.setdefault(c["cohort"], []).append(c)
-  header = ["Cohort", "Runs", "Calibration met", "Discrimination met", "Rest met", "Goal met",
+    by_cohort.setdefault(seedless(c["run"]), []).append(c)
+  header = ["Run", "Cohort", "Seeds", "Calibration met", "Discrimination met", "Rest met", "Goal met",
             "Calibration all, per run"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for cohort, cs in by_cohort.items():
@@ -131,7 +138,7 @@ def summary(checks: list[dict]) -> str:
     met = [(c["calibration_met"], c["discrimination_met"], r) for c, r in zip(cs, rest)]
     counts = [sum(m[i] for m in met) for i in range(3)] + [sum(all(m) for m in met)]
     per_run = ", ".join(fmt(lookup(c["calibration"], "all", "value"), 2) for c in cs)
-    lines.append("| " + " | ".join([cohort, str(len(cs)), *(f"{k} of {len(cs)}" for k in counts),
+    lines.append("| " + " | ".join([cohort, cs[0]["cohort"], str(len(cs)), *(f"{k} of {len(cs)}" for k in counts),
                                     per_run]) + " |")
   return "\n".join(lines)
 
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
   args = p.parse_args(argv)
   checks = [check(d, args.method) for d in args.run_dirs]
   text = table(checks)
-  if len({c["cohort"] for c in checks}) < len(checks):
+  if len({seedless(c["run"]) for c in checks}) < len(checks):
     text += "\n\n" + summary(checks)
   print(text)
   if args.results is not None:
