@@ -260,8 +260,8 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
 
 def build_generator(ctx: Context, name: str, checkpoint):
   """Method `name`'s generator; with `cfg.<name>.calibrate = "stratum"`, calibrated first
-  (`rltf_jax.evaluation.calibration`: two target logit biases tuned on the evaluation's modelling
-  patients, saved beside the checkpoint and reused while the checkpoint and settings are the same)."""
+  (`rltf_jax.evaluation.calibration`: two target logit biases tuned on patients of the evaluation's
+  split that it does not score, saved beside the checkpoint and reused while the checkpoint and settings are the same)."""
   generator = methods.get(name).generator(ctx, checkpoint)
   section = ctx.cfg.get(name)
   mode = section.get("calibrate", "none") if section is not None else "none"
@@ -269,10 +269,10 @@ def build_generator(ctx: Context, name: str, checkpoint):
     raise ConfigError(f"{name}.calibrate must be one of {calibration.MODES}, got {mode!r}")
   if mode == "stratum":
     generator.calibration = calibration.calibrate(
-        generator, ctx.dataset, ctx.plan, ctx.cohort.codes, ctx.cfg.eval,
+        generator, ctx.dataset, ctx.plan, ctx.cohort.codes, ctx.cfg.eval, ctx.cfg.calibration,
         ctx.cohort_dir / name / "calibration",
-        dict(model=runs.finished_key(checkpoint), patients=runs.digest(ctx.plan.model_subject_id.tolist()),
-             cohort=list(ctx.cohort.codes)))
+        dict(model=runs.finished_key(checkpoint), validation=runs.digest(ctx.plan.valid_subject_id.tolist()),
+             cohort=list(ctx.cohort.codes)), design=ctx.design)
     print(f"[{name}] calibrated: target logit bias {generator.calibration['new_onset']:+.2f} "
           f"(new onset), {generator.calibration['repeat']:+.2f} (repeat)", flush=True)
   return generator

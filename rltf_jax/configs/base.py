@@ -154,6 +154,11 @@ def _build(arg: str | None, cohort: str) -> tuple[ml_collections.ConfigDict, dic
   f("top_p", 1.0, "(0,1]")     # 1 = off
   f("seed", 0)                 # patient draw, split, bootstrap and generation
 
+  # ---------------------------------------------------------------- stratum calibration (evaluation/calibration.py)
+  f = _Section(cfg, "calibration", ranges)  # of every method with calibrate = "stratum"
+  f("patients", 200 if smoke else 4_000, "int>=1")  # tuning patients (none of them validation ones)
+  f("samples", 2, "int>=1")  # masked draws per tuning patient
+
   # ---------------------------------------------------------------- base model (rltf_jax/models/decoder.py)
   f = _Section(cfg, "model", ranges)
   f("width", 32 if smoke else (768 if paper else 128), "int>=1")
