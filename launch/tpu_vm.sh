@@ -1,6 +1,7 @@
 #!/bin/bash
-# The data and the base model of one config on a Cloud TPU VM pod slice: one process per host,
-# jax.distributed set up from the TPU VM's metadata, the batch split over every chip.
+# One config's whole run (data, base model, fine-tunes, evaluation, report) on a Cloud TPU VM pod
+# slice: one process per host, jax.distributed set up from the TPU VM's metadata, every batch's
+# rows split over every chip (docs/running.md, "Several processes").
 #
 #   TPU=rltf ZONE=us-central2-b launch/tpu_vm.sh configs/scd.py:paper /mnt/runs/paper [--config.x=...]
 #
@@ -13,10 +14,9 @@
 # The environment is made on every host by the first command below:
 #   pip install -U -r requirements.txt "jax[tpu]"        # the pins of requirements.txt apply
 #
-# After: the fine-tunes, the evaluation and the report run on one device; run them on a
-# single-host machine (a v4-8 or v5litepod-8 TPU VM, or a GPU) that mounts the same work
-# directory, with the same command without --distributed (or a sweep's tasks, launch/slurm_job.sbatch
-# shows the commands); the base model is reused.
+# The LSTM and HALO baselines train on one device: run them afterwards on a single-host machine
+# that mounts the same work directory, with the same command without --distributed (finished
+# stages are reused).
 #
 # Resume: a maintenance event or a spot preemption sends SIGTERM; JAX's preemption service agrees a
 # step across the hosts, every host saves its part of the checkpoint and the command exits with

@@ -26,20 +26,27 @@ which no other task writes; the outputs therefore land where a sequential sweep 
 
 Several processes (`--distributed`, also `launch.py --distributed`): `jax.distributed.initialize()`
 from the environment (SLURM, Open MPI, Cloud TPU VMs fill in the coordinator, process count and
-id), before any other JAX use. Every process runs the data stage and pretraining in lockstep
-(batches split over all devices by `cfg.mesh.data=0`); only the data stage and pretraining run this
-way: the fine-tunes and the evaluation use one device (`training.mesh.single_device_mesh`), so they
-run as single-process tasks afterwards. Each process encodes only its own rows of every batch
-(`training.mesh.process_rows`). Process 0 alone holds the work-directory lock and writes files
-(`metrics.jsonl`, run.json, the data; `rltf_jax.io`): the others compute the same bytes and skip
-the write, and wait at a barrier (`training.mesh.sync`) before reading what process 0 wrote.
-Checkpoints are written and restored by all processes together (orbax).
+id), before any other JAX use. `prepare` builds the data and the base models this way;
+`launch.py --distributed` runs every stage (`run_distributed`), with `--config.mesh.data=0` so
+that the mesh spans every process's devices. Every process runs the same pipeline in lockstep:
+- the trainers (pretraining, DPO, SFT) and the reference pass split the rows of every batch over
+  all devices, each process encoding only its own rows (`training.mesh.process_rows`);
+- the sampler (the evaluation's generations, the forecast's K draws, calibration, `synthesize`)
+  gives each process its share of every batch's rows and gathers all of them on every process
+  (`sampling.sampler.sample`), so every process holds the same generations;
+- what is plain numpy (the data stage, the pairs, the metrics, the privacy figures) every process
+  computes alike; the privacy scores' forward passes run whole on each process.
+Process 0 alone holds the work-directory lock and writes files (`metrics.jsonl`, run.json, the
+data, metrics.json; `rltf_jax.io`), and alone writes the report (its plots are not written
+through `rltf_jax.io`): the others compute the same bytes and skip the write, and wait at a
+barrier after every stage (`training.mesh.sync`) before reading what process 0 wrote.
+Checkpoints are written and restored by all processes together (orbax). The LSTM and HALO
+baselines train on one device and are refused here (`check_distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from pathlib import Path
 
@@ -50,9 +57,8 @@ from rltf_jax.configs import base as base_config
 from rltf_jax import host_memory, pipeline, runs, sweep
 from rltf_jax.reporting import experiment
 from rltf_jax.errors import ConfigError, cli_main
-from rltf_jax.runs import RunDir
 from rltf_jax.training import pretrain
-from rltf_jax.training.mesh import sync
+from rltf_jax.training.mesh import axis_sizes
 
 TASKS_DIR = "tasks"
 
@@ -78,15 +84,6 @@ def add_process_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--process-id", "--process_id", type=int, default=None)
 
 
-def _primary() -> bool:
-  return jax.process_index() == 0
-
-
-def _lock(root: Path):
-  """The work directory's lock on process 0 (the others run in lockstep under it)."""
-  return runs.workdir_lock(root) if _primary() else contextlib.nullcontext()
-
-
 # ---------------------------------------------------------------------------- data + base model
 def build_base(cfg, root: Path) -> Path:
   """The data stage and the base model of `cfg` in `root` (the pipeline's first two stages);
@@ -94,33 +91,40 @@ def build_base(cfg, root: Path) -> Path:
   pipeline.require_fields(cfg, base_config.get_config(cfg.size))
   pipeline.check_ranges(cfg, base_config.RANGES)
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read at INFO
-  data_run = RunDir(pipeline.data_dir(cfg, root), "data", cfg.data)
-  done = data_run.done
-  sync("data: run directory read")  # every process decides before process 0 writes
-  if not done:
-    print(f"[data] building {data_run.path}", flush=True)
-    # pipeline.py's own data stage; a `stages=` argument of `pipeline.run` would be the public form.
-    pipeline._build_data(cfg, data_run)
-  sync("data: written")  # process 0's files are complete before the others read them
+  pipeline.build_data(cfg, root)
   ctx = pipeline.open_context(cfg, root)
   print(f"[base model] {ctx.base_dir}", flush=True)
   pretrain.pretrain(cfg, ctx.dataset, ctx.vocab, ctx.base_dir)
   return ctx.base_dir
 
 
-def run_distributed(cfg, workdir: str | None) -> int:
-  """`launch.py --distributed`: one process of several builds the data and the base model with the
-  others, then stops (the later stages run on one device: rerun without --distributed)."""
-  root = pipeline.workdir_of(cfg, workdir)
+# Methods whose training runs on one device (`training.baselines`): not over several processes.
+ONE_PROCESS_METHODS = ("lstm", "halo")
+
+
+def check_distributed(cfg) -> None:
+  """A `ConfigError` before any work when `cfg` cannot run over the processes of this job: its mesh
+  must span every device (`mesh.data=0`), and the baselines train on one device only."""
   if jax.process_count() == 1:
-    return experiment.run(cfg, str(root))
-  with _lock(root):
-    base = build_base(cfg, root)
-  if _primary():
-    print(f"[distributed] base model ready in {base}; the fine-tunes and the evaluation run on one "
-          "device: rerun the same command without --distributed (finished stages are reused)",
-          flush=True)
-  return 0
+    return
+  sizes = axis_sizes(cfg.mesh, jax.device_count())
+  used = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+  if used != jax.device_count():
+    raise ConfigError(f"--distributed: the mesh {sizes} uses {used} of the job's {jax.device_count()} "
+                      f"devices ({jax.process_count()} processes); every stage splits its rows over "
+                      "all of them: pass --config.mesh.data=0")
+  single = [m for m in cfg.methods if m in ONE_PROCESS_METHODS]
+  if single:
+    raise ConfigError(f"--distributed: methods {', '.join(single)} train on one device, not over "
+                      "several processes; run them in a job of one process (finished stages are "
+                      "reused) or leave them out of --config.methods")
+
+
+def run_distributed(cfg, workdir: str | None) -> int:
+  """`launch.py --distributed`: every stage of the experiment, each process of the job running the
+  pipeline in lockstep with the others (module docstring; docs/running.md)."""
+  check_distributed(cfg)
+  return experiment.run(cfg, workdir)
 
 
 # ---------------------------------------------------------------------------- a sweep as tasks
@@ -146,7 +150,7 @@ def prepare(spec: str, workdir: str | None = None, seeds: str | None = None) -> 
   base_cfg, name, tasks = sweep_tasks(spec, seeds)
   root = pipeline.workdir_of(base_cfg, workdir)
   done = set()
-  with _lock(root):
+  with runs.workdir_lock(root):
     for cfg, _ in tasks:
       key = pipeline.base_digest(cfg)  # what names a base model's directory
       if key not in done:

@@ -53,6 +53,7 @@ from rltf_jax.evaluation import calibration, dataset_privacy, evaluate, forecast
 from rltf_jax.names import check_name
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
+from rltf_jax.training.mesh import sync
 
 log = logging.getLogger("rltf_jax")
 
@@ -177,11 +178,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   cohort_dir = cohort_dir_of(cfg, root)
 
   # ---------------------------------------------------------------- data
-  data_run = RunDir(data_dir(cfg, root), "data", cfg.data)
-  t0 = _announce("data", data_run.path)
-  if not data_run.done:
-    _build_data(cfg, data_run)
-    print(f"[data] finished in {time.time() - t0:.0f}s", flush=True)
+  build_data(cfg, root)
   ctx = open_context(cfg, root)
   dataset, base_dir, design, cohort = ctx.dataset, ctx.base_dir, ctx.design, ctx.cohort
   ctx.plan  # the evaluation's patients exist (eval.truncate_events fits them): fail before training
@@ -200,6 +197,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
     if name != "base":
       print(f"[{name}] training {method.LABEL}", flush=True)
     checkpoints[name] = method.train(ctx)
+    sync(f"{name}: trained")
 
   # ---------------------------------------------------------------- conditional generation + evaluation
   # The base model first: its forecast draws tune every method's logit-bias anchor.
@@ -225,6 +223,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
         generator, dataset, cohort, cfg.eval, out,
         trained_on=method.trained_on(ctx), training=training, design=design,
         inputs=inputs, base_forecast=base_forecast)
+    sync(f"eval {name}: written")  # the next method's evaluation reads the base model's
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 
   # ---------------------------------------------------------------- privacy of the released records
@@ -242,6 +241,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
     dataset_privacy.evaluate_run(ctx, eval_dirs, reference, privacy_run.path, seed=int(cfg.eval.seed))
     privacy_run.finish()
     print(f"[privacy] ready in {time.time() - t0:.0f}s", flush=True)
+  sync("privacy: written")
 
   # ---------------------------------------------------------------- report
   # Written last: config.json describes the finished outputs, never a rejected attempt. A report
@@ -254,8 +254,25 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   evals = {p.name: runs.finished_key(p) for p in sorted((cohort_dir / "eval").iterdir()) if runs.is_done(p)}
   evals["privacy"] = runs.finished_key(privacy_run.path)
   path = report(cohort_dir, evals) if report is not None else cohort_dir
+  sync("report: written")
   print(path.resolve(), flush=True)
   return 0
+
+
+def build_data(cfg, root: Path) -> RunDir:
+  """The data stage of `cfg` in `root` (load the source, split it, build the vocabulary), unless
+  it is finished. Of a multi-process job every process runs it and process 0 alone writes: each
+  decides on what it read before process 0 writes anything, and reads nothing before process 0's
+  files are complete (`training.mesh.sync`)."""
+  data_run = RunDir(data_dir(cfg, root), "data", cfg.data)
+  t0 = _announce("data", data_run.path)
+  done = data_run.done
+  sync("data: run directory read")
+  if not done:
+    _build_data(cfg, data_run)
+    print(f"[data] finished in {time.time() - t0:.0f}s", flush=True)
+  sync("data: written")
+  return data_run
 
 
 def build_generator(ctx: Context, name: str, checkpoint):

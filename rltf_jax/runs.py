@@ -113,7 +113,8 @@ class RunDir:
     rec = self.record()
     if rec is not None and rec.get("key") == self.key and rec.get("finished") is not None:
       return False
-    self.file.unlink(missing_ok=True)
+    if io.writes_files():  # of several processes, process 0 alone (`rltf_jax.io`)
+      self.file.unlink(missing_ok=True)
     return True
 
   def start(self) -> "RunDir":
@@ -145,8 +146,12 @@ def workdir_lock(root: str | Path) -> Iterator[None]:
   """Holds an exclusive lock on the work directory `root` for the length of a run, so that two runs
   never write into one directory. A second run gets a `BusyError` naming the holder. The lock is
   the kernel's (`flock`): it ends with the process that holds it, so a killed run leaves no stale
-  lock behind (the `.lock` file itself stays, empty of meaning)."""
+  lock behind (the `.lock` file itself stays, empty of meaning). Of a multi-process job, process 0
+  alone holds it: the others run in lockstep under it and write nothing (`rltf_jax.io`)."""
   root = Path(root)
+  if not io.writes_files():
+    yield
+    return
   try:
     root.mkdir(parents=True, exist_ok=True)
     f = open(root / LOCK_FILE, "a+")

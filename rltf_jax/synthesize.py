@@ -16,6 +16,11 @@ Modes:
 Held-out prompts are never patients the method trained on (the evaluation's patients; pairs and
 pretraining use other splits). Subject ids are renumbered 1..N.
 
+Several processes (`rltf synthesize --distributed`, or the three process flags of `launch.py`):
+every process runs the command in lockstep, the sampler gives each its share of every batch's
+rows and gathers them all on every process (`sampling.sampler.sample`), and process 0 alone
+writes (the shards, the dataset), the others waiting at a barrier after each write.
+
 Generation runs in shards of `--shard` patients, each saved as it finishes under `DIR.partial/`
 with the request it belongs to, so an interrupted command resumes; the MEDS directory appears
 only when every shard is done (one atomic rename). An existing DIR is refused unless
@@ -44,6 +49,7 @@ from rltf_jax.errors import ConfigError, DataError, cli_main
 from rltf_jax.evaluation import conditional, privacy
 from rltf_jax.formatting import fmt, lookup
 from rltf_jax.training import finetune
+from rltf_jax.training.mesh import sync
 
 MODES = ("patients", "continue", "enriched")
 FEW_PATIENTS = 100  # below this many evaluated or membership patients the card says the figures are noisy
@@ -128,6 +134,7 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
         rows = prompts.select(np.arange(start, start + n))
         part = conditional.join(rows, generator.complete(rows, max_new_events=max_new, seed=seed + k))
       part.save(path)
+      sync(f"synthesize: shard {k}")  # of several processes, process 0 wrote it (rltf_jax.io)
       done = start + n
       eta = (time.time() - t0) / done * (num - done)
       print(f"[synthesize] {done:,} of {num:,} patients ({time.time() - t0:.0f}s, about {eta:.0f}s left)",
@@ -138,15 +145,18 @@ def synthesize(run_dir: str | Path, method: str, num: int, mode: str, out: str |
   if prompts is not None:
     achieved["generated_events"] = _generated_counts(ds, prompts)
   card, facts = data_card(ctx, method, ckpt, ds, request, achieved)
-  path = meds.write_meds(ds, out, overwrite=overwrite, splits=False, dataset_name=out.name,
-                         metadata=dict(synthetic=True, provenance=dict(
-                             request, generator=methods.get(method).LABEL,
-                             config=_provenance_config(ctx.cfg), code_version=code_version(),
-                             **_source_facts(ctx.cfg), **facts)),
-                         files={"README.md": card},
-                         labels={ctx.cohort.name: meds.cohort_labels(ds, ctx.cohort.codes)},
-                         source=ctx.source)
-  shutil.rmtree(partial)
+  path = out
+  if io.writes_files():  # of several processes, process 0 alone writes the dataset
+    path = meds.write_meds(ds, out, overwrite=overwrite, splits=False, dataset_name=out.name,
+                           metadata=dict(synthetic=True, provenance=dict(
+                               request, generator=methods.get(method).LABEL,
+                               config=_provenance_config(ctx.cfg), code_version=code_version(),
+                               **_source_facts(ctx.cfg), **facts)),
+                           files={"README.md": card},
+                           labels={ctx.cohort.name: meds.cohort_labels(ds, ctx.cohort.codes)},
+                           source=ctx.source)
+    shutil.rmtree(partial)
+  sync("synthesize: written")
   print(path.resolve(), flush=True)
   return path
 
@@ -156,14 +166,16 @@ def _partial_for(out: Path, request: dict, overwrite: bool) -> Path:
   when it holds no shard (nothing to lose) or with `overwrite`; else it is refused."""
   partial = out.with_name(out.name + ".partial")
   req_path = partial / "request.json"
-  if req_path.exists() and json.loads(req_path.read_text()) != request:
-    if overwrite or not any(partial.glob("shard-*.npz")):
-      shutil.rmtree(partial)
-    else:
-      raise ConfigError(f"{partial} holds shards of another request ({req_path}); delete it or pass "
-                        "--overwrite to start over")
+  other = req_path.exists() and json.loads(req_path.read_text()) != request
+  if other and not overwrite and any(partial.glob("shard-*.npz")):
+    raise ConfigError(f"{partial} holds shards of another request ({req_path}); delete it or pass "
+                      "--overwrite to start over")
+  sync("synthesize: partial folder read")  # every process decides before process 0 deletes
+  if other and io.writes_files():
+    shutil.rmtree(partial)
   partial.mkdir(parents=True, exist_ok=True)
   io.atomic_write_json(req_path, request)
+  sync("synthesize: partial folder ready")
   return partial
 
 

@@ -3,8 +3,8 @@
 
 CONFIG is a config file (`configs/scd.py` in a clone) or a packaged config's name (`scd`,
 `scd:smoke`). `--distributed` (one process per host or GPU of a multi-process job, see `launch/`)
-starts `jax.distributed` first and builds the data and the base model with every process
-(`rltf_jax.batch.run_distributed`); `--coordinator-address`, `--num-processes` and `--process-id`
+starts `jax.distributed` first and runs every stage with every process in lockstep
+(`rltf_jax.batch.run_distributed`; pass `--config.mesh.data=0`); `--coordinator-address`, `--num-processes` and `--process-id`
 set it up where no scheduler does.
 """
 
@@ -42,7 +42,7 @@ def define_flags(argv: list[str]) -> None:
                                   sys_argv=argv)
   flags.DEFINE_string("workdir", None, "work directory (default: runs/<cohort>-<size>)")
   flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the environment "
-                    "(SLURM, Open MPI, TPU VM), then the data and base model over all processes")
+                    "(SLURM, Open MPI, TPU VM), then every stage over all processes (with --config.mesh.data=0)")
   flags.DEFINE_string("coordinator_address", None, "--distributed without a scheduler: host:port of "
                       "process 0 (with --num_processes and --process_id; implies --distributed)")
   flags.DEFINE_integer("num_processes", None, "--distributed without a scheduler: how many processes")

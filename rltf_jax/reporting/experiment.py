@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rltf_jax import pipeline
+from rltf_jax import io, pipeline
 from rltf_jax.reporting import report
 from rltf_jax.runs import RunDir
 
 
 def report_stage(cohort_dir: Path, evals: dict) -> Path:
   """Writes `cohort_dir/report/` unless its evaluations (`evals`: their finished keys) and the
-  report code are unchanged, so a finished run on read-only storage only returns its path."""
+  report code are unchanged, so a finished run on read-only storage only returns its path. Of a
+  multi-process job process 0 alone writes it (the plots are not written through `rltf_jax.io`);
+  the others return its path."""
   report_run = RunDir(cohort_dir / "report", "report", dict(version=report.REPORT_VERSION), evals)
   path = cohort_dir / "report" / "report.md"
-  if report_run.regenerate():
+  if io.writes_files() and report_run.regenerate():
     report_run.start()
     path = report.write_report(cohort_dir, cohort_dir / "report")
     report_run.finish()

@@ -110,8 +110,8 @@ def finetune_dpo(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   total = rc.epochs * -(-pref_data.num_pairs // rc.batch_size)
   shapes = row_shapes(packed)
 
-  def take(rows):
-    return bucketed_batch(packed, rows, shapes), ref_chosen[rows], ref_rejected[rows]
+  def take(rows, fit):
+    return bucketed_batch(packed, rows, shapes, fit=fit), ref_chosen[rows], ref_rejected[rows]
 
   if verbose:
     print(f"rltf: {pref_data.num_pairs} pairs, {total} steps of {rc.batch_size} "

@@ -20,7 +20,8 @@ from rltf_jax import io, runs
 from rltf_jax.checkpoints import copy_decoder_files
 from rltf_jax.runs import RunDir
 from rltf_jax.training import dp, loop
-from rltf_jax.training.mesh import batch_devices, check_batch_divisible, make_mesh
+from rltf_jax.training.mesh import (batch_devices, check_batch_divisible, data_sharding, host_arrays,
+                                    make_mesh, process_rows, sync)
 from rltf_jax.training.optimizer import make_optimizer
 from rltf_jax.training.preference import PreferenceData
 
@@ -66,8 +67,12 @@ def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_
         pairs: PreferenceData, total_steps: int, *, stop_after: int | None, verbose: bool,
         show=()) -> None:
   """The part DPO and SFT share: optimizer, compiled step, the loop, the finished marker.
-  `take(rows)` is the batch of pair rows `rows`: epoch permutations (`batch_rows`), or with
-  `section.dp` Poisson-sampled rows with a mask, into DP-SGD's step (`rltf_jax.training.dp`)."""
+  `take(rows, fit)` is the batch of pair rows `rows`, cut to the width that holds the rows `fit`:
+  epoch permutations (`batch_rows`), or with `section.dp` Poisson-sampled rows with a mask, into
+  DP-SGD's step (`rltf_jax.training.dp`). Of a multi-process job each process takes only its own
+  rows of every batch (`mesh.process_rows`), cut to the width of the whole batch, as pretraining
+  does. On a mesh of several devices the parameters it starts from are passed as numpy
+  (`mesh.host_arrays`)."""
   mesh = make_mesh(cfg.mesh)
   check_batch_divisible(section.batch_size, mesh, f"{method}.batch_size")
   optimizer = make_optimizer(section, total_steps)
@@ -79,16 +84,22 @@ def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_
   else:
     plan = None
     make_step = lambda: loop.make_step(make_loss_fn(), optimizer)
-    batches = lambda i: take(batch_rows(i, pairs.num_pairs, section.batch_size, section.seed))
+    mine = own_rows(mesh, section.batch_size)
+
+    def batches(i):
+      rows = batch_rows(i, pairs.num_pairs, section.batch_size, section.seed)
+      return take(rows[mine], rows)
   step = loop.compile_step(key, make_step, init, jax.eval_shape(init, base_params), mesh)
-  result = loop.train(run_dir.path, step, (base_params,), batches, name=method, total_steps=total_steps,
-                      log_every=section.log_every, ckpt_every=section.ckpt_every, show=show,
-                      stop_after=stop_after, verbose=verbose)
+  result = loop.train(run_dir.path, step, (host_arrays(base_params, mesh),), batches, name=method,
+                      total_steps=total_steps, log_every=section.log_every,
+                      ckpt_every=section.ckpt_every, show=show, stop_after=stop_after,
+                      verbose=verbose)
   if result.finished:
     extra = {}
     if plan is not None:
       extra["dp"] = _write_dp(run_dir.path, plan, pairs, section, total_steps, verbose, method)
     run_dir.finish(steps=total_steps, final=result.metrics, **extra)
+  sync(f"{method}: finished")  # run.json written before any process reads it
 
 
 def _private(section, pairs: PreferenceData, total_steps: int, mesh, make_loss_fn, optimizer, take):
@@ -99,11 +110,19 @@ def _private(section, pairs: PreferenceData, total_steps: int, mesh, make_loss_f
       make_loss_fn(), optimizer, clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
       expected_batch=plan.expected_batch, seed=plan.seed)
 
+  mine = own_rows(mesh, plan.max_rows)
+
   def batches(i):
     rows, mask, _ = dp.poisson_rows(i, plan, int(section.seed))
-    return mask, take(rows)
+    return mask[mine], take(rows[mine], rows)
 
   return plan, make_step, batches
+
+
+def own_rows(mesh, batch_size: int) -> slice:
+  """The rows of a `batch_size`-row batch split over `mesh` that this process builds (every row
+  in a single-process job; `mesh.process_rows`)."""
+  return slice(*process_rows(data_sharding(mesh), batch_size))
 
 
 def _write_dp(path: Path, plan, pairs: PreferenceData, section, total_steps: int, verbose: bool,

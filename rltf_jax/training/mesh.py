@@ -124,6 +124,14 @@ def global_batch(local, sharding: NamedSharding):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
+def host_arrays(tree, mesh: Mesh):
+  """A tree held whole on one device (parameters read from a checkpoint) as jit and `device_put`
+  accept it for a `mesh` of several devices: numpy, taken as the same value on every process (an
+  array committed to one device is refused there, and of several processes that device is not
+  even this process's own). Unchanged for a one-device mesh."""
+  return tree if mesh.size == 1 else jax.device_get(tree)
+
+
 def sync(name: str) -> None:
   """A barrier across the processes of a multi-process job (nothing in a single-process one)."""
   if jax.process_count() > 1:

@@ -21,7 +21,8 @@ from jax.sharding import Mesh
 
 from rltf_jax import io
 from rltf_jax.errors import DataError
-from rltf_jax.training.mesh import batch_devices, data_sharding, state_sharding
+from rltf_jax.training.mesh import (batch_devices, data_sharding, global_batch, host_arrays,
+                                    process_rows, replicated, state_sharding)
 from rltf_jax.training.pairs import PackedPairs, bucketed_batch, pair_logps, row_shapes
 from rltf_jax.training.preference import PreferenceData
 
@@ -53,17 +54,22 @@ def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: i
   longest one; each batch has `batch_size` rows (the last one padded), so there is one compile per
   width bucket. On a `mesh` of several devices the rows are split over "data" and "fsdp" and the
   parameters sharded as in training (`training.mesh`); `batch_size` is rounded up to a multiple
-  of the devices the rows are split over.
+  of the devices the rows are split over. Of a multi-process job (a mesh over several processes'
+  devices) each process builds only its rows of every batch (`mesh.process_rows`), and every
+  process gets all the values (the outputs are replicated).
   """
+  share = None
   if mesh is None or mesh.size == 1:
     fn = jax.jit(pair_logps, static_argnums=0)
   else:
     n_dev = batch_devices(mesh)
     batch_size = -(-batch_size // n_dev) * n_dev
-    shardings = state_sharding(mesh, params)
-    params = jax.device_put(params, shardings)
-    sharded = jax.jit(lambda p, b: pair_logps(graphdef, p, b), in_shardings=(shardings, data_sharding(mesh)))
-    fn = lambda _, p, b: sharded(p, b)
+    shardings, rows_sharding = state_sharding(mesh, params), data_sharding(mesh)
+    params = jax.device_put(host_arrays(params, mesh), shardings)
+    sharded = jax.jit(lambda p, b: pair_logps(graphdef, p, b), in_shardings=(shardings, rows_sharding),
+                      out_shardings=replicated(mesh))
+    fn = lambda _, p, b: sharded(p, global_batch(b, rows_sharding))
+    share = slice(*process_rows(rows_sharding, batch_size))
   n = len(packed.tokens)
   shapes = row_shapes(packed)
   order = np.argsort(shapes[0], kind="stable")
@@ -72,7 +78,8 @@ def compute_reference_logps(graphdef, params, packed: PackedPairs, batch_size: i
   for start in range(0, n, batch_size):
     idx = order[start:start + batch_size]
     rows = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])  # pad the last batch
-    pending.append((idx, fn(graphdef, params, bucketed_batch(packed, rows, shapes, fit=idx))))
+    mine = rows if share is None else rows[share]
+    pending.append((idx, fn(graphdef, params, bucketed_batch(packed, mine, shapes, fit=idx))))
   for idx, (c, r) in pending:  # all batches were dispatched before the first read-back
     chosen[idx] = np.asarray(c)[:len(idx)]
     rejected[idx] = np.asarray(r)[:len(idx)]

@@ -47,8 +47,8 @@ def finetune_sft(cfg, base_ckpt_dir, pref_data: PreferenceData, workdir, *,
   lengths = (seqs.tokens != PAD).sum(1)
   total = sc.epochs * -(-pref_data.num_pairs // sc.batch_size)
 
-  def take(rows):
-    w = pow2_length(lengths[rows].max(), 64, seqs.tokens.shape[1])
+  def take(rows, fit):
+    w = pow2_length(lengths[fit].max(), 64, seqs.tokens.shape[1])
     return TokenBatch(*(a[rows][:, :w] for a in seqs))
 
   if verbose:
