@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rltf_jax import batch, runs, sweep
+from rltf_jax.configs import base
 from rltf_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +85,19 @@ def test_prepare_then_tasks_then_the_sweep_table(spec, tmp_path):
   table = json.loads((work / "sweeps" / "two_cohorts" / "table.json").read_text())
   assert sorted(r["cohort"] for r in table["rows"]) == ["scd", "sep"] and not table["failures"]
   assert sorted(p.name for p in work.glob("base-*")) == bases  # no base model trained twice
+
+
+def test_distributed_refuses_a_mesh_that_leaves_processes_out_and_the_one_device_baselines(monkeypatch):
+  """Of a job of two processes (one device each), `launch.py --distributed` needs a mesh over both
+  devices and no LSTM or HALO (they train on one device); a single process accepts anything."""
+  cfg = base.get_config("smoke")
+  batch.check_distributed(cfg)  # one process: nothing to check
+  monkeypatch.setattr(batch.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(batch.jax, "device_count", lambda: 2)
+  with pytest.raises(ConfigError, match=r"uses 1 of the job's 2 devices .*--config.mesh.data=0"):
+    batch.check_distributed(cfg)
+  cfg.mesh.data = 0
+  batch.check_distributed(cfg)
+  cfg.methods = ("base", "rltf", "lstm")
+  with pytest.raises(ConfigError, match="methods lstm train on one device"):
+    batch.check_distributed(cfg)
