@@ -355,7 +355,7 @@ def _without(tree, keys=("timing", "seconds", "source")):
   return tree
 
 
-@pytest.mark.slow  # two smoke pipelines at once, one over two processes: ~6 min on 2 loaded cores
+@pytest.mark.slow  # two smoke pipelines at once, one over two processes: 4-6 min on 2 loaded cores
 def test_launch_distributed_runs_the_whole_pipeline_to_the_numbers_of_one_process(tmp_path):
   """`launch.py --distributed` as two processes (one CPU device each) runs every stage (data, base
   model, DPO with its reference pass, SFT, calibration, the evaluations with their forecast draws,
