@@ -13,6 +13,14 @@ What limits it (the `split_*` fields): the prefill, one decode step and one draw
 reads (k of every layer for the scores, v for the values) against the read bandwidth measured in
 the same run (`read_gbps`): `cache_read_floor_s` is the least time a decode step can take to read
 its cache, whatever its FLOPs.
+
+The floor (`floor_*`): what the whole batch would take if every part ran at its limit. A step's
+attention streams the cache once and does two FLOPs per element read, so it is bound by the read
+bandwidth; the rest of the step (the [rows x width] products, the heads, the draw) is bound by the
+matmul ceiling, as is the prefill. The ops run one after another, so a step's floor is the sum of
+its two parts: `floor_step_s = cache_read_floor_s + (step FLOPs - attention FLOPs) / ceiling`, and
+`floor_mfu` is the MFU of a batch at `floor_prefill_s + new * floor_step_s`: an MFU target above
+it cannot be met at this shape, however the kernels are written.
 """
 
 from __future__ import annotations
@@ -104,6 +112,8 @@ def main(argv=None) -> int:
   draw_s = common.time_call(jax.jit(draw), params, h, tok)
   cache_bytes = sum(a.nbytes for a in (*state["cache"].k, *state["cache"].v))  # k for scores, v for values
   read_gbps = common.read_bandwidth_gbps()
+  floor = _floor(common.compiled_flops(pre), common.compiled_flops(body_c), state["cache"], args.new,
+                 read_gbps, ceil["ceiling_gflops"])
   common.print_result(dict(
       bench="sample", vocab=args.vocab, width=args.width, layers=args.layers, batch=b, prompt=lp,
       new=args.new, mlp=args.mlp, dtype=args.dtype, backend=jax.default_backend(),
@@ -112,5 +122,18 @@ def main(argv=None) -> int:
       mfu=flops / batch_s / (ceil["ceiling_gflops"] * 1e9), peak_rss_mb=common.peak_rss_mb(),
       split_prefill_s=prefill_s, split_decode_step_s=decode_s, split_draw_s=draw_s,
       kv_cache_read_bytes_per_step=cache_bytes, read_gbps=read_gbps,
-      cache_read_floor_s=cache_bytes / (read_gbps * 1e9)))
+      cache_read_floor_s=cache_bytes / (read_gbps * 1e9), **floor))
   return 0
+
+
+def _floor(prefill_flops, step_flops, cache, new, read_gbps, ceiling_gflops):
+  """The batch's least time at this shape (module doc): the attention bound by the cache's read,
+  everything else by the matmul ceiling; and the MFU a batch that fast would have."""
+  cache_arrays = (*cache.k, *cache.v)
+  attention_flops = 2.0 * sum(a.size for a in cache_arrays)  # q.k and att.v: a multiply-add per element
+  cache_s = sum(a.nbytes for a in cache_arrays) / (read_gbps * 1e9)
+  step_s = cache_s + (step_flops - attention_flops) / (ceiling_gflops * 1e9)
+  prefill_s = prefill_flops / (ceiling_gflops * 1e9)
+  batch_s = prefill_s + new * step_s
+  return dict(floor_prefill_s=prefill_s, floor_step_s=step_s, floor_batch_s=batch_s,
+              floor_mfu=(prefill_flops + new * step_flops) / batch_s / (ceiling_gflops * 1e9))

@@ -155,12 +155,19 @@ class Block(nnx.Module):
     x = x_BxTxD + self.linear(self.out, y)
     normed = _rms_norm(self.norm2, x)
     if self.swiglu:
-      # Two products with the two halves of the kernel: splitting the [.., 2 * hidden] output
-      # instead copies both halves of the largest activation (and its gradient) on a CPU.
       kernel = self.up.kernel[...]
       half = kernel.shape[1] // 2
-      gate = precision.matmul(normed, kernel[:, :half], self.dtype)
-      h = jax.nn.silu(gate) * precision.matmul(normed, kernel[:, half:], self.dtype)
+      if b * t <= d:
+        # Few rows (a decode step): one product, split after. Slicing the kernel would copy both
+        # halves of it (2 x d x hidden) on every step, more than the whole product's output.
+        up = self.linear(self.up, normed)
+        gate, lin = up[..., :half], up[..., half:]
+      else:
+        # Two products with the two halves of the kernel: splitting the [.., 2 * hidden] output
+        # instead copies both halves of the largest activation (and its gradient) on a CPU.
+        gate = precision.matmul(normed, kernel[:, :half], self.dtype)
+        lin = precision.matmul(normed, kernel[:, half:], self.dtype)
+      h = jax.nn.silu(gate) * lin
     else:
       h = jax.nn.gelu(self.linear(self.up, normed))
     return x + self.linear(self.down, h)
@@ -226,17 +233,23 @@ class Decoder(nnx.Module):
             + self.age_embed(age_row) + (age / 100.0)[..., None] * self.age_dir[...]
             + self.pos_embed(pos_rows(jnp.asarray(batch.pos))))
 
-  def hidden_and_kv(self, batch: TokenBatch, *, positions=None, attention_mask=None, last_only=False):
+  def rope_tables(self, positions_BxT):
+    """(sin, cos) f32 [B, 1, T, Dh / 2] of the rotary embedding at these positions."""
+    return _rope_tables(positions_BxT, self.head_dim, self.rope_base)
+
+  def hidden_and_kv(self, batch: TokenBatch, *, positions=None, attention_mask=None, last_only=False,
+                    rope=None):
     """Final hidden states [B, L, D] and each layer's k, v (tuples of [B, H, L, Dh]).
 
     `last_only`: the hidden state of the last column only ([B, 1, D]), as a prefill needs; the
-    last layer then runs its attention and MLP for that column alone (k, v are complete)."""
+    last layer then runs its attention and MLP for that column alone (k, v are complete).
+    `rope`: the rotary tables of `positions` (`rope_tables`), when the caller has them already."""
     tokens = jnp.asarray(batch.tokens)
     b, l = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     mask = masks.causal_padding(tokens, PAD) if attention_mask is None else attention_mask
-    rope = _rope_tables(positions, self.head_dim, self.rope_base)
+    rope = self.rope_tables(positions) if rope is None else rope
     x = self.embed(batch)
     ks, vs = [], []
     for i, block in enumerate(self.blocks):
@@ -253,8 +266,10 @@ class Decoder(nnx.Module):
     the default causal + padding mask when given; `positions` int32 [B, L] default to arange."""
     return self.hidden_and_kv(batch, positions=positions, attention_mask=attention_mask)[0]
 
-  def decode_hidden(self, batch_Bx1: TokenBatch, positions_Bx1, cache_k, cache_v, index, key_mask_BxS):
+  def decode_hidden(self, batch_Bx1: TokenBatch, rope_Bx1, cache_k, cache_v, index, key_mask_BxS):
     """One new token per row against the KV cache: per-layer sequences of [B, H, S, Dh] arrays.
+
+    `rope_Bx1`: the rotary tables (`rope_tables`) of the token's position, [B, 1, 1, Dh / 2] each.
 
     Writes the token's k, v at cache column `index` (shared by all rows: the sampler left-aligns
     prompts so that every row writes the same column) and attends over the columns that
@@ -262,7 +277,7 @@ class Decoder(nnx.Module):
     tuples of the updated per-layer caches. One array per layer (not one stacked array) lets XLA
     update each in place inside a loop and read it without first slicing out a copy of the layer.
     """
-    rope = _rope_tables(positions_Bx1, self.head_dim, self.rope_base)
+    rope = rope_Bx1
     x = self.embed(batch_Bx1)
     mask = key_mask_BxS[:, None, :]
     new_k, new_v = [], []

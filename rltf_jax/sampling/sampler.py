@@ -55,6 +55,7 @@ class Cache(NamedTuple):
   v: tuple              # per layer f32 [B, H, S, Dh]
   prompt_mask: jax.Array  # bool [B, Lp]: real (non-padding) prompt columns
   prompt_len: jax.Array  # int32 [B]
+  rope: tuple           # (sin, cos) f32 [B, 1, max_new, Dh / 2]: the rotary tables of the new tokens
 
 
 def left_align(prompt: TokenBatch, prompt_len):
@@ -71,9 +72,18 @@ def prefill(graphdef, params, prompt: TokenBatch, prompt_len, max_new: int):
   """Runs the prompts once; returns (last hidden [B, D], cache with room for `max_new` tokens)."""
   model = nnx.merge(graphdef, params)
   left, positions, valid = left_align(prompt, prompt_len)
-  h, ks, vs = model.hidden_and_kv(left, positions=positions, last_only=True)
+  # The rotary tables of every position the prompts and the new tokens take, computed once here
+  # and read by the steps: left to XLA, each layer's fused rotation recomputes the sines and cosines
+  # for every head (and the decode loop for every step), which on a CPU cost more than the rotation.
+  new_positions = prompt_len[:, None] + jnp.arange(max_new, dtype=jnp.int32)[None]
+  sin, cos = jax.lax.optimization_barrier(
+      model.rope_tables(jnp.concatenate([positions, new_positions.astype(jnp.int32)], axis=1)))
+  lp = positions.shape[1]
+  h, ks, vs = model.hidden_and_kv(left, positions=positions, last_only=True,
+                                  rope=(sin[:, :, :lp], cos[:, :, :lp]))
   pad = lambda a: tuple(jnp.pad(layer, ((0, 0), (0, 0), (0, max_new), (0, 0))) for layer in a)
-  return h[:, -1], Cache(pad(ks), pad(vs), valid, prompt_len.astype(jnp.int32))
+  return h[:, -1], Cache(pad(ks), pad(vs), valid, prompt_len.astype(jnp.int32),
+                         (sin[:, :, lp:], cos[:, :, lp:]))
 
 
 def decode(graphdef, params, token: TokenBatch, cache: Cache, step):
@@ -86,9 +96,9 @@ def decode(graphdef, params, token: TokenBatch, cache: Cache, step):
   col = jnp.arange(s)
   prompt_part = jnp.pad(cache.prompt_mask, ((0, 0), (0, s - lp)))
   key_mask = prompt_part | ((col >= lp) & (col <= lp + step))[None, :]
-  positions = (cache.prompt_len + step)[:, None]
+  rope = tuple(jax.lax.dynamic_slice_in_dim(t, step, 1, axis=2) for t in cache.rope)  # position prompt_len + step
   tok = TokenBatch(*(jnp.asarray(a)[:, None] for a in token))
-  h, k, v = model.decode_hidden(tok, positions, cache.k, cache.v, lp + step, key_mask)
+  h, k, v = model.decode_hidden(tok, rope, cache.k, cache.v, lp + step, key_mask)
   return h[:, 0], cache._replace(k=k, v=v)
 
 
