@@ -14,14 +14,16 @@ from rltf_jax.configs import base as base_config
 from rltf_jax.models import precision
 
 
-def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32",
+                          clock=time.perf_counter) -> float:
   """Best-of-`repeats` GFLOP/s of a jitted n x n matmul on the default device: the ceiling that
   model FLOP utilisation is quoted against. `dtype` "bfloat16" measures what the model's bf16
-  compute runs (bf16 operands, float32 accumulation and result; see `rltf_jax.models.precision`)."""
+  compute runs (bf16 operands, float32 accumulation and result; see `rltf_jax.models.precision`).
+  `clock=time.process_time`: GFLOP per CPU-second of this process (all its threads) instead."""
   a = jax.random.normal(jax.random.key(0), (n, n), precision.compute_dtype(dtype))
   b = jax.random.normal(jax.random.key(1), (n, n), precision.compute_dtype(dtype))
   f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-  return 2.0 * n ** 3 / time_call(f, a, b, repeats=repeats, stat=min) / 1e9
+  return 2.0 * n ** 3 / time_call(f, a, b, repeats=repeats, stat=min, clock=clock) / 1e9
 
 
 def read_bandwidth_gbps(megabytes: int = 256, repeats: int = 5) -> float:
@@ -31,15 +33,16 @@ def read_bandwidth_gbps(megabytes: int = 256, repeats: int = 5) -> float:
   return x.nbytes / time_call(jax.jit(jnp.sum), x, repeats=repeats, stat=min) / 1e9
 
 
-def time_call(f, *args, repeats: int = 20, stat=np.median) -> float:
+def time_call(f, *args, repeats: int = 20, stat=np.median, clock=time.perf_counter) -> float:
   """`stat` (median; `min` for a ceiling) of the seconds of `repeats` calls `f(*args)`, results
-  waited for, after one untimed call (compilation)."""
+  waited for, after one untimed call (compilation). `clock`: wall time by default;
+  `time.process_time` counts the CPU seconds of all this process's threads."""
   jax.block_until_ready(f(*args))
   times = []
   for _ in range(repeats):
-    t = time.perf_counter()
+    t = clock()
     jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t)
+    times.append(clock() - t)
   return float(stat(times))
 
 

@@ -14,6 +14,14 @@ reads (k of every layer for the scores, v for the values) against the read bandw
 the same run (`read_gbps`): `cache_read_floor_s` is the least time a decode step can take to read
 its cache, whatever its FLOPs.
 
+Per CPU-second (`cpu_mfu`): the batch's FLOPs per CPU-second of this process (all threads,
+`batch_cpu_s`) against the matmul's (`ceiling_cpu_gflops`): the share of the work the cores did
+that was model FLOPs at the ceiling's rate, whatever the machine's load. `cores_busy` is the
+batch's CPU seconds per wall second and `ceiling_cores_busy` the matmul's; on a quiet machine
+`mfu` is about `cpu_mfu * cores_busy / ceiling_cores_busy`, so the two say whether a batch loses
+to the work it does or to cores left idle. Under load the wall-clock `mfu` means little (the
+ceiling suffers more than the sampler's small products), `cpu_mfu` still compares runs.
+
 The floor (`floor_*`): what the whole batch would take if every part ran at its limit. A step's
 attention streams the cache once and does two FLOPs per element read, so it is bound by the read
 bandwidth; the rest of the step (the [rows x width] products, the heads, the draw) is bound by the
@@ -72,12 +80,13 @@ def main(argv=None) -> int:
   t = time.perf_counter()
   run(0)
   first_s = time.perf_counter() - t
-  times = []
+  times, cpu_times = [], []
   for i in range(args.repeats):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = run(i + 1)
     times.append(time.perf_counter() - t)
-  batch_s = float(np.median(times))
+    cpu_times.append(time.process_time() - c)
+  batch_s, batch_cpu_s = float(np.median(times)), float(np.median(cpu_times))
   assert int(out["num_new"].min()) == args.new
 
   # FLOPs: prefill once plus one loop body per new token.
@@ -98,6 +107,7 @@ def main(argv=None) -> int:
   body_c = jax.jit(body).lower(params, cache, tok).compile()
   flops = common.compiled_flops(pre) + args.new * common.compiled_flops(body_c)
   ceil = common.ceilings(args.dtype)
+  ceil_cpu = common.matmul_ceiling_gflops(dtype=args.dtype, clock=time.process_time)
 
   # The split: each part alone; the decode's cache is donated and fed back, as in the loop.
   prefill_s = common.time_call(lambda: pre(params, padded, plen), repeats=args.repeats)
@@ -120,6 +130,9 @@ def main(argv=None) -> int:
       new_tokens_per_s=b * args.new / batch_s, step_s=batch_s / args.new, batch_s=batch_s,
       first_call_s=first_s, flops_per_step=flops / args.new, **ceil,
       mfu=flops / batch_s / (ceil["ceiling_gflops"] * 1e9), peak_rss_mb=common.peak_rss_mb(),
+      batch_cpu_s=batch_cpu_s, ceiling_cpu_gflops=ceil_cpu,
+      cpu_mfu=flops / batch_cpu_s / (ceil_cpu * 1e9), cores_busy=batch_cpu_s / batch_s,
+      ceiling_cores_busy=ceil["ceiling_gflops"] / ceil_cpu,
       split_prefill_s=prefill_s, split_decode_step_s=decode_s, split_draw_s=draw_s,
       kv_cache_read_bytes_per_step=cache_bytes, read_gbps=read_gbps,
       cache_read_floor_s=cache_bytes / (read_gbps * 1e9), **floor))
