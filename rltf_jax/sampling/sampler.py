@@ -8,7 +8,8 @@ prefill's last column is the last real prompt token of every row. The padding co
 tokens: the causal + padding mask hides them from every query, and rotary positions count from
 each row's first real token, so a left-padded row computes exactly what it would unpadded.
 
-Loop. One prefill over the prompts fills the cache (per layer [B, H, Lp + max_new, Dh]); a
+Loop. One prefill over the prompts fills the cache (per layer [B, H, Lp + max_new, Dh], and the
+rotary tables of the positions the new tokens will take, so no step computes a sine); a
 `lax.while_loop` then samples an event from the last hidden state, feeds it back, and stops when
 every row has emitted EOS or `max_new` events exist. An event is drawn in the decoder's order:
 new-visit flag, then (for a new visit) place of service and day gap, then the code given those.
