@@ -157,9 +157,9 @@ class Block(nnx.Module):
     if self.swiglu:
       kernel = self.up.kernel[...]
       half = kernel.shape[1] // 2
-      if b * t <= d:
-        # Few rows (a decode step): one product, split after. Slicing the kernel would copy both
-        # halves of it (2 x d x hidden) on every step, more than the whole product's output.
+      if t == 1:
+        # A decode step (one query per row): one product, split after. Slicing the kernel would
+        # copy both halves of it (2 x d x hidden) on every step, more than the product's output.
         up = self.linear(self.up, normed)
         gate, lin = up[..., :half], up[..., half:]
       else:
