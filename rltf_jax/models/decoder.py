@@ -277,12 +277,11 @@ class Decoder(nnx.Module):
     tuples of the updated per-layer caches. One array per layer (not one stacked array) lets XLA
     update each in place inside a loop and read it without first slicing out a copy of the layer.
     """
-    rope = rope_Bx1
     x = self.embed(batch_Bx1)
     mask = key_mask_BxS[:, None, :]
     new_k, new_v = [], []
     for block, layer_k, layer_v in zip(self.blocks, cache_k, cache_v):
-      q, k, v = block.qkv_heads(x, rope)
+      q, k, v = block.qkv_heads(x, rope_Bx1)
       layer_k = jax.lax.dynamic_update_slice(layer_k, k, (0, 0, index, 0))
       layer_v = jax.lax.dynamic_update_slice(layer_v, v, (0, 0, index, 0))
       x = block.finish(x, q, layer_k, layer_v, mask)
