@@ -335,3 +335,10 @@ def test_chunked_draw_writes_one_shard_per_chunk_with_distinct_subjects(tmp_path
   # Chunk 1 is its own draw: not a copy of chunk 0 under other ids.
   first, second = ds.select(np.arange(0, 100)), ds.select(np.arange(100, 200))
   assert not np.array_equal(first.lengths, second.lengths)
+
+
+def test_a_draw_too_small_for_some_causes_still_simulates():
+  # 25 patients leave some conditions without a single episode; an episode that follows such a
+  # cause in the same month once indexed its empty list (rltf bench scale --chunk-patients 50).
+  ds = story.simulate(default_config(), 25, seed=0)
+  assert ds.num_patients == 25

@@ -443,6 +443,8 @@ class _Simulation:
     # An episode triggered by a cause in the same month follows it: same stay, same or next days.
     for f in cc.recent:
       fp, fm, fd = self.episodes[f]
+      if len(fp) == 0:  # no episode of the cause (a small draw): nothing to follow
+        continue
       key_f = fp * self.M + fm
       key = pat * self.M + mon
       at = np.searchsorted(key_f, key, side="right") - 1   # the cause's last episode that month
