@@ -26,7 +26,7 @@ RARE = ("scd", "sep", "surg", "ami", "cvd", "pleu", "shock")
 
 def get_config(arg=None):
   cfg = base.get_config(arg if arg in ("smoke", "paper") else None)
-  # Base and RLTF over three seeds: 21 runs take about 2.5 hours on 2 cores. `:sft` adds SFT at
+  # Base and RLTF over three seeds: 21 runs take about 2 hours on 2 cores (4-8 minutes each). `:sft` adds SFT at
   # seed 0 to the same run directories (the base model's evaluation is reused).
   cfg.methods = ("base", "sft") if arg == "sft" else ("base", "rltf")
   if cfg.size == "default":
