@@ -32,7 +32,7 @@ from rltf_jax import io
 from rltf_jax.data import enrich
 from rltf_jax.data.events import PatientEvents
 from rltf_jax.evaluation import conditional, forecast
-from rltf_jax.evaluation.plan import EvalPatients
+from rltf_jax.evaluation.plan import EvalPatients, evaluation_pool
 from rltf_jax.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -48,20 +48,16 @@ def tuning_patients(dataset: PatientEvents, patients: EvalPatients, target_codes
   `enrich.stratified_sample` within (member?, prior inclusion) cells. The validation patients left
   each cell at random, so a drawn patient's chance from its cell of the whole pool is taken / cell
   size: the weight divides by that, not by the share of what was left."""
-  T, min_prompt, seed = int(cfg_eval.truncate_events), int(cfg_eval.min_prompt_events), int(cfg_eval.seed)
-  split = design.eval_split if design is not None else "test"
-  prior = design.inclusion if design is not None else np.ones(dataset.num_patients)
-  pool, _ = conditional.sample_patients(dataset, split, 0, seed, T, min_prompt)
-  member = dataset.select(pool).patients_with_any(target_codes)
+  _, pool, _, member, prior = evaluation_pool(dataset, target_codes, cfg_eval, design)
+  seed = int(cfg_eval.seed)
   rest = np.flatnonzero(~np.isin(dataset.subject_id[pool], patients.valid_subject_id))
   pick, inclusion = enrich.stratified_sample(prior[pool][rest], member[rest], int(num),
                                              float(cfg_eval.member_fraction), seed + 11)
-  cells = lambda idx: np.stack([member[idx], prior[pool][idx]], axis=1)
-  pool_cells, pool_sizes = np.unique(cells(np.arange(len(pool))), axis=0, return_counts=True)
-  rest_cells, rest_sizes = np.unique(cells(rest), axis=0, return_counts=True)
-  chosen = cells(rest[pick])
-  size_of = lambda table, sizes: np.array([sizes[np.flatnonzero((table == c).all(1))[0]] for c in chosen])
-  inclusion = inclusion * size_of(rest_cells, rest_sizes) / size_of(pool_cells, pool_sizes)
+  _, cell = np.unique(np.stack([member, prior[pool]], axis=1), axis=0, return_inverse=True)
+  cell = cell.ravel()
+  pool_size, rest_size = np.bincount(cell), np.bincount(cell[rest], minlength=cell.max() + 1)
+  chosen = cell[rest[pick]]
+  inclusion = inclusion * rest_size[chosen] / pool_size[chosen]
   return pool[rest[pick]], 1.0 / inclusion
 
 

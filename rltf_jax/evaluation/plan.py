@@ -47,6 +47,17 @@ class EvalPatients:
     return 1.0 / self.inclusion
 
 
+def evaluation_pool(dataset: PatientEvents, target_codes, cfg, design=None):
+  """(split, pool, its counts, member? per pool patient, prior inclusion of every patient): the
+  eligible patients of the design's evaluation split (default the test split) that the evaluation
+  and the calibration's tuning set draw from."""
+  T, min_prompt, seed = int(cfg.truncate_events), int(cfg.min_prompt_events), int(cfg.seed)
+  split = design.eval_split if design is not None else "test"
+  prior = design.inclusion if design is not None else np.ones(dataset.num_patients)
+  pool, counts = conditional.sample_patients(dataset, split, 0, seed, T, min_prompt)
+  return split, pool, counts, dataset.select(pool).patients_with_any(target_codes), prior
+
+
 def select_patients(dataset: PatientEvents, cohort: Cohort | str, cfg, design=None) -> EvalPatients:
   """Draws the evaluated patients and their modelling/validation split (the training patients of
   memorization are `select_trained_on`'s).
@@ -58,11 +69,8 @@ def select_patients(dataset: PatientEvents, cohort: Cohort | str, cfg, design=No
   prevalence-dependent numbers estimate the population's values. The split is stratified by
   membership at `cfg.model_fraction` in both strata, so it changes no weight."""
   cohort = get_cohort(cohort) if isinstance(cohort, str) else cohort
-  T, min_prompt, seed = int(cfg.truncate_events), int(cfg.min_prompt_events), int(cfg.seed)
-  split = design.eval_split if design is not None else "test"
-  prior = design.inclusion if design is not None else np.ones(dataset.num_patients)
-  pool, pool_counts = conditional.sample_patients(dataset, split, 0, seed, T, min_prompt)
-  member = dataset.select(pool).patients_with_any(cohort.codes)
+  seed = int(cfg.seed)
+  split, pool, pool_counts, member, prior = evaluation_pool(dataset, cohort.codes, cfg, design)
   pick, inclusion = enrich.stratified_sample(prior[pool], member, int(cfg.num_test_patients),
                                              float(cfg.member_fraction), seed)
   test = pool[pick]
