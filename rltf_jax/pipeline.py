@@ -49,7 +49,7 @@ from rltf_jax.data.events import PatientEvents, concat
 from rltf_jax.data.load import load_with_report, simulator_config
 from rltf_jax.data.vocab import Vocabulary
 from rltf_jax.errors import ConfigError
-from rltf_jax.evaluation import calibration, dataset_privacy, evaluate, forecast
+from rltf_jax.evaluation import calibration, dataset_privacy, evaluate, forecast, utility
 from rltf_jax.names import check_name
 from rltf_jax.runs import RunDir
 from rltf_jax.training import preference, pretrain
@@ -203,6 +203,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
   # The base model first: its forecast draws tune every method's logit-bias anchor.
   order = sorted(zip(cfg.methods, chosen), key=lambda item: item[0] != "base")
   base_eval = cohort_dir / "eval" / "base"
+  fits = utility.FitCache()  # the methods' evaluations share their real and prompt-only fits
   for name, method in order:
     out = cohort_dir / "eval" / name
     t0 = _announce(f"eval {name}", out)
@@ -222,7 +223,7 @@ def _run(cfg, root: Path, report: Callable[[Path, dict], Path] | None) -> int:
     evaluate.evaluate_generator(
         generator, dataset, cohort, cfg.eval, out,
         trained_on=method.trained_on(ctx), training=training, design=design,
-        inputs=inputs, base_forecast=base_forecast)
+        inputs=inputs, base_forecast=base_forecast, fits=fits)
     sync(f"eval {name}: written")  # the next method's evaluation reads the base model's
     print(f"[eval] {name} ready in {time.time() - t0:.0f}s", flush=True)
 

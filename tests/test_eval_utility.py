@@ -156,7 +156,7 @@ def test_prompt_only_control_trains_on_the_prompts_alone(tmp_path):
   assert "prompt_only" not in utility.evaluate_utility(utility.load_utility_data(plain), **kw)
 
 
-def test_features_come_from_the_real_records_so_every_method_shares_the_real_fits(monkeypatch):
+def test_features_come_from_the_real_records_so_every_method_shares_the_real_fits():
   """Two generators' synthetic records (one writing a code no real record holds) give the same
   features and real matrices; the second evaluation reuses the real and prompt-only fits (no
   CatBoost call) and they equal a fresh fit (CatBoost is deterministic for a seed)."""
@@ -179,15 +179,18 @@ def test_features_come_from_the_real_records_so_every_method_shares_the_real_fit
     assert (a.X[m] != b.X[m]).nnz == 0
   assert (a.X["synthetic_model"] != b.X["synthetic_model"]).nnz > 0
   kw = dict(iterations=15, threads=1, seed=0, bootstrap_samples=20)
-  monkeypatch.setattr(utility, "_FITS", {})
-  first = utility.evaluate_utility(a, **kw)
-  made = utility.fits_made
-  second = utility.evaluate_utility(b, **kw)
-  assert utility.fits_made - made == 2  # synthetic and augmentation; real and prompt-only reused
+  fits = utility.FitCache()
+  first = utility.evaluate_utility(a, fits=fits, **kw)
+  assert fits.made == 3  # `a`'s synthetic records are the real ones: one fit for both rows
+  second = utility.evaluate_utility(b, fits=fits, **kw)
+  assert fits.made == 5  # synthetic and augmentation; real and prompt-only reused
   assert second["real"] == first["real"] and second["prompt_only"] == first["prompt_only"]
-  monkeypatch.setattr(utility, "_FITS", {})  # a fresh fit of the same rows gives the same numbers
+  fresh = utility.FitCache()  # a fresh fit of the same rows gives the same numbers
+  assert utility.evaluate_utility(b, rows=("real",), fits=fresh, **kw)["real"] == first["real"]
+  assert fresh.made == 1
+  # Without a cache nothing is kept between calls (no process-wide state).
   assert utility.evaluate_utility(b, rows=("real",), **kw)["real"] == first["real"]
-  assert utility.fits_made - made == 3
+  assert fits.made == 5 and fresh.made == 1
 
 
 def test_record_features_drop_the_targets_and_codes_of_a_single_patient():

@@ -76,7 +76,8 @@ def _run_dir(out: Path, cfg, method: str, dataset, cohort: Cohort, trained_on, m
 def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, cfg,
                        out_dir: str | Path, *, trained_on=None,
                        members: PatientEvents | None = None, inputs: dict | None = None,
-                       training: dict | None = None, design=None, base_forecast=None) -> dict:
+                       training: dict | None = None, design=None, base_forecast=None,
+                       fits=None) -> dict:
   """Runs every evaluator of `cfg.eval.evaluators` on `generator` (see the module doc) and returns
   the metrics dict.
 
@@ -89,7 +90,9 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   patients). `training` (the caller's description of the method's training data) is stored as it
   is. `base_forecast`: the base model's `test_forecast.npz` on the same patients, from which the
   forecast's logit-bias anchor is tuned; `forecast.SELF` when `generator` is the base model; None
-  where no base model is evaluated (no such anchor).
+  where no base model is evaluated (no such anchor). `fits` (`utility.FitCache`): CatBoost fits
+  to share with the other methods' evaluations of the same patients (the real, prompt-only and
+  ceiling classifiers do not depend on the method); None fits everything anew.
 
   `design` (`rltf_jax.data.enrich.Design`; default: the test split, every patient weight 1) says
   which split the evaluated patients come from and their prior inclusion probabilities; every
@@ -107,7 +110,7 @@ def evaluate_generator(generator, dataset: PatientEvents, cohort: Cohort | str, 
   run.start()
   t0 = time.perf_counter()
   plan = build_plan(generator, method, dataset, cohort, cfg, out, trained_on=trained_on,
-                    members=members, design=design, base_forecast=base_forecast)
+                    members=members, design=design, base_forecast=base_forecast, fits=fits)
   results, arrays = {}, dict(test_subject_id=plan.test.subject_id, test_validation=plan.valid,
                              test_weight=plan.weights, test_true_events=plan.true.lengths,
                              test_generated_events=plan.generated.lengths)

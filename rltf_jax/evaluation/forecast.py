@@ -249,7 +249,7 @@ def prompt_features(prompts: PatientEvents, fit_rows: np.ndarray) -> sp.csr_matr
 
 def ceiling_probability(prompts: PatientEvents, truth: np.ndarray, weights: np.ndarray,
                         fit_rows: np.ndarray, *, iterations: int, threads: int, depth: int,
-                        seed: int) -> np.ndarray:
+                        seed: int, fits: utility.FitCache | None = None) -> np.ndarray:
   """float64 [N]: P(the true continuation holds the target | prompt) for every patient, from
   CatBoost fitted on `fit_rows` only. Two folds of `fit_rows` score each other (cross-fitted
   scores) and every other patient; a design-weighted logistic fit of the truth on the cross-fitted
@@ -266,7 +266,8 @@ def ceiling_probability(prompts: PatientEvents, truth: np.ndarray, weights: np.n
   for f in (0, 1):
     train, held = fit_rows[fold[fit_rows] == f], fit_rows[fold[fit_rows] != f]
     s, _ = utility.fit_and_score(X[train], y[train], X[np.concatenate([held, others])],
-                                 iterations=iterations, threads=threads, seed=seed, depth=depth)
+                                 iterations=iterations, threads=threads, seed=seed, depth=depth,
+                                 fits=fits)
     held_score[held], other_score[f] = s[:len(held)], s[len(held):]
   logit = lambda s: np.log(np.clip(s, 1e-6, 1 - 1e-6) / np.clip(1 - s, 1e-6, 1))[:, None]
   platt = LogisticRegression(C=1e6).fit(logit(held_score[fit_rows]), y[fit_rows],
@@ -285,17 +286,19 @@ def evaluate(plan, results: dict) -> tuple[dict, dict]:
   base_draws = base if base is None or (isinstance(base, str) and base == SELF) else io.load_npz(base)
   result, arrays = forecast_target(plan.generator, plan.prompts, plan.in_true, plan.in_prompt,
                                    plan.in_generated, plan.weights, plan.valid, plan.cohort.codes,
-                                   plan.cfg, plan.out, base_draws=base_draws)
+                                   plan.cfg, plan.out, base_draws=base_draws, fits=plan.fits)
   return dict(forecast=result), arrays
 
 
 def forecast_target(generator, prompts: PatientEvents, truth: np.ndarray, in_prompt: np.ndarray,
              first_draw_hits: np.ndarray, weights: np.ndarray, valid: np.ndarray, target_codes,
-             cfg, out_dir: Path, base_draws: dict | None = None) -> tuple[dict, dict]:
+             cfg, out_dir: Path, base_draws: dict | None = None,
+             fits: utility.FitCache | None = None) -> tuple[dict, dict]:
   """The forecast part of `metrics.json` and its per-patient arrays, for every test patient's
   draws, scored on the validation patients (`valid`); the modelling patients fit the ceiling and
   tune the logit bias. `base_draws`: the base model's `draw_cached` draws on the same patients
-  (None: the logit-bias anchor is not computed, and the report says so)."""
+  (None: the logit-bias anchor is not computed, and the report says so); `fits`: finished
+  CatBoost fits shared with other evaluations of the same patients (the ceiling's)."""
   T, K, B, seed = int(cfg.truncate_events), int(cfg.forecast_samples), int(cfg.bootstrap_samples), int(cfg.seed)
   truth, in_prompt, valid = np.asarray(truth, bool), np.asarray(in_prompt, bool), np.asarray(valid, bool)
   fit_rows, valid_rows = np.flatnonzero(~valid), np.flatnonzero(valid)
@@ -311,7 +314,7 @@ def forecast_target(generator, prompts: PatientEvents, truth: np.ndarray, in_pro
                  prompt_rule=in_prompt.astype(np.float64))
   anchors["ceiling"] = ceiling_probability(
       prompts, truth, weights, fit_rows, iterations=int(cfg.catboost_iterations),
-      threads=int(cfg.catboost_threads), depth=int(cfg.catboost_depth), seed=seed)
+      threads=int(cfg.catboost_threads), depth=int(cfg.catboost_depth), seed=seed, fits=fits)
   bias = None
   base_draws = draws if is_base else base_draws
   if base_draws is not None and "target_mass" in base_draws:

@@ -150,6 +150,7 @@ class EvalPlan:
   base_forecast: object       # see `evaluate_generator`
   timing: dict
   design: object = None       # `rltf_jax.data.enrich.Design` (None: test split, weights 1)
+  fits: utility.FitCache | None = None  # CatBoost fits shared with the other methods' evaluations
 
   @property
   def weights(self) -> np.ndarray:
@@ -174,7 +175,8 @@ class EvalPlan:
 
 
 def build_plan(generator, method: str, dataset: PatientEvents, cohort: Cohort, cfg, out: Path, *,
-               trained_on=None, members=None, design=None, base_forecast=None) -> EvalPlan:
+               trained_on=None, members=None, design=None, base_forecast=None,
+               fits=None) -> EvalPlan:
   """Selects the patients, refuses a method trained on a validation patient, and completes every
   prompt once (cached in `out`)."""
   patients = select_patients(dataset, cohort, cfg, design)
@@ -203,4 +205,4 @@ def build_plan(generator, method: str, dataset: PatientEvents, cohort: Cohort, c
       in_prompt=prompts.patients_with_any(cohort.codes), in_true=true.patients_with_any(cohort.codes),
       in_generated=cut.patients_with_any(cohort.codes), trained_pool=trained_pool,
       trained_draw=trained_draw, trained_counts=trained_counts, members=members,
-      base_forecast=base_forecast, timing=timing, design=design)
+      base_forecast=base_forecast, timing=timing, design=design, fits=fits)

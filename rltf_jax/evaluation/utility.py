@@ -6,7 +6,7 @@ least two of the evaluated patients' real records, except the cohort's target co
 other real record holds is zero on every other row, so it cannot be both learned and used;
 `record_features`); the label is cohort membership of the same record. The feature set is thus the same for every method evaluated on those patients,
 so the real and prompt-only classifiers are the same fits for all of them, and `fit_and_score`
-reuses a finished fit instead of refitting it. Three CatBoost classifiers are trained and scored on
+reuses a finished fit from the caller's `FitCache` instead of refitting it. Three CatBoost classifiers are trained and scored on
 the real validation set:
   real          the modelling patients' real records (prompt + true continuation);
   synthetic     the modelling patients' prompts completed by the generator (features AND label from
@@ -137,13 +137,24 @@ def load_utility_data(path: str | Path) -> UtilityData:
 
 
 # ---------------------------------------------------------------- classifiers
-# Finished fits by a digest of everything they depend on (`_fit_key`). CatBoost on the CPU is
-# deterministic for a seed and thread count, so a fit found here is the fit that would be made:
-# the base model's, RLTF's and SFT's evaluations of one cohort share their real and prompt-only
-# rows (one process runs them all), which saves two of each later evaluation's six fits.
-_FITS: dict[str, np.ndarray] = {}
-_MAX_FITS = 32  # ~100 KB each at the default size
-fits_made = 0   # CatBoost fits this process has run (what the reuse saves is visible)
+class FitCache:
+  """Finished fits by a digest of everything they depend on (`_fit_key`), owned by whoever runs
+  several evaluations on the same patients (the pipeline, one per cohort) and passed to them.
+  CatBoost on the CPU is deterministic for a seed and thread count, so a fit found here is the fit
+  that would be made: the base model's, RLTF's and SFT's evaluations of one cohort share their
+  real and prompt-only rows, which saves two of each later evaluation's six fits."""
+
+  def __init__(self, max_fits: int = 32):  # ~100 KB each at the default size
+    self.max_fits, self.made, self._scores = max_fits, 0, {}
+
+  def get(self, key: str) -> np.ndarray | None:
+    return self._scores[key].copy() if key in self._scores else None
+
+  def put(self, key: str, scores: np.ndarray) -> None:
+    self.made += 1
+    if len(self._scores) >= self.max_fits:
+      del self._scores[next(iter(self._scores))]  # the oldest
+    self._scores[key] = scores.copy()
 
 
 def _fit_key(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, **settings) -> str:
@@ -158,27 +169,28 @@ def _fit_key(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix
 
 
 def fit_and_score(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, *,
-                  iterations: int, threads: int, seed: int, depth: int = 6) -> tuple[np.ndarray, bool]:
+                  iterations: int, threads: int, seed: int, depth: int = 6,
+                  fits: FitCache | None = None) -> tuple[np.ndarray, bool]:
   """(P(positive) for each validation row, constant?). A one-class training set gives the
-  constant score of its label (no classifier can be trained). A fit this process already made on
-  the same inputs and settings is returned as it is (see `_FITS`)."""
-  global fits_made
+  constant score of its label (no classifier can be trained). With `fits`, a fit already made
+  there on the same inputs and settings is returned as it is, and a new one is kept."""
   y_train = np.asarray(y_train, bool)
   if y_train.all() or not y_train.any():
     return np.full(X_valid.shape[0], float(y_train.mean()) if len(y_train) else 0.0), True
-  key = _fit_key(X_train, y_train, X_valid, iterations=iterations, threads=threads, seed=seed,
-                 depth=depth)
-  if key in _FITS:
-    return _FITS[key].copy(), False
+  key = found = None
+  if fits is not None:
+    key = _fit_key(X_train, y_train, X_valid, iterations=iterations, threads=threads, seed=seed,
+                   depth=depth)
+    found = fits.get(key)
+  if found is not None:
+    return found, False
   from catboost import CatBoostClassifier  # imported here: slow to import, needed only here
   model = CatBoostClassifier(iterations=iterations, depth=depth, thread_count=threads,
                              random_seed=seed, verbose=False, allow_writing_files=False)
   model.fit(X_train, y_train.astype(np.int32))
   scores = model.predict_proba(X_valid)[:, 1]
-  fits_made += 1
-  if len(_FITS) >= _MAX_FITS:
-    del _FITS[next(iter(_FITS))]  # the oldest
-  _FITS[key] = scores.copy()
+  if fits is not None:
+    fits.put(key, scores)
   return scores, False
 
 
@@ -202,13 +214,15 @@ TRAIN_SETS = ("real", "synthetic", "augmentation", "prompt_only")
 
 def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: int,
                      bootstrap_samples: int, depth: int = 6, rows: Iterable[str] | None = None,
-                     weights: np.ndarray | None = None, scores_out: dict | None = None) -> dict:
+                     weights: np.ndarray | None = None, scores_out: dict | None = None,
+                     fits: FitCache | None = None) -> dict:
   """AUROC and AUPRC (with intervals) on the real validation set for the real, synthetic,
   augmentation and (when `data` has the prompts) prompt-only training sets, with each training
   set's size and positives; `rows` picks some of them. Also `label_table` (real x synthetic labels
   of the modelling patients) and `validation` (its size). `weights`: design weights of the
   validation patients (the classifiers train unweighted: ranking needs no population mix).
-  `scores_out`, when given, receives each training set's validation scores (paired comparisons)."""
+  `scores_out`, when given, receives each training set's validation scores (paired comparisons);
+  `fits` (`FitCache`) shares finished fits between evaluations of the same patients."""
   train_sets = {
       "real": lambda: (data.X["real_model"], data.y["real_model"]),
       "synthetic": lambda: (data.X["synthetic_model"], data.y["synthetic_model"]),
@@ -229,7 +243,7 @@ def evaluate_utility(data: UtilityData, *, iterations: int, threads: int, seed: 
   for name, make in train_sets.items():
     X, y = make()
     scores, constant = fit_and_score(X, y, data.X["real_valid"], iterations=iterations,
-                                     threads=threads, seed=seed, depth=depth)
+                                     threads=threads, seed=seed, depth=depth, fits=fits)
     if scores_out is not None:
       scores_out[name] = scores
     out[name] = dict(
@@ -280,7 +294,8 @@ def evaluate(plan, results: dict) -> tuple[dict, dict]:
   cfg, cohort, seed, B = plan.cfg, plan.cohort, plan.seed, plan.B
   real_records = plan.test  # prompt + true continuation is the patient's whole record
   util_kw = dict(iterations=int(cfg.catboost_iterations), threads=int(cfg.catboost_threads), seed=seed,
-                 bootstrap_samples=B, depth=int(cfg.catboost_depth), weights=plan.weights[plan.valid])
+                 bootstrap_samples=B, depth=int(cfg.catboost_depth), weights=plan.weights[plan.valid],
+                 fits=plan.fits)
   out, scores = {}, {}
   for key, synthetic, rows in (
       ("utility", plan.synthetic_records, None),
