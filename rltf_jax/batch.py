@@ -40,13 +40,15 @@ Process 0 alone holds the work-directory lock and writes files (`metrics.jsonl`,
 data, metrics.json; `rltf_jax.io`), and alone writes the report (its plots are not written
 through `rltf_jax.io`): the others compute the same bytes and skip the write, and wait at a
 barrier after every stage (`training.mesh.sync`) before reading what process 0 wrote.
-Checkpoints are written and restored by all processes together (orbax). The LSTM and HALO
+Checkpoints are written and restored by all processes together (orbax). Process 0 alone prints
+progress (the others' standard output is discarded, their standard error kept). The LSTM and HALO
 baselines train on one device and are refused here (`check_distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -124,7 +126,12 @@ def run_distributed(cfg, workdir: str | None) -> int:
   """`launch.py --distributed`: every stage of the experiment, each process of the job running the
   pipeline in lockstep with the others (module docstring; docs/running.md)."""
   check_distributed(cfg)
-  return experiment.run(cfg, workdir)
+  if jax.process_index() == 0:
+    return experiment.run(cfg, workdir)
+  # The others run the same stages in lockstep: their progress lines would repeat process 0's
+  # (warnings and errors go to stderr, which stays).
+  with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+    return experiment.run(cfg, workdir)
 
 
 # ---------------------------------------------------------------------------- a sweep as tasks

@@ -251,7 +251,7 @@ def run_processes(script: str, groups: list[tuple], timeout: int = 300) -> list[
     for p in procs:
       stdout, stderr = p.communicate(timeout=timeout)
       assert p.returncode == 0, stderr[-3000:]
-      outs.append(json.loads(stdout.strip().splitlines()[-1]))
+      outs.append(dict(json.loads(stdout.strip().splitlines()[-1]), stdout=stdout))
   finally:
     for p in procs:
       if p.poll() is None:
@@ -366,6 +366,8 @@ def test_launch_distributed_runs_the_whole_pipeline_to_the_numbers_of_one_proces
   pair, alone = tmp_path / "pair", tmp_path / "alone"
   outs = run_processes(WHOLE_PIPELINE_SCRIPT, [(2, 0, pair), (2, 1, pair), (1, 0, alone)], timeout=1500)
   assert [o["status"] for o in outs] == [0, 0, 0]
+  assert "[eval] rltf ready" in outs[0]["stdout"] and "[eval] rltf ready" in outs[2]["stdout"]
+  assert "[eval]" not in outs[1]["stdout"]  # progress from process 0 only
   data = lambda root: next(root.glob("data-*"))
   for name in ("dataset.npz", "vocab.json"):
     assert (data(pair) / name).read_bytes() == (data(alone) / name).read_bytes(), name
