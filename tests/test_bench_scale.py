@@ -10,7 +10,7 @@ from conftest import REPO
 from rltf_jax.bench import scale
 from rltf_jax.data import meds
 
-ROW = r"^{stage}\s+[\d.]+ s  peak\s+\d+ MiB  .*\b{fact}=\d+"
+ROW = r"^{stage}\s+[\d.]+ s  peak\s+\d+ MiB \(anonymous\s+\d+ MiB\)  .*\b{fact}=\d+"
 
 
 def run_scale(args, monkeypatch, capsys) -> tuple[str, dict]:
@@ -35,6 +35,8 @@ def test_scale_prints_the_read_and_data_stages_of_a_given_dataset(tmp_path, tiny
   assert figures["read_patients"] == figures["data_patients"] == 3
   assert figures["read_events"] == figures["data_events"] == tiny_dataset.num_events == 7
   assert figures["read_peak_rss_mb"] > 0 and figures["data_seconds"] >= 0
+  # The heap alone (sampled), beside ru_maxrss: JAX's imports are most of it, and it is part of it.
+  assert 50 < figures["read_peak_anon_mb"] <= figures["read_peak_rss_mb"]
 
 
 @pytest.mark.slow  # the simulator's draw and a compile of the default model's step: ~30 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import threading
 import time
 
 import jax
@@ -72,6 +73,37 @@ def compiled_flops(compiled) -> float:
 def peak_rss_mb() -> float:
   """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class PeakAnonymous:
+  """Samples this process's anonymous resident memory (`RssAnon` of /proc/self/status: the heap,
+  not the pages of mapped files, which the kernel can drop) every `every_s` seconds while open;
+  `.mb` is the largest sample in MiB (0 off Linux). `ru_maxrss` counts the touched pages of a
+  memory-mapped dataset too, so it grows with what a stage reads; this is what has to fit."""
+
+  def __init__(self, every_s: float = 0.02):
+    self.every_s, self.mb = every_s, 0.0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  def _sample(self):
+    while True:
+      try:
+        with open("/proc/self/status") as f:
+          kb = next((int(l.split()[1]) for l in f if l.startswith("RssAnon:")), 0)
+      except OSError:
+        return
+      self.mb = max(self.mb, kb / 1024.0)
+      if self._stop.wait(self.every_s):
+        return
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
 
 
 def print_result(result: dict) -> None:
