@@ -230,3 +230,28 @@ def test_dp_fine_tune_spends_at_most_its_epsilon(base_and_pairs, method):
     a, b = load_decoder(run)[1], load_decoder(off)[1]
     assert any(not np.array_equal(np.asarray(x), np.asarray(y))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_a_dp_fine_tune_does_not_depend_on_the_one_before_it_in_the_process(base_and_pairs):
+  """The noise multiplier is a constant of the compiled DP step, calibrated to the number of pairs.
+  Two fine-tunes with the same config and step count but 40 and 38 pairs (5 steps of 8 either way)
+  must not share a compiled step: the second's parameters are those it gets alone."""
+  from rltf_jax.checkpoints import load_decoder
+  from rltf_jax.data.cohorts import get_cohort
+  from rltf_jax.training import loop
+  from rltf_jax.training.preference import build_preference_data
+  from test_dpo import pretrained_base
+  cfg, pairs, root = base_and_pairs
+  cfg = cfg.copy_and_resolve_references()
+  cfg.rltf.dp.epsilon = 8.0
+  fewer_cfg = cfg.copy_and_resolve_references()
+  fewer_cfg.rltf.num_pairs = 38
+  _, ds, _, _ = pretrained_base()
+  fewer = build_preference_data(ds, get_cohort("dm"), fewer_cfg.rltf, root / "pref-dp38")
+  assert fewer.num_pairs == 38 and pairs.num_pairs == 40
+  _finetune("rltf", cfg, pairs, root / "rltf-dp8-first")
+  after = _finetune("rltf", cfg, fewer, root / "rltf-dp8-38-after")
+  loop._COMPILED.clear()  # as a fresh process
+  alone = _finetune("rltf", cfg, fewer, root / "rltf-dp8-38-alone")
+  for x, y in zip(jax.tree.leaves(load_decoder(after)[1]), jax.tree.leaves(load_decoder(alone)[1])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -80,6 +80,8 @@ def run(cfg, method: str, section, run_dir: RunDir, graphdef, base_params, make_
   key = (method, graphdef, runs.digest(training_section(section)), total_steps)
   if dp.enabled(section):
     plan, make_step, batches = _private(section, pairs, total_steps, mesh, make_loss_fn, optimizer, take)
+    key += (plan,)  # its noise multiplier and clipping are constants of the step, and the noise
+    # depends on the number of pairs, which the section and the step count do not fix
     show = tuple(show) + ("dp_clipped_fraction",)
   else:
     plan = None
