@@ -5,7 +5,7 @@ Work-directory layout (`--workdir`, default `runs/<source>-<size>`), shared by e
 base model is pretrained once per data and model config:
 
   <workdir>/
-    data-<hash>/            dataset.npz (PatientEvents with splits), vocab.json, summary.json
+    data-<hash>/            dataset/ (PatientEvents with splits, one .npy per field), vocab.json, summary.json
     base-<hash>/            pretrained base model (orbax checkpoints, vocab.json, model_config.json)
     <cohort>[-<run_name>]/  (run_name separates the runs of a sweep on one cohort)
       config.json           the full config of the latest finished run of this cohort
@@ -56,6 +56,7 @@ from rltf_jax.training import preference, pretrain
 from rltf_jax.training.mesh import sync
 
 log = logging.getLogger("rltf_jax")
+DATASET = "dataset"  # the data stage's dataset: a directory that later stages memory-map
 
 
 @dataclasses.dataclass
@@ -362,7 +363,8 @@ def open_context(cfg, root: Path, write: bool = True) -> Context:
   path = data_dir(cfg, root)
   if not runs.is_done(path):
     raise ConfigError(f"{path}: the data stage of this config is not finished; run launch.py first")
-  dataset = PatientEvents.load(path / "dataset.npz")
+  dataset = (PatientEvents.open_mapped(path / DATASET) if (path / DATASET).is_dir()
+             else PatientEvents.load(path / "dataset.npz"))  # a data stage of before the mapped layout
   vocab = Vocabulary.load(path / "vocab.json")
   source = source_codes_of(cfg, path)
   labels = None
@@ -459,7 +461,7 @@ def _build_data(cfg, data_run: RunDir) -> None:
     enriched = enrich.enriched_cohorts()
   data_run.start()
   enrich.save_design(data_run.path, dataset.subject_id, inclusion, enriched)
-  dataset.save(data_run.path / "dataset.npz")
+  dataset.save_mapped(data_run.path / DATASET)
   vocab.save(data_run.path / "vocab.json")
   if cfg.data.source == "meds":  # the source's spellings, for cohorts and synthetic data
     source = scan_meds(cfg.data.path, cfg.data.bare_code_system or None)

@@ -79,6 +79,24 @@ def test_save_load_and_concat(tmp_path, tiny_dataset):
   assert concat([a, b]).equals(tiny_dataset)
 
 
+def test_the_mapped_dataset_is_the_saved_one_read_lazily_and_never_written_back(tmp_path, tiny_dataset):
+  """`save_mapped` / `open_mapped`: the same fields and fingerprint as the dataset saved, every
+  event column a memory map (nothing read whole), and an in-place write stays in this process."""
+  path = tiny_dataset.save_mapped(tmp_path / "dataset")
+  back = PatientEvents.open_mapped(path)
+  assert back.fingerprint() == tiny_dataset.fingerprint()
+  for f in ("subject_id", "offsets", "code", "day", "visit", "pos", "age", "codes"):
+    np.testing.assert_array_equal(getattr(back, f), getattr(tiny_dataset, f))
+  for f in ("code", "day", "visit", "pos", "age"):
+    assert isinstance(getattr(back, f).base, np.memmap) or isinstance(getattr(back, f), np.memmap), f
+  on_disk = (path / "code.npy").read_bytes()
+  back.code[0] = back.code[0] + 1  # copy-on-write: the file keeps its bytes
+  assert (path / "code.npy").read_bytes() == on_disk
+  assert PatientEvents.open_mapped(path).fingerprint() == tiny_dataset.fingerprint()
+  with pytest.raises(DataError, match="cannot read a saved dataset"):
+    PatientEvents.open_mapped(tmp_path / "missing")
+
+
 def test_vocabulary_uses_training_patients_and_keeps_targets(tmp_path, tiny_dataset):
   vocab = Vocabulary.build(tiny_dataset, min_count=2, always_include=["ICD10CM/D573", "ICD10CM/Z999"])
   # I10 occurs twice in training, D573 twice; E119, 47, A10BA02 once -> pruned to <unk>.

@@ -11,10 +11,12 @@ anonymous memory plus the pages of memory-mapped files it touched) and its peak 
 
   write     the sharded simulator draw, written as MEDS (skipped when the dataset exists)
   read      `meds.read_meds_values`: the streaming MEDS reader
-  data      the pipeline's data stage without its cache file: `load_with_report` (read, splits,
-            code families) and the vocabulary (`Vocabulary.build`)
-  pretrain  the data stage, then `--steps` pretraining steps of the default model on it (the
-            stage's time is the pretraining call's; its memory the whole process's)
+  data      the pipeline's data stage: `load_with_report` (read, splits, code families), the
+            vocabulary (`Vocabulary.build`) and the dataset saved for the later stages
+            (`PatientEvents.save_mapped`, into a temporary directory; `saved_mb` its size)
+  pretrain  the data stage, then `--steps` pretraining steps of the default model on the saved
+            dataset, memory-mapped as the pipeline's later stages open it (the stage's time is
+            the pretraining call's; its memory the whole process's)
 
 The last line is one JSON object with every figure.
 """
@@ -87,6 +89,7 @@ def _run_stage(stage: str, args, meds_dir: Path) -> dict:
     _data_imports()
   if stage == "pretrain":
     from rltf_jax.training import pretrain
+  from rltf_jax.data.events import PatientEvents
   t = time.perf_counter()
   if stage == "write":
     cli.write_in_chunks(simulator_config.get_config(), meds_dir, args.patients, args.seed,
@@ -97,17 +100,21 @@ def _run_stage(stage: str, args, meds_dir: Path) -> dict:
     ds, _, _ = meds.read_meds_values(meds_dir)
     extra = dict(patients=ds.num_patients, events=ds.num_events, codes=len(ds.codes))
   else:
-    ds, vocab, cfg = _data_stage(meds_dir)
-    extra = dict(patients=ds.num_patients, events=ds.num_events, vocab=len(vocab))
-    if stage == "pretrain":
-      extra["data_seconds"] = round(time.perf_counter() - t, 1)
-      extra["data_peak_rss_mb"] = round(common.peak_rss_mb())
-      cfg.pretrain.steps = args.steps
-      cfg.pretrain.eval_every = cfg.pretrain.ckpt_every = args.steps
-      t = time.perf_counter()
-      with tempfile.TemporaryDirectory(prefix="rltf-scale-") as work:
-        pretrain.pretrain(cfg, ds, vocab, work, verbose=False)
-      extra["steps"] = args.steps
+    with tempfile.TemporaryDirectory(prefix="rltf-scale-") as work:
+      ds, vocab, cfg = _data_stage(meds_dir)
+      extra = dict(patients=ds.num_patients, events=ds.num_events, vocab=len(vocab))
+      saved = ds.save_mapped(Path(work) / "dataset")  # as the pipeline's data stage leaves it
+      extra["saved_mb"] = round(sum(p.stat().st_size for p in saved.iterdir()) / 2**20)
+      if stage == "pretrain":
+        extra["data_seconds"] = round(time.perf_counter() - t, 1)
+        extra["data_peak_rss_mb"] = round(common.peak_rss_mb())
+        del ds  # the later stages read the saved dataset, memory-mapped, as the pipeline's do
+        ds = PatientEvents.open_mapped(saved)
+        cfg.pretrain.steps = args.steps
+        cfg.pretrain.eval_every = cfg.pretrain.ckpt_every = args.steps
+        t = time.perf_counter()
+        pretrain.pretrain(cfg, ds, vocab, Path(work) / "pretrain", verbose=False)
+        extra["steps"] = args.steps
   return dict(stage=stage, seconds=round(time.perf_counter() - t, 1),
               peak_rss_mb=round(common.peak_rss_mb()), **extra)
 

@@ -265,10 +265,11 @@ class PatientEvents:
   def fingerprint(self) -> str:
     """Short hash of the patients and events (codes as strings), for cache and run keys."""
     h = hashlib.sha256()
+    # The arrays' buffers, not `tobytes()` copies: a memory-mapped column is read, not copied.
     for f in ("subject_id", "sex", "birth_day", "split", "offsets", "day", "visit", "pos"):
-      h.update(np.ascontiguousarray(getattr(self, f)).tobytes())
+      h.update(np.ascontiguousarray(getattr(self, f)))
     h.update("\n".join(self.codes).encode())
-    h.update(np.ascontiguousarray(self.code).tobytes())
+    h.update(np.ascontiguousarray(self.code))
     return h.hexdigest()[:16]
 
   def subset_fingerprint(self, patients: np.ndarray) -> str:
@@ -300,6 +301,30 @@ class PatientEvents:
   def save(self, path: str | Path) -> Path:
     """Writes the dataset as one compressed `.npz` (atomic)."""
     return io.atomic_savez(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+  def save_mapped(self, path: str | Path) -> Path:
+    """Writes the dataset as a directory of uncompressed `.npy` files, one per field (atomic;
+    process 0 alone of several), which `open_mapped` maps instead of reading whole."""
+    path = Path(path)
+    if io.writes_files():
+      with io.atomic_directory(path, overwrite=True) as tmp:  # an unfinished stage's is replaced
+        for f in dataclasses.fields(self):
+          np.save(tmp / f"{f.name}.npy", getattr(self, f.name), allow_pickle=False)
+    return path
+
+  @classmethod
+  def open_mapped(cls, path: str | Path) -> "PatientEvents":
+    """The dataset `save_mapped` wrote, memory-mapped: a stage pages in only the events it reads,
+    so the later stages of a large dataset do not hold it in memory. Copy-on-write (`mmap_mode
+    "c"`): an array written to in place changes this process's copy, never the file. Not
+    validated again: `save_mapped` writes only datasets `build` validated."""
+    path = Path(path)
+    try:
+      arrays = {f.name: np.load(path / f"{f.name}.npy", mmap_mode="c", allow_pickle=False)
+                for f in dataclasses.fields(cls)}
+    except (OSError, ValueError) as e:
+      raise DataError(f"{path}: cannot read a saved dataset ({e}); delete it to rebuild") from e
+    return cls.build(source=str(path), checked=True, **arrays)
 
   @classmethod
   def load(cls, path: str | Path) -> "PatientEvents":
