@@ -249,7 +249,9 @@ def test_a_dp_fine_tune_does_not_depend_on_the_one_before_it_in_the_process(base
   _, ds, _, _ = pretrained_base()
   fewer = build_preference_data(ds, get_cohort("dm"), fewer_cfg.rltf, root / "pref-dp38")
   assert fewer.num_pairs == 38 and pairs.num_pairs == 40
-  _finetune("rltf", cfg, pairs, root / "rltf-dp8-first")
+  # The 40-pair run of `test_dp_fine_tune_spends_at_most_its_epsilon` (reused, its step compiled
+  # in this process, when that test ran first; trained here otherwise).
+  _finetune("rltf", cfg, pairs, root / "rltf-dp8")
   after = _finetune("rltf", cfg, fewer, root / "rltf-dp8-38-after")
   loop._COMPILED.clear()  # as a fresh process
   alone = _finetune("rltf", cfg, fewer, root / "rltf-dp8-38-alone")
