@@ -97,6 +97,7 @@ def test_pretraining_beats_unigram_and_generates(sim, tmp_path, capsys):
   assert synth.num_events > 0 and set(np.unique(synth.pos)) <= set(range(100))
 
 
+@pytest.mark.slow  # ~19 s; the default suite resumes unpacked runs in the kill test below, packed ones next
 def test_resume_matches_uninterrupted_run(sim, tmp_path):
   ds, vocab = sim
   cfg = tiny_config()
