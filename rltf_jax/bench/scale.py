@@ -88,8 +88,8 @@ def _run_stage(stage: str, args, meds_dir: Path) -> dict:
     from rltf_jax.data import meds
     _data_imports()
   if stage == "pretrain":
+    from rltf_jax.data.events import PatientEvents
     from rltf_jax.training import pretrain
-  from rltf_jax.data.events import PatientEvents
   t = time.perf_counter()
   if stage == "write":
     cli.write_in_chunks(simulator_config.get_config(), meds_dir, args.patients, args.seed,
